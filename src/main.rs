@@ -1,1 +1,267 @@
-fn main() {}
+//! The `ferd` command line: a thin layer over the library.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use ferd::config::Config;
+use ferd::events::{box_array, round, ProbMap};
+use ferd::sink::png::PngDisplay;
+use ferd::sink::{Display, EventSink, JsonLines};
+use ferd::source::{self, FrameSource, ImageSource};
+use ferd::vision::Analyzer;
+
+#[derive(Parser)]
+#[command(
+    name = "ferd",
+    version,
+    about = "Facial-expression recognition daemon for small Linux boards",
+    after_help = "Examples:\n  ferd detect photo.jpg\n  ferd run --config /etc/ferd/ferd.toml\n  ferd check-config /etc/ferd/ferd.toml\n\nLog level: RUST_LOG=debug ferd ..."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Find faces in images and classify their expressions.
+    #[command(after_help = "Examples:\n  ferd detect photo.jpg\n  ferd detect --json shots/ > faces.jsonl\n  ferd detect --config ferd.toml a.png b.png")]
+    Detect {
+        /// Image files or directories of images (JPEG, PNG).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// One JSON object per image per line.
+        #[arg(long)]
+        json: bool,
+        /// Config file for model paths and thresholds (default: built-in
+        /// defaults with models from ./models).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run the pipeline: source → faces → expressions → tracks → rules → events.
+    #[command(after_help = "Examples:\n  ferd run --config systemd/ferd.toml --source examples/demo.y4m --display png:demo.png\n  ferd run --config ferd.toml --source frames/ --realtime\n\nEvents go to the [events] output of the config (stdout by default), one JSON object per line.")]
+    Run {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Input: an image, a directory of images or a .y4m clip (overrides
+        /// [source] path).
+        #[arg(long)]
+        source: Option<PathBuf>,
+        /// Status display, e.g. png:status.png (overrides [display] output).
+        #[arg(long)]
+        display: Option<String>,
+        /// Replay recorded video at its own frame rate, dropping frames the
+        /// analysis cannot keep up with, as a live camera would.
+        #[arg(long)]
+        realtime: bool,
+    },
+    /// Validate a configuration file without touching hardware; exit 0 if valid.
+    #[command(name = "check-config", after_help = "Example:\n  ferd check-config /etc/ferd/ferd.toml && echo ok")]
+    CheckConfig {
+        /// The configuration file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp(None)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Detect {
+            inputs,
+            json,
+            config,
+        } => detect(&inputs, json, config.as_deref()),
+        Command::Run {
+            config,
+            source,
+            display,
+            realtime,
+        } => run(&config, source, display, realtime),
+        Command::CheckConfig { file } => check_config(&file),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    Ok(match path {
+        Some(p) => Config::load(p)?,
+        None => Config::defaults(Path::new(".")),
+    })
+}
+
+fn check_config(file: &Path) -> Result<ExitCode> {
+    let config = Config::load(file)?;
+    // Model manifests are part of the configuration's promise: check they
+    // parse and name files that exist, without loading the networks.
+    for m in [&config.detector.model, &config.classifier.model] {
+        let path = config.resolve(m);
+        let manifest = ferd::vision::Manifest::load(&path)?;
+        let file = path.parent().unwrap_or(Path::new(".")).join(&manifest.model.file);
+        if !file.is_file() {
+            bail!("{}: model file {} does not exist", path.display(), file.display());
+        }
+    }
+    if let Some(spec) = &config.display.output {
+        parse_display(spec)?;
+    }
+    println!("{}: ok ({} rules)", file.display(), config.rules.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn detect(inputs: &[PathBuf], json: bool, config: Option<&Path>) -> Result<ExitCode> {
+    let config = load_config(config)?;
+    let analyzer = Analyzer::load(&config)?;
+    let mut failed = 0;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for input in inputs {
+        let mut src: Box<dyn FrameSource> = if input.is_dir() {
+            match ImageSource::from_dir(input) {
+                Ok(s) => Box::new(s),
+                Err(e) => {
+                    log::error!("{e}");
+                    failed += 1;
+                    continue;
+                }
+            }
+        } else {
+            Box::new(ImageSource::from_paths(vec![input.clone()]))
+        };
+        while let Some(item) = src.next_frame() {
+            let frame = match item {
+                Ok(f) => f,
+                Err(e) => {
+                    log::error!("{e}");
+                    if json {
+                        let path = match &e {
+                            source::SourceError::Io { path, .. } | source::SourceError::Format { path, .. } => path,
+                        };
+                        let line = serde_json::json!({"image": path, "error": e.to_string()});
+                        writeln!(out, "{line}")?;
+                    }
+                    failed += 1;
+                    continue;
+                }
+            };
+            let observations = analyzer
+                .analyze(&frame)
+                .with_context(|| format!("analysing {}", frame.origin))?;
+            if json {
+                let faces: Vec<_> = observations
+                    .iter()
+                    .map(|o| {
+                        serde_json::json!({
+                            "box": box_array(&o.face.bbox),
+                            "score": round(o.face.score, 1e4),
+                            "expression": o.probs.top().0,
+                            "probs": ProbMap(o.probs),
+                        })
+                    })
+                    .collect();
+                let line = serde_json::json!({"image": frame.origin, "faces": faces});
+                writeln!(out, "{line}")?;
+            } else {
+                writeln!(
+                    out,
+                    "{}: {} face{} ({}×{})",
+                    frame.origin,
+                    observations.len(),
+                    if observations.len() == 1 { "" } else { "s" },
+                    frame.width,
+                    frame.height
+                )?;
+                for (i, o) in observations.iter().enumerate() {
+                    let [x, y, w, h] = box_array(&o.face.bbox);
+                    let (e, p) = o.probs.top();
+                    let mut ranked: Vec<_> = ferd::expression::Expression::ALL
+                        .iter()
+                        .map(|&e| (e, o.probs.get(e)))
+                        .collect();
+                    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+                    let rest: Vec<String> = ranked[1..4]
+                        .iter()
+                        .map(|(e, p)| format!("{e} {:.0}%", p * 100.0))
+                        .collect();
+                    writeln!(
+                        out,
+                        "  face {}: box x={x} y={y} w={w} h={h} score {:.2}: {e} {:.0}% ({})",
+                        i + 1,
+                        o.face.score,
+                        p * 100.0,
+                        rest.join(", ")
+                    )?;
+                }
+            }
+        }
+    }
+    out.flush()?;
+    if failed > 0 {
+        log::error!("{failed} input(s) could not be read");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Parses a `--display` spec.
+fn parse_display(spec: &str) -> Result<Box<dyn Display + Send>> {
+    match spec.split_once(':') {
+        Some(("png", path)) if !path.is_empty() => Ok(Box::new(PngDisplay::new(PathBuf::from(path)))),
+        _ => bail!("unknown display {spec:?}: expected png:PATH"),
+    }
+}
+
+fn run(config_path: &Path, source: Option<PathBuf>, display: Option<String>, realtime: bool) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let source_path = match source.or_else(|| config.source.path.as_ref().map(|p| config.resolve(p))) {
+        Some(p) => p,
+        None => bail!("no input: give --source or set [source] path in {}", config_path.display()),
+    };
+    let display = match display.as_deref().or(config.display.output.as_deref()) {
+        Some(spec) => Some(parse_display(spec)?),
+        None => None,
+    };
+    let sink: Box<dyn EventSink + Send> = if config.events.output == "-" {
+        Box::new(JsonLines::stdout())
+    } else {
+        Box::new(JsonLines::append(config.resolve(Path::new(&config.events.output)))?)
+    };
+    let analyzer = Analyzer::load(&config)?;
+    let src = source::open(&source_path)?;
+    log::info!("source: {}", src.describe());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing signal handlers")?;
+    }
+    let mut pipeline = ferd::pipeline::Pipeline::new(analyzer, &config, vec![sink], display);
+    let summary = ferd::pipeline::run(src, &mut pipeline, realtime || config.source.realtime, &stop);
+    log::info!(
+        "{} frames analysed, {} skipped, {} dropped, {} faces, {} tracks",
+        summary.frames,
+        summary.skipped,
+        summary.dropped,
+        summary.faces,
+        summary.tracks
+    );
+    if summary.sink_errors > 0 {
+        log::error!("{} events could not be written", summary.sink_errors);
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,480 @@
+//! The TOML configuration: schema, defaults and validation.
+//!
+//! Range checks live inside the deserializers of small newtypes
+//! ([`Probability`], [`Seconds`], ...) rather than in a validation pass after
+//! parsing. That way the `toml` deserializer attaches the span of the
+//! offending value to the error, and every message can name the file, line,
+//! column and key without us tracking spans by hand.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+
+use crate::expression::Expression;
+
+/// A configuration problem, always naming the file and (where the parser
+/// knows it) the line and column.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, has an unknown key, a wrong type or an
+    /// out-of-range value.
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where frames come from when `--source` is not given.
+    #[serde(default)]
+    pub source: SourceConfig,
+    /// Face detector settings.
+    #[serde(default)]
+    pub detector: DetectorConfig,
+    /// Expression classifier settings.
+    #[serde(default)]
+    pub classifier: ClassifierConfig,
+    /// Tracker settings.
+    #[serde(default)]
+    pub tracker: TrackerConfig,
+    /// Alert rules, each with a unique name.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleConfig>,
+    /// Event stream settings.
+    #[serde(default)]
+    pub events: EventsConfig,
+    /// Status display settings.
+    #[serde(default)]
+    pub display: DisplayConfig,
+    /// The directory that relative paths are resolved against (the config
+    /// file's own directory); not a key in the file.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[source]`: the input used when the command line names none.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// An image, a directory of images or a `.y4m` clip.
+    pub path: Option<PathBuf>,
+    /// Replay recorded video at its own frame rate (`true`) or as fast as
+    /// the pipeline goes (`false`, the default).
+    #[serde(default)]
+    pub realtime: bool,
+}
+
+/// `[detector]`: the face detector.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectorConfig {
+    /// Manifest of the detector model (relative to the config file).
+    pub model: PathBuf,
+    /// Minimum face score to keep.
+    pub min_score: Probability,
+    /// Minimum face size (the shorter box side) in frame pixels.
+    pub min_face_size: PositiveU32,
+    /// IoU above which overlapping detections are suppressed.
+    pub nms_iou: Probability,
+    /// Width and height of the network input; frames are letterboxed into it.
+    pub input_size: [PositiveU32; 2],
+    /// Largest number of faces reported per frame (the highest scores win).
+    pub max_faces: PositiveU32,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        DetectorConfig {
+            model: PathBuf::from("models/retinaface-mnet025.toml"),
+            min_score: Probability(0.7),
+            min_face_size: PositiveU32(24),
+            nms_iou: Probability(0.4),
+            input_size: [PositiveU32(320), PositiveU32(240)],
+            max_faces: PositiveU32(8),
+        }
+    }
+}
+
+/// `[classifier]`: the expression classifier.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassifierConfig {
+    /// Manifest of the expression model (relative to the config file).
+    pub model: PathBuf,
+    /// Extra margin around the detector's box, as a fraction of its size.
+    pub margin: Fraction,
+    /// Rotate the crop so that the eyes are level.
+    pub align: bool,
+}
+
+impl Default for ClassifierConfig {
+    fn default() -> Self {
+        ClassifierConfig {
+            model: PathBuf::from("models/expression.toml"),
+            margin: Fraction(0.1),
+            align: true,
+        }
+    }
+}
+
+/// `[tracker]`: association of faces across frames.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackerConfig {
+    /// Minimum IoU between a track and a new face to be the same face.
+    pub min_iou: Probability,
+    /// Weight of the newest probabilities in the exponential moving average
+    /// (1.0 = no smoothing).
+    pub smoothing: Probability,
+    /// A track not seen for this long is lost.
+    pub lost_after: Seconds,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            min_iou: Probability(0.3),
+            smoothing: Probability(0.4),
+            lost_after: Seconds(1.0),
+        }
+    }
+}
+
+/// `[[rule]]`: one named alert.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Alert name used in events and on the display.
+    pub name: RuleName,
+    /// The expressions whose summed smoothed probability is tested.
+    pub expressions: ExpressionSet,
+    /// The summed probability must be at least this.
+    pub min_probability: Probability,
+    /// ...for at least this long before the alert is raised.
+    pub hold: Seconds,
+    /// The alert clears once the condition has been false this long.
+    #[serde(default = "default_clear_after")]
+    pub clear_after: Seconds,
+    /// After clearing, the alert cannot be raised again for this long.
+    #[serde(default)]
+    pub cooldown: Seconds,
+}
+
+fn default_clear_after() -> Seconds {
+    Seconds(1.0)
+}
+
+/// `[events]`: the JSON-lines event stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// `"-"` for stdout, otherwise a file that events are appended to.
+    pub output: String,
+    /// Emit an `expression` event for a track when its top expression
+    /// changes, and otherwise at most this often (0 = only on change).
+    pub expression_interval: Seconds,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            output: "-".to_string(),
+            expression_interval: Seconds(0.0),
+        }
+    }
+}
+
+/// `[display]`: the status screen.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisplayConfig {
+    /// A display spec such as `png:status.png`; `--display` overrides it.
+    pub output: Option<String>,
+}
+
+/// A number in `[0, 1]`.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Probability(pub f32);
+
+/// A non-negative fraction (a margin), at most 2.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Fraction(pub f32);
+
+/// A non-negative, finite number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Default)]
+pub struct Seconds(pub f64);
+
+/// A whole number ≥ 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PositiveU32(pub u32);
+
+/// A rule name: non-empty, letters, digits, `_` and `-`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleName(pub String);
+
+/// A non-empty set of expressions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpressionSet(pub BTreeSet<Expression>);
+
+impl<'de> Deserialize<'de> for Probability {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if !(0.0..=1.0).contains(&v) {
+            return Err(serde::de::Error::custom(format!(
+                "must be between 0 and 1, got {v}"
+            )));
+        }
+        Ok(Probability(v as f32))
+    }
+}
+
+impl<'de> Deserialize<'de> for Fraction {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if !(0.0..=2.0).contains(&v) {
+            return Err(serde::de::Error::custom(format!(
+                "must be between 0 and 2, got {v}"
+            )));
+        }
+        Ok(Fraction(v as f32))
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if !v.is_finite() || v < 0.0 || v > 86_400.0 {
+            return Err(serde::de::Error::custom(format!(
+                "must be a number of seconds between 0 and 86400, got {v}"
+            )));
+        }
+        Ok(Seconds(v))
+    }
+}
+
+impl<'de> Deserialize<'de> for PositiveU32 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = i64::deserialize(d)?;
+        if !(1..=100_000).contains(&v) {
+            return Err(serde::de::Error::custom(format!(
+                "must be a whole number between 1 and 100000, got {v}"
+            )));
+        }
+        Ok(PositiveU32(v as u32))
+    }
+}
+
+impl<'de> Deserialize<'de> for RuleName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = String::deserialize(d)?;
+        let ok = !v.is_empty()
+            && v.len() <= 32
+            && v
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !ok {
+            return Err(serde::de::Error::custom(format!(
+                "rule name {v:?} must be 1-32 characters of letters, digits, '_' or '-'"
+            )));
+        }
+        Ok(RuleName(v))
+    }
+}
+
+impl<'de> Deserialize<'de> for ExpressionSet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Vec::<Expression>::deserialize(d)?;
+        if v.is_empty() {
+            return Err(serde::de::Error::custom(
+                "must name at least one expression",
+            ));
+        }
+        Ok(ExpressionSet(v.into_iter().collect()))
+    }
+}
+
+impl fmt::Display for RuleName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Config::parse(&text, path, &base)
+    }
+
+    /// Parses configuration text; `path` is only used in error messages and
+    /// `base_dir` anchors the relative paths inside.
+    pub fn parse(text: &str, path: &Path, base_dir: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| line_column(text, s.start))
+                .unwrap_or((1, 1));
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        config.base_dir = base_dir.to_path_buf();
+        config.check_rule_names(text, path)?;
+        Ok(config)
+    }
+
+    /// The configuration used when no file is given (`ferd detect`).
+    pub fn defaults(base_dir: &Path) -> Config {
+        let mut c: Config = toml::from_str("").expect("the empty config is valid");
+        c.base_dir = base_dir.to_path_buf();
+        c
+    }
+
+    /// Resolves a path from the file against the config file's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// Rule names key the alert state and the events, so they must be
+    /// unique. This is the one check that spans several values; the error
+    /// points at the second occurrence.
+    fn check_rule_names(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let mut seen = BTreeSet::new();
+        for rule in &self.rules {
+            if !seen.insert(rule.name.0.as_str()) {
+                let needle = format!("\"{}\"", rule.name.0);
+                let offset = text
+                    .match_indices(&needle)
+                    .nth(1)
+                    .map(|(i, _)| i)
+                    .unwrap_or(0);
+                let (line, column) = line_column(text, offset);
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    line,
+                    column,
+                    message: format!("duplicate rule name {:?} in key `rule.name`", rule.name.0),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"), Path::new("."))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.detector.min_score, Probability(0.7));
+        assert!(c.rules.is_empty());
+    }
+
+    #[test]
+    fn full_rule_parses() {
+        let c = parse(
+            "[[rule]]\nname = \"distress\"\nexpressions = [\"angry\", \"fear\", \"sad\"]\n\
+             min_probability = 0.6\nhold = 3\nclear_after = 1.5\ncooldown = 10\n",
+        )
+        .unwrap();
+        assert_eq!(c.rules.len(), 1);
+        assert_eq!(c.rules[0].name.0, "distress");
+        assert_eq!(c.rules[0].expressions.0.len(), 3);
+        assert_eq!(c.rules[0].hold, Seconds(3.0));
+    }
+
+    #[test]
+    fn unknown_key_names_key_line_and_column() {
+        let err = parse("[detector]\nmin_score = 0.5\nmin_scroe = 0.5\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("test.toml:3:1:"), "{msg}");
+        assert!(msg.contains("min_scroe"), "{msg}");
+    }
+
+    #[test]
+    fn out_of_range_value_points_at_value() {
+        let err = parse("[tracker]\nsmoothing = 1.5\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("test.toml:2:13:"), "{msg}");
+        assert!(msg.contains("between 0 and 1"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_is_reported() {
+        let err = parse("[detector]\nmin_face_size = \"big\"\n").unwrap_err();
+        assert!(err.to_string().starts_with("test.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn unknown_expression_is_reported() {
+        let err = parse(
+            "[[rule]]\nname = \"x\"\nexpressions = [\"joy\"]\nmin_probability = 0.5\nhold = 1\n",
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("test.toml:3:"), "{msg}");
+        assert!(msg.contains("joy"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_rule_names_are_rejected() {
+        let rule = "[[rule]]\nname = \"a\"\nexpressions = [\"sad\"]\nmin_probability = 0.5\nhold = 1\n";
+        let err = parse(&format!("{rule}{rule}")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("test.toml:7:8:"), "{msg}");
+        assert!(msg.contains("duplicate"), "{msg}");
+    }
+
+    #[test]
+    fn line_column_counts_from_one() {
+        assert_eq!(line_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+    }
+}

@@ -1,0 +1,197 @@
+//! The event stream: one JSON object per line, schema version
+//! [`SCHEMA_VERSION`]. The README documents every field; a change that
+//! removes or retypes a field bumps the version.
+
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::expression::{Expression, Probs};
+use crate::vision::BBox;
+
+/// Version of the event schema, the `v` field of every event.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The pipeline started on a source.
+    Started {
+        /// Human description of the source.
+        source: String,
+        /// Name of the expression model.
+        model: String,
+    },
+    /// A new face is being tracked.
+    FaceAppeared {
+        /// Track id.
+        track: u64,
+        /// `[x, y, w, h]` in frame pixels.
+        #[serde(rename = "box")]
+        bbox: [f32; 4],
+        /// Detector score.
+        score: f32,
+    },
+    /// A track's top expression changed (or the periodic report).
+    Expression {
+        /// Track id.
+        track: u64,
+        /// `[x, y, w, h]` in frame pixels.
+        #[serde(rename = "box")]
+        bbox: [f32; 4],
+        /// The most probable expression.
+        expression: Expression,
+        /// Smoothed probabilities of all seven.
+        probs: ProbMap,
+    },
+    /// A track ended.
+    FaceLost {
+        /// Track id.
+        track: u64,
+        /// Seconds from first to last observation.
+        duration: f64,
+    },
+    /// An alert became active.
+    AlertRaised {
+        /// Rule name.
+        alert: String,
+        /// The track that met the condition.
+        track: u64,
+        /// The set's most probable expression on that track.
+        expression: Expression,
+        /// The set's probability mass.
+        probability: f32,
+    },
+    /// An alert became inactive.
+    AlertCleared {
+        /// Rule name.
+        alert: String,
+        /// Seconds it was active.
+        duration: f64,
+        /// `condition` or `shutdown`.
+        reason: &'static str,
+    },
+    /// End-of-run counters.
+    Status {
+        /// Frames analysed.
+        frames: u64,
+        /// Frames or files skipped because they could not be read.
+        skipped: u64,
+        /// Faces detected over all frames.
+        faces: u64,
+        /// Tracks created.
+        tracks: u64,
+    },
+}
+
+/// Expression probabilities as a JSON object keyed by label, in FER2013
+/// order, rounded to 4 decimals.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProbMap(pub Probs);
+
+impl Serialize for ProbMap {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(7))?;
+        for e in Expression::ALL {
+            m.serialize_entry(e.name(), &round(self.0.get(e), 1e4))?;
+        }
+        m.end()
+    }
+}
+
+/// One event with its times.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// What happened.
+    pub kind: EventKind,
+    /// Frame time (from the source's clock) of the frame that caused it.
+    pub frame_time: Duration,
+    /// Sequence number of that frame.
+    pub frame: u64,
+    /// Wall-clock time the event was made.
+    pub wall: SystemTime,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    v: u32,
+    #[serde(flatten)]
+    kind: &'a EventKind,
+    time: String,
+    t: f64,
+    frame: u64,
+}
+
+impl Event {
+    /// An event stamped with the current wall-clock time.
+    pub fn new(kind: EventKind, frame_time: Duration, frame: u64) -> Event {
+        Event {
+            kind,
+            frame_time,
+            frame,
+            wall: SystemTime::now(),
+        }
+    }
+
+    /// The event as one line of JSON, without the newline.
+    pub fn to_json(&self) -> String {
+        let line = Line {
+            v: SCHEMA_VERSION,
+            kind: &self.kind,
+            time: humantime::format_rfc3339_millis(self.wall).to_string(),
+            t: round(self.frame_time.as_secs_f64() as f32, 1e3) as f64,
+            frame: self.frame,
+        };
+        serde_json::to_string(&line).expect("events always serialise")
+    }
+}
+
+/// `[x, y, w, h]` rounded to 0.1 pixel.
+pub fn box_array(b: &BBox) -> [f32; 4] {
+    [round(b.x, 10.0), round(b.y, 10.0), round(b.w, 10.0), round(b.h, 10.0)]
+}
+
+/// Rounds to `1/scale`, so events stay short and stable across platforms.
+pub fn round(v: f32, scale: f32) -> f32 {
+    (v * scale).round() / scale
+}
+
+/// Seconds with millisecond precision, for durations in events.
+pub fn seconds(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e3).round() / 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_line_has_version_type_and_times() {
+        let e = Event {
+            kind: EventKind::FaceLost {
+                track: 3,
+                duration: 1.5,
+            },
+            frame_time: Duration::from_millis(2500),
+            frame: 25,
+            wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        };
+        assert_eq!(
+            e.to_json(),
+            r#"{"v":1,"type":"face_lost","track":3,"duration":1.5,"time":"2023-11-14T22:13:20.000Z","t":2.5,"frame":25}"#
+        );
+    }
+
+    #[test]
+    fn probabilities_serialise_in_label_order() {
+        let mut p = [0.0; 7];
+        p[3] = 0.123456;
+        let json = serde_json::to_string(&ProbMap(Probs(p))).unwrap();
+        assert_eq!(
+            json,
+            r#"{"angry":0.0,"disgust":0.0,"fear":0.0,"happy":0.1235,"sad":0.0,"surprise":0.0,"neutral":0.0}"#
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! Frames and the pixel operations the vision stages need.
+//!
+//! A [`Frame`] owns its pixels in one of two layouts, grey or packed RGB,
+//! whichever its source produced; conversions happen while sampling, so a
+//! grey camera never pays for an RGB copy and the other way round.
+
+use std::time::Duration;
+
+/// Pixel layout of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PixelFormat {
+    /// One byte per pixel.
+    Grey,
+    /// Three bytes per pixel, R G B.
+    Rgb,
+    /// Planar YUV 4:2:0 (I420): a full-size Y plane, then U and V planes of
+    /// half width and height (rounded up). BT.601 limited range.
+    I420,
+}
+
+impl PixelFormat {
+    /// Bytes a `width` × `height` buffer of this format takes.
+    pub fn buffer_len(self, width: u32, height: u32) -> usize {
+        let (w, h) = (width as usize, height as usize);
+        match self {
+            PixelFormat::Grey => w * h,
+            PixelFormat::Rgb => w * h * 3,
+            PixelFormat::I420 => w * h + 2 * w.div_ceil(2) * h.div_ceil(2),
+        }
+    }
+}
+
+/// One picture from a source.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Layout of `data`.
+    pub format: PixelFormat,
+    /// Row-major pixels without padding.
+    pub data: Vec<u8>,
+    /// Time of the frame since the start of the stream; drives rules.
+    pub timestamp: Duration,
+    /// Position in the stream, from 0.
+    pub sequence: u64,
+    /// Where the frame came from (file path, or clip path and frame index).
+    pub origin: String,
+}
+
+impl Frame {
+    /// Builds a frame, checking that `data` has the right length.
+    ///
+    /// # Panics
+    /// If `data.len()` is not `format.buffer_len(width, height)` or a side
+    /// is 0; sources are expected to have checked their input already.
+    pub fn new(width: u32, height: u32, format: PixelFormat, data: Vec<u8>) -> Frame {
+        assert!(width > 0 && height > 0, "frame with a zero side");
+        assert_eq!(
+            data.len(),
+            format.buffer_len(width, height),
+            "frame buffer size does not match its dimensions"
+        );
+        Frame {
+            width,
+            height,
+            format,
+            data,
+            timestamp: Duration::ZERO,
+            sequence: 0,
+            origin: String::new(),
+        }
+    }
+
+    /// Luma (BT.601) of pixel `(x, y)`; coordinates must be inside.
+    #[inline]
+    pub fn luma(&self, x: u32, y: u32) -> f32 {
+        let i = y as usize * self.width as usize + x as usize;
+        match self.format {
+            PixelFormat::Grey => self.data[i] as f32,
+            PixelFormat::Rgb => {
+                let p = &self.data[i * 3..i * 3 + 3];
+                0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32
+            }
+            // Limited-range Y to full-range grey, so that a grey picture
+            // looks the same whichever format carried it.
+            PixelFormat::I420 => ((self.data[i] as f32 - 16.0) * (255.0 / 219.0)).clamp(0.0, 255.0),
+        }
+    }
+
+    /// R, G, B of pixel `(x, y)`; coordinates must be inside.
+    #[inline]
+    pub fn rgb(&self, x: u32, y: u32) -> [f32; 3] {
+        let i = y as usize * self.width as usize + x as usize;
+        match self.format {
+            PixelFormat::Grey => {
+                let v = self.data[i] as f32;
+                [v, v, v]
+            }
+            PixelFormat::Rgb => {
+                let p = &self.data[i * 3..i * 3 + 3];
+                [p[0] as f32, p[1] as f32, p[2] as f32]
+            }
+            PixelFormat::I420 => {
+                let (w, h) = (self.width as usize, self.height as usize);
+                let cw = w.div_ceil(2);
+                let c = (y as usize / 2) * cw + x as usize / 2;
+                let u = self.data[w * h + c];
+                let v = self.data[w * h + cw * h.div_ceil(2) + c];
+                let [r, g, b] = yuv_to_rgb(self.data[i], u, v);
+                [r as f32, g as f32, b as f32]
+            }
+        }
+    }
+
+    /// Bilinear luma at a real-valued position, clamped to the border.
+    pub fn luma_bilinear(&self, x: f32, y: f32) -> f32 {
+        let (x0, y0, x1, y1, fx, fy) = self.neighbours(x, y);
+        let top = self.luma(x0, y0) * (1.0 - fx) + self.luma(x1, y0) * fx;
+        let bottom = self.luma(x0, y1) * (1.0 - fx) + self.luma(x1, y1) * fx;
+        top * (1.0 - fy) + bottom * fy
+    }
+
+    /// Bilinear RGB at a real-valued position, clamped to the border.
+    pub fn rgb_bilinear(&self, x: f32, y: f32) -> [f32; 3] {
+        let (x0, y0, x1, y1, fx, fy) = self.neighbours(x, y);
+        let (a, b, c, d) = (self.rgb(x0, y0), self.rgb(x1, y0), self.rgb(x0, y1), self.rgb(x1, y1));
+        let mut out = [0.0; 3];
+        for k in 0..3 {
+            let top = a[k] * (1.0 - fx) + b[k] * fx;
+            let bottom = c[k] * (1.0 - fx) + d[k] * fx;
+            out[k] = top * (1.0 - fy) + bottom * fy;
+        }
+        out
+    }
+
+    fn neighbours(&self, x: f32, y: f32) -> (u32, u32, u32, u32, f32, f32) {
+        let max_x = (self.width - 1) as f32;
+        let max_y = (self.height - 1) as f32;
+        let x = x.clamp(0.0, max_x);
+        let y = y.clamp(0.0, max_y);
+        let x0 = x.floor();
+        let y0 = y.floor();
+        let x1 = (x0 + 1.0).min(max_x);
+        let y1 = (y0 + 1.0).min(max_y);
+        (x0 as u32, y0 as u32, x1 as u32, y1 as u32, x - x0, y - y0)
+    }
+}
+
+/// Converts one YUV (BT.601, limited range) sample to RGB.
+#[inline]
+pub fn yuv_to_rgb(y: u8, u: u8, v: u8) -> [u8; 3] {
+    let c = (y as i32 - 16).max(0) * 298;
+    let d = u as i32 - 128;
+    let e = v as i32 - 128;
+    let clamp = |x: i32| ((x + 128) >> 8).clamp(0, 255) as u8;
+    [
+        clamp(c + 409 * e),
+        clamp(c - 100 * d - 208 * e),
+        clamp(c + 516 * d),
+    ]
+}
+
+/// Converts RGB to YUV (BT.601, limited range).
+#[inline]
+pub fn rgb_to_yuv(r: u8, g: u8, b: u8) -> [u8; 3] {
+    let (r, g, b) = (r as i32, g as i32, b as i32);
+    let y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16;
+    let u = ((-38 * r - 74 * g + 112 * b + 128) >> 8) + 128;
+    let v = ((112 * r - 94 * g - 18 * b + 128) >> 8) + 128;
+    [y.clamp(0, 255) as u8, u.clamp(0, 255) as u8, v.clamp(0, 255) as u8]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bilinear_interpolates_between_pixels() {
+        let f = Frame::new(2, 1, PixelFormat::Grey, vec![0, 100]);
+        assert_eq!(f.luma_bilinear(0.5, 0.0), 50.0);
+        assert_eq!(f.luma_bilinear(-3.0, 0.0), 0.0);
+        assert_eq!(f.luma_bilinear(9.0, 9.0), 100.0);
+    }
+
+    #[test]
+    fn one_pixel_frame_samples_safely() {
+        let f = Frame::new(1, 1, PixelFormat::Rgb, vec![10, 20, 30]);
+        assert_eq!(f.rgb_bilinear(0.7, 0.2), [10.0, 20.0, 30.0]);
+    }
+
+    #[test]
+    fn i420_grey_matches_rgb_grey() {
+        // 2x2 mid grey: Y = 126 (limited range), neutral chroma.
+        let f = Frame::new(2, 2, PixelFormat::I420, vec![126, 126, 126, 126, 128, 128]);
+        let [r, g, b] = f.rgb(1, 1);
+        assert!((r - 128.0).abs() <= 1.0 && r == g && g == b, "{r} {g} {b}");
+        assert!((f.luma(0, 0) - 128.0).abs() <= 1.0);
+    }
+
+    #[test]
+    fn yuv_round_trip_is_close() {
+        for &(r, g, b) in &[(0u8, 0u8, 0u8), (255, 255, 255), (200, 30, 90), (12, 240, 100)] {
+            let [y, u, v] = rgb_to_yuv(r, g, b);
+            let [r2, g2, b2] = yuv_to_rgb(y, u, v);
+            for (a, b) in [(r, r2), (g, g2), (b, b2)] {
+                assert!((a as i32 - b as i32).abs() <= 3, "{r},{g},{b} -> {r2},{g2},{b2}");
+            }
+        }
+    }
+}

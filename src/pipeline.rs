@@ -1,0 +1,466 @@
+//! The analysis loop: frames in, events and display updates out.
+//!
+//! [`Pipeline`] holds every stage after the source and processes one frame
+//! at a time: detect + classify ([`Analyzer`]), track, evaluate rules, then
+//! hand events to the sinks and the state to the display. [`run`] drives it
+//! from a [`FrameSource`], either frame by frame (files, as fast as
+//! possible, nothing dropped: deterministic) or in real time through a
+//! one-slot [`Mailbox`], where a capture thread always leaves only the
+//! newest frame, so a slow model drops frames instead of building latency.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::events::{box_array, seconds, Event, EventKind, ProbMap};
+use crate::expression::Expression;
+use crate::frame::Frame;
+use crate::rules::{AlertChange, Rules};
+use crate::sink::{Display, EventSink, StatusScreen};
+use crate::source::FrameSource;
+use crate::track::{TrackChange, Tracker};
+use crate::vision::Analyzer;
+
+/// Counters of one run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Frames analysed.
+    pub frames: u64,
+    /// Items the source could not deliver, or frames the models failed on.
+    pub skipped: u64,
+    /// Frames dropped by the real-time mailbox because analysis was busy.
+    pub dropped: u64,
+    /// Faces detected over all frames.
+    pub faces: u64,
+    /// Tracks created.
+    pub tracks: u64,
+    /// Events the sinks failed to take.
+    pub sink_errors: u64,
+}
+
+/// Every stage after the source.
+pub struct Pipeline {
+    analyzer: Analyzer,
+    tracker: Tracker,
+    rules: Rules,
+    sinks: Vec<Box<dyn EventSink + Send>>,
+    display: Option<Box<dyn Display + Send>>,
+    expression_interval: Option<Duration>,
+    /// Per track: the last reported expression and when.
+    reported: HashMap<u64, (Expression, Duration)>,
+    summary: Summary,
+    last_time: Duration,
+    last_frame: u64,
+    track_changes: Vec<TrackChange>,
+    alert_changes: Vec<AlertChange>,
+}
+
+impl Pipeline {
+    /// Builds the pipeline from loaded models, a config and outputs.
+    pub fn new(
+        analyzer: Analyzer,
+        config: &Config,
+        sinks: Vec<Box<dyn EventSink + Send>>,
+        display: Option<Box<dyn Display + Send>>,
+    ) -> Pipeline {
+        let interval = config.events.expression_interval.0;
+        Pipeline {
+            analyzer,
+            tracker: Tracker::new(&config.tracker),
+            rules: Rules::new(&config.rules),
+            sinks,
+            display,
+            expression_interval: (interval > 0.0).then(|| Duration::from_secs_f64(interval)),
+            reported: HashMap::new(),
+            summary: Summary::default(),
+            last_time: Duration::ZERO,
+            last_frame: 0,
+            track_changes: Vec::new(),
+            alert_changes: Vec::new(),
+        }
+    }
+
+    /// The counters so far.
+    pub fn summary(&self) -> Summary {
+        self.summary
+    }
+
+    /// Announces the start of a run.
+    pub fn start(&mut self, source: &str) {
+        let model = self.analyzer.classifier.model().manifest.model.name.clone();
+        self.emit(EventKind::Started {
+            source: source.to_string(),
+            model,
+        });
+        self.flush();
+    }
+
+    /// Records an input item that could not be read.
+    pub fn skip(&mut self, what: &dyn std::fmt::Display) {
+        log::warn!("skipped: {what}");
+        self.summary.skipped += 1;
+    }
+
+    /// Analyses one frame and emits what changed.
+    pub fn process(&mut self, frame: &Frame) {
+        let t = frame.timestamp;
+        self.last_time = t;
+        self.last_frame = frame.sequence;
+        let observations = match self.analyzer.analyze(frame) {
+            Ok(o) => o,
+            Err(e) => {
+                self.skip(&format_args!("{}: {e}", frame.origin));
+                return;
+            }
+        };
+        self.summary.frames += 1;
+        self.summary.faces += observations.len() as u64;
+
+        self.track_changes.clear();
+        self.tracker.update(t, &observations, &mut self.track_changes);
+        let changes = std::mem::take(&mut self.track_changes);
+        for c in &changes {
+            match *c {
+                TrackChange::Appeared { id } => {
+                    self.summary.tracks += 1;
+                    if let Some(track) = self.tracker.tracks().iter().find(|tr| tr.id == id) {
+                        let kind = EventKind::FaceAppeared {
+                            track: id,
+                            bbox: box_array(&track.bbox),
+                            score: crate::events::round(track.score, 1e4),
+                        };
+                        self.emit(kind);
+                    }
+                }
+                TrackChange::Lost { .. } => {}
+            }
+        }
+        self.report_expressions(t);
+        for c in &changes {
+            if let TrackChange::Lost { id, duration } = *c {
+                self.reported.remove(&id);
+                self.emit(EventKind::FaceLost {
+                    track: id,
+                    duration: seconds(duration),
+                });
+            }
+        }
+        self.track_changes = changes;
+
+        self.alert_changes.clear();
+        self.rules.update(t, self.tracker.tracks(), &mut self.alert_changes);
+        self.emit_alert_changes();
+        self.update_display();
+        self.flush();
+    }
+
+    /// Ends the run: every track is lost, every alert cleared.
+    pub fn finish(&mut self) -> Summary {
+        self.track_changes.clear();
+        self.tracker.finish(&mut self.track_changes);
+        let changes = std::mem::take(&mut self.track_changes);
+        for c in &changes {
+            if let TrackChange::Lost { id, duration } = *c {
+                self.emit(EventKind::FaceLost {
+                    track: id,
+                    duration: seconds(duration),
+                });
+            }
+        }
+        self.reported.clear();
+        self.alert_changes.clear();
+        self.rules.finish(self.last_time, &mut self.alert_changes);
+        self.emit_alert_changes();
+        let s = self.summary;
+        self.emit(EventKind::Status {
+            frames: s.frames,
+            skipped: s.skipped,
+            faces: s.faces,
+            tracks: s.tracks,
+        });
+        self.update_display();
+        if let Some(d) = &mut self.display {
+            if let Err(e) = d.shutdown() {
+                log::error!("{e}");
+            }
+        }
+        self.flush();
+        self.summary
+    }
+
+    /// `expression` events: when a track's top expression changes, and
+    /// otherwise every `expression_interval` if one is set.
+    fn report_expressions(&mut self, t: Duration) {
+        let mut due = Vec::new();
+        for track in self.tracker.tracks().iter().filter(|tr| tr.seen_now) {
+            let (top, _) = track.probs.top();
+            let report = match self.reported.get(&track.id) {
+                None => true,
+                Some(&(last, at)) => {
+                    last != top || self.expression_interval.is_some_and(|iv| t.saturating_sub(at) >= iv)
+                }
+            };
+            if report {
+                due.push(EventKind::Expression {
+                    track: track.id,
+                    bbox: box_array(&track.bbox),
+                    expression: top,
+                    probs: ProbMap(track.probs),
+                });
+                self.reported.insert(track.id, (top, t));
+            }
+        }
+        for kind in due {
+            self.emit(kind);
+        }
+    }
+
+    fn emit_alert_changes(&mut self) {
+        let changes = std::mem::take(&mut self.alert_changes);
+        for c in &changes {
+            let kind = match c {
+                AlertChange::Raised {
+                    alert,
+                    track,
+                    expression,
+                    probability,
+                } => {
+                    log::info!("alert {alert} raised (track {track}, {expression} {probability:.2})");
+                    EventKind::AlertRaised {
+                        alert: alert.clone(),
+                        track: *track,
+                        expression: *expression,
+                        probability: crate::events::round(*probability, 1e4),
+                    }
+                }
+                AlertChange::Cleared {
+                    alert,
+                    duration,
+                    reason,
+                } => {
+                    log::info!("alert {alert} cleared ({})", reason.name());
+                    EventKind::AlertCleared {
+                        alert: alert.clone(),
+                        duration: seconds(*duration),
+                        reason: reason.name(),
+                    }
+                }
+            };
+            self.emit(kind);
+        }
+        self.alert_changes = changes;
+    }
+
+    fn update_display(&mut self) {
+        let Some(display) = &mut self.display else {
+            return;
+        };
+        // The main face is the largest one: the driver, the person closest
+        // to the kiosk.
+        let main = self
+            .tracker
+            .tracks()
+            .iter()
+            .max_by(|a, b| (a.bbox.w * a.bbox.h).total_cmp(&(b.bbox.w * b.bbox.h)));
+        let screen = StatusScreen {
+            faces: self.tracker.tracks().len(),
+            probs: main.map(|t| t.probs),
+            alerts: self.rules.active().map(str::to_string).collect(),
+        };
+        if let Err(e) = display.show(&screen) {
+            log::error!("{e}");
+        }
+    }
+
+    fn emit(&mut self, kind: EventKind) {
+        let event = Event::new(kind, self.last_time, self.last_frame);
+        for sink in &mut self.sinks {
+            if let Err(e) = sink.emit(&event) {
+                self.summary.sink_errors += 1;
+                // One line for the first failure and then every 1000th, so
+                // a full disk does not also flood the journal.
+                if self.summary.sink_errors % 1000 == 1 {
+                    log::error!("{e} ({} events lost so far)", self.summary.sink_errors);
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        for sink in &mut self.sinks {
+            if let Err(e) = sink.flush() {
+                self.summary.sink_errors += 1;
+                if self.summary.sink_errors % 1000 == 1 {
+                    log::error!("{e}");
+                }
+            }
+        }
+    }
+}
+
+/// A one-slot mailbox between a producer and a consumer thread: `put`
+/// replaces whatever is waiting, `take` blocks for the newest item.
+pub struct Mailbox<T> {
+    slot: Mutex<(Option<T>, bool)>,
+    ready: Condvar,
+    replaced: AtomicU64,
+}
+
+impl<T> Default for Mailbox<T> {
+    fn default() -> Self {
+        Mailbox {
+            slot: Mutex::new((None, false)),
+            ready: Condvar::new(),
+            replaced: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<T> Mailbox<T> {
+    /// Leaves `item`, dropping an older one not yet taken.
+    pub fn put(&self, item: T) {
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.0.replace(item).is_some() {
+            self.replaced.fetch_add(1, Ordering::Relaxed);
+        }
+        self.ready.notify_one();
+    }
+
+    /// Marks the end of the stream; `take` returns `None` once empty.
+    pub fn close(&self) {
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        slot.1 = true;
+        self.ready.notify_all();
+    }
+
+    /// The newest item, waiting for one; `None` after `close`.
+    pub fn take(&self) -> Option<T> {
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(item) = slot.0.take() {
+                return Some(item);
+            }
+            if slot.1 {
+                return None;
+            }
+            slot = self.ready.wait(slot).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// How many items were replaced before being taken.
+    pub fn dropped(&self) -> u64 {
+        self.replaced.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs the pipeline over a source until it ends or `stop` is set.
+///
+/// With `realtime`, a capture thread paces the source at its own frame
+/// rate and hands frames over through a [`Mailbox`]; otherwise every frame
+/// is analysed in order.
+pub fn run(
+    mut source: Box<dyn FrameSource + Send>,
+    pipeline: &mut Pipeline,
+    realtime: bool,
+    stop: &Arc<AtomicBool>,
+) -> Summary {
+    pipeline.start(&source.describe());
+    if !realtime {
+        while !stop.load(Ordering::Relaxed) {
+            match source.next_frame() {
+                None => break,
+                Some(Ok(frame)) => pipeline.process(&frame),
+                Some(Err(e)) => pipeline.skip(&e),
+            }
+        }
+        return pipeline.finish();
+    }
+
+    let mailbox = Arc::new(Mailbox::<Frame>::default());
+    let skipped = Arc::new(AtomicU64::new(0));
+    let capture = {
+        let mailbox = Arc::clone(&mailbox);
+        let skipped = Arc::clone(&skipped);
+        let stop = Arc::clone(stop);
+        std::thread::Builder::new()
+            .name("capture".into())
+            .spawn(move || {
+                let interval = source.frame_interval().unwrap_or(Duration::from_secs(1));
+                let start = Instant::now();
+                let mut due = Duration::ZERO;
+                while !stop.load(Ordering::Relaxed) {
+                    match source.next_frame() {
+                        None => break,
+                        Some(Ok(frame)) => {
+                            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                                std::thread::sleep(wait);
+                            }
+                            mailbox.put(frame);
+                        }
+                        Some(Err(e)) => {
+                            log::warn!("skipped: {e}");
+                            skipped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    due += interval;
+                }
+                mailbox.close();
+            })
+    };
+    match capture {
+        Ok(handle) => {
+            while let Some(frame) = mailbox.take() {
+                pipeline.process(&frame);
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+            mailbox.close();
+            if handle.join().is_err() {
+                log::error!("capture thread panicked");
+            }
+        }
+        Err(e) => log::error!("cannot start the capture thread: {e}"),
+    }
+    pipeline.summary.skipped += skipped.load(Ordering::Relaxed);
+    pipeline.summary.dropped = mailbox.dropped();
+    pipeline.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mailbox_keeps_only_the_newest() {
+        let m = Mailbox::default();
+        m.put(1);
+        m.put(2);
+        m.put(3);
+        assert_eq!(m.take(), Some(3));
+        assert_eq!(m.dropped(), 2);
+        m.close();
+        assert_eq!(m.take(), None);
+    }
+
+    #[test]
+    fn mailbox_hands_over_between_threads() {
+        let m = Arc::new(Mailbox::default());
+        let p = Arc::clone(&m);
+        let t = std::thread::spawn(move || {
+            for i in 0..100 {
+                p.put(i);
+            }
+            p.close();
+        });
+        let mut last = -1;
+        while let Some(v) = m.take() {
+            assert!(v > last);
+            last = v;
+        }
+        t.join().unwrap();
+        assert_eq!(last, 99);
+    }
+}

@@ -1,0 +1,311 @@
+//! Face detection with a RetinaFace-style network.
+//!
+//! The frame is letterboxed (scaled to fit, padded right and bottom) into a
+//! fixed network input so that tract can optimise the graph once for a
+//! concrete shape; anchors are generated once for that shape. Per frame the
+//! work is: sample the input tensor, run, decode the anchors above the score
+//! threshold, non-maximum suppression.
+
+use std::path::Path;
+
+use tract_onnx::prelude::*;
+
+use super::model::{ColorOrder, LoadedModel, ModelError, Task};
+use crate::config::DetectorConfig;
+use crate::frame::Frame;
+
+/// An axis-aligned box in frame pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct BBox {
+    /// Left edge.
+    pub x: f32,
+    /// Top edge.
+    pub y: f32,
+    /// Width.
+    pub w: f32,
+    /// Height.
+    pub h: f32,
+}
+
+impl BBox {
+    /// Intersection over union of two boxes (0 when either is empty).
+    pub fn iou(&self, other: &BBox) -> f32 {
+        let x0 = self.x.max(other.x);
+        let y0 = self.y.max(other.y);
+        let x1 = (self.x + self.w).min(other.x + other.w);
+        let y1 = (self.y + self.h).min(other.y + other.h);
+        let inter = (x1 - x0).max(0.0) * (y1 - y0).max(0.0);
+        let union = self.w * self.h + other.w * other.h - inter;
+        if union <= 0.0 {
+            0.0
+        } else {
+            inter / union
+        }
+    }
+
+    /// Centre point.
+    pub fn center(&self) -> (f32, f32) {
+        (self.x + self.w / 2.0, self.y + self.h / 2.0)
+    }
+
+    /// The box clipped to a `width` × `height` frame.
+    pub fn clip(&self, width: u32, height: u32) -> BBox {
+        let x0 = self.x.clamp(0.0, width as f32);
+        let y0 = self.y.clamp(0.0, height as f32);
+        let x1 = (self.x + self.w).clamp(0.0, width as f32);
+        let y1 = (self.y + self.h).clamp(0.0, height as f32);
+        BBox {
+            x: x0,
+            y: y0,
+            w: x1 - x0,
+            h: y1 - y0,
+        }
+    }
+}
+
+/// One detected face.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Face {
+    /// Bounding box in frame pixels.
+    pub bbox: BBox,
+    /// Detector confidence in `[0, 1]`.
+    pub score: f32,
+    /// Five landmarks in frame pixels: the subject's right eye (image
+    /// left), left eye, nose tip, right and left mouth corners.
+    pub landmarks: [[f32; 2]; 5],
+}
+
+/// The face detector: model, anchors and thresholds.
+pub struct Detector {
+    model: LoadedModel,
+    /// Anchors as (cx, cy, w, h), normalised to the network input.
+    anchors: Vec<[f32; 4]>,
+    input_w: u32,
+    input_h: u32,
+    variance: [f32; 2],
+    min_score: f32,
+    nms_iou: f32,
+    min_face_size: f32,
+    max_faces: usize,
+}
+
+impl Detector {
+    /// Loads the detector named by `manifest` with the thresholds of `cfg`.
+    pub fn load(manifest: &Path, cfg: &DetectorConfig) -> Result<Detector, ModelError> {
+        let input_w = cfg.input_size[0].0;
+        let input_h = cfg.input_size[1].0;
+        let model = LoadedModel::load(
+            manifest,
+            Task::FaceDetector,
+            &[input_h as usize, input_w as usize],
+        )?;
+        let spec = model
+            .manifest
+            .detector
+            .clone()
+            .ok_or_else(|| ModelError::Manifest {
+                path: manifest.to_path_buf(),
+                message: "missing [detector] section".into(),
+            })?;
+        let mut anchors = Vec::new();
+        for (&stride, sizes) in spec.strides.iter().zip(&spec.anchor_sizes) {
+            let nx = input_w.div_ceil(stride);
+            let ny = input_h.div_ceil(stride);
+            for y in 0..ny {
+                for x in 0..nx {
+                    for &s in sizes {
+                        anchors.push([
+                            (x as f32 + 0.5) * stride as f32 / input_w as f32,
+                            (y as f32 + 0.5) * stride as f32 / input_h as f32,
+                            s / input_w as f32,
+                            s / input_h as f32,
+                        ]);
+                    }
+                }
+            }
+        }
+        Ok(Detector {
+            model,
+            anchors,
+            input_w,
+            input_h,
+            variance: spec.variance,
+            min_score: cfg.min_score.0,
+            nms_iou: cfg.nms_iou.0,
+            min_face_size: cfg.min_face_size.0 as f32,
+            max_faces: cfg.max_faces.0 as usize,
+        })
+    }
+
+    /// Finds the faces in a frame, highest score first.
+    pub fn detect(&self, frame: &Frame) -> Result<Vec<Face>, ModelError> {
+        let scale = (self.input_w as f32 / frame.width as f32)
+            .min(self.input_h as f32 / frame.height as f32);
+        let input = self.input_tensor(frame, scale);
+        let outputs = self.model.run(input)?;
+        let mut faces = self.decode(&outputs, scale)?;
+        faces.retain(|f| f.bbox.w.min(f.bbox.h) >= self.min_face_size);
+        let mut faces = nms(faces, self.nms_iou);
+        faces.truncate(self.max_faces);
+        for f in &mut faces {
+            f.bbox = f.bbox.clip(frame.width, frame.height);
+        }
+        Ok(faces)
+    }
+
+    /// Letterboxes the frame into the normalised NCHW input tensor.
+    fn input_tensor(&self, frame: &Frame, scale: f32) -> Tensor {
+        let spec = &self.model.manifest.input;
+        let (w, h) = (self.input_w as usize, self.input_h as usize);
+        let plane = w * h;
+        // The padding holds the mean, i.e. 0 after normalisation.
+        let mut data = vec![0f32; 3 * plane];
+        let used_w = ((frame.width as f32 * scale).round() as usize).clamp(1, w);
+        let used_h = ((frame.height as f32 * scale).round() as usize).clamp(1, h);
+        let order: [usize; 3] = match spec.color {
+            ColorOrder::Bgr => [2, 1, 0],
+            ColorOrder::Rgb | ColorOrder::Grey => [0, 1, 2],
+        };
+        let inv = 1.0 / scale;
+        for y in 0..used_h {
+            let sy = (y as f32 + 0.5) * inv - 0.5;
+            for x in 0..used_w {
+                let sx = (x as f32 + 0.5) * inv - 0.5;
+                let rgb = frame.rgb_bilinear(sx, sy);
+                for c in 0..3 {
+                    let v = rgb[order[c]] * spec.scale;
+                    data[c * plane + y * w + x] = (v - spec.mean[c]) / spec.std[c];
+                }
+            }
+        }
+        tract_ndarray::Array4::from_shape_vec((1, 3, h, w), data)
+            .expect("buffer length matches the shape")
+            .into()
+    }
+
+    /// Turns the raw outputs into faces in frame coordinates.
+    fn decode(&self, outputs: &[TValue], scale: f32) -> Result<Vec<Face>, ModelError> {
+        let bad = |message: String| ModelError::Shape {
+            path: self.model.path.clone(),
+            message,
+        };
+        // Identify outputs by their last dimension rather than by position
+        // or name, which differ between exports of the same network.
+        let mut loc = None;
+        let mut conf = None;
+        let mut landmarks = None;
+        for o in outputs {
+            let view = o
+                .to_plain_array_view::<f32>()
+                .map_err(|e| bad(format!("output is not f32: {e}")))?;
+            let shape = view.shape().to_vec();
+            let slice = view
+                .to_slice()
+                .ok_or_else(|| bad("output is not contiguous".into()))?;
+            match shape.as_slice() {
+                [1, n, 4] if *n == self.anchors.len() => loc = Some(slice),
+                [1, n, 2] if *n == self.anchors.len() => conf = Some(slice),
+                [1, n, 10] if *n == self.anchors.len() => landmarks = Some(slice),
+                other => {
+                    return Err(bad(format!(
+                        "unexpected output shape {other:?} for {} anchors",
+                        self.anchors.len()
+                    )))
+                }
+            }
+        }
+        let (Some(loc), Some(conf), Some(lm)) = (loc, conf, landmarks) else {
+            return Err(bad("expected loc [1,A,4], conf [1,A,2] and landmarks [1,A,10] outputs".into()));
+        };
+        let (iw, ih) = (self.input_w as f32, self.input_h as f32);
+        let [vc, vs] = self.variance;
+        let mut faces = Vec::new();
+        for (i, a) in self.anchors.iter().enumerate() {
+            let score = conf[i * 2 + 1];
+            if score < self.min_score {
+                continue;
+            }
+            let l = &loc[i * 4..i * 4 + 4];
+            let cx = a[0] + l[0] * vc * a[2];
+            let cy = a[1] + l[1] * vc * a[3];
+            let bw = a[2] * (l[2] * vs).exp();
+            let bh = a[3] * (l[3] * vs).exp();
+            let bbox = BBox {
+                x: (cx - bw / 2.0) * iw / scale,
+                y: (cy - bh / 2.0) * ih / scale,
+                w: bw * iw / scale,
+                h: bh * ih / scale,
+            };
+            let mut landmarks = [[0f32; 2]; 5];
+            for (k, p) in landmarks.iter_mut().enumerate() {
+                p[0] = (a[0] + lm[i * 10 + 2 * k] * vc * a[2]) * iw / scale;
+                p[1] = (a[1] + lm[i * 10 + 2 * k + 1] * vc * a[3]) * ih / scale;
+            }
+            faces.push(Face {
+                bbox,
+                score,
+                landmarks,
+            });
+        }
+        Ok(faces)
+    }
+}
+
+/// Greedy non-maximum suppression: keeps the best-scoring face of every
+/// group overlapping by more than `iou`. Returns faces by falling score.
+pub fn nms(mut faces: Vec<Face>, iou: f32) -> Vec<Face> {
+    faces.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut kept: Vec<Face> = Vec::with_capacity(faces.len().min(16));
+    for f in faces {
+        if kept.iter().all(|k| k.bbox.iou(&f.bbox) <= iou) {
+            kept.push(f);
+        }
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn face(x: f32, score: f32) -> Face {
+        Face {
+            bbox: BBox {
+                x,
+                y: 0.0,
+                w: 10.0,
+                h: 10.0,
+            },
+            score,
+            landmarks: [[0.0; 2]; 5],
+        }
+    }
+
+    #[test]
+    fn iou_of_identical_and_disjoint_boxes() {
+        let a = face(0.0, 1.0).bbox;
+        assert_eq!(a.iou(&a), 1.0);
+        assert_eq!(a.iou(&face(20.0, 1.0).bbox), 0.0);
+        assert!((a.iou(&face(5.0, 1.0).bbox) - 50.0 / 150.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn nms_keeps_best_of_overlapping() {
+        let kept = nms(vec![face(0.0, 0.8), face(1.0, 0.9), face(30.0, 0.7)], 0.4);
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[0].score, 0.9);
+        assert_eq!(kept[1].bbox.x, 30.0);
+    }
+
+    #[test]
+    fn clip_keeps_box_inside() {
+        let b = BBox {
+            x: -5.0,
+            y: 2.0,
+            w: 20.0,
+            h: 100.0,
+        }
+        .clip(10, 50);
+        assert_eq!((b.x, b.y, b.w, b.h), (0.0, 2.0, 10.0, 48.0));
+    }
+}

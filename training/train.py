@@ -1,0 +1,399 @@
+"""Train ferd's expression classifier (FerNet, see model.py) on FER2013.
+
+Example (quick model, one CPU thread)::
+
+    OMP_WAIT_POLICY=PASSIVE python training/train.py --name quick --width 0.5 --epochs 10 --threads 1
+
+Run directory (``--out``, default ``training/runs/<name>``; gitignored):
+
+* ``last.pt``       checkpoint after every epoch (model, optimizer, step, history,
+                    arguments); ``--resume`` continues from it
+* ``best.pt``       the checkpoint of the epoch with the best val accuracy
+                    (single forward pass, as deployed; flip-TTA is logged too)
+* ``metrics.csv``   one row per epoch; ``history.json`` the same plus per-class recall
+* ``args.json``     the arguments of the latest invocation
+
+Training recipe: augmentation on whole batch tensors (random crop with
+replicate padding, horizontal flip, small rotation/scale, random erasing);
+cross-entropy with label smoothing and class weights ``(N / (K n_c))^p``
+(``--class-weight-power``, 0 = unweighted, 1 = fully balanced); AdamW without
+decay on BatchNorm/bias; one-cycle (or cosine) learning-rate schedule computed
+per step from the global step, so resuming is exact; evaluation on val every
+epoch, plain and with flip averaging; early stopping after ``--patience``
+epochs without improvement. Seeds are fixed and the data order and
+augmentation of epoch ``e`` depend only on ``(seed, e)``, so a resumed run
+reproduces an uninterrupted one.
+
+Preprocessing (the contract with the Rust runtime): grey 48x48 face crop,
+``x = (pixel / 255 - 0.5) / 0.5``, NCHW float32.
+
+``--bench N`` times N training batches, prints the estimated seconds per
+epoch and exits (use it to choose --width/--epochs for a time budget).
+"""
+from __future__ import annotations
+
+import os
+
+# Must be set before torch (and its OpenMP runtime) is loaded: spinning OpenMP
+# threads hurt badly on a small, shared machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import csv
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import data as fer_data  # noqa: E402
+from model import PREPROCESS, FerNet, build_model, count_macs, count_params  # noqa: E402
+
+RUNS_DIR = fer_data.REPO_ROOT / "training" / "runs"
+
+
+# --------------------------------------------------------------------------
+# preprocessing and batch augmentation
+# --------------------------------------------------------------------------
+def to_input(x_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B,48,48]`` or ``[B,1,48,48]`` -> normalized float32 ``[B,1,48,48]``."""
+    if x_u8.dim() == 3:
+        x_u8 = x_u8.unsqueeze(1)
+    x = x_u8.to(torch.float32).mul_(PREPROCESS["scale"])
+    return x.sub_(PREPROCESS["mean"]).div_(PREPROCESS["std"])
+
+
+def random_crop(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Pad by ``pad`` (replicating edges) and crop back at a random offset per image."""
+    if pad <= 0:
+        return x
+    b, _, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    oy = torch.randint(0, 2 * pad + 1, (b,))
+    ox = torch.randint(0, 2 * pad + 1, (b,))
+    rows = (oy[:, None] + torch.arange(h)[None, :])[:, :, None]  # [B,h,1]
+    cols = (ox[:, None] + torch.arange(w)[None, :])[:, None, :]  # [B,1,w]
+    return xp[torch.arange(b)[:, None, None], 0, rows, cols].unsqueeze(1)
+
+
+def random_hflip(x: torch.Tensor, p: float = 0.5) -> torch.Tensor:
+    flip = torch.rand(x.shape[0]) < p
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def random_affine(x: torch.Tensor, p: float, degrees: float, scale: float) -> torch.Tensor:
+    """With probability ``p`` per image: rotate by U(-deg, deg) and zoom by U(1-s, 1+s)."""
+    sel = (torch.rand(x.shape[0]) < p).nonzero().flatten()
+    if sel.numel() == 0 or (degrees <= 0 and scale <= 0):
+        return x
+    n = sel.numel()
+    ang = (torch.rand(n) * 2 - 1) * math.radians(degrees)
+    zoom = 1 + (torch.rand(n) * 2 - 1) * scale
+    cos, sin = torch.cos(ang) / zoom, torch.sin(ang) / zoom
+    zero = torch.zeros(n)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    sub = x[sel]
+    grid = F.affine_grid(theta, list(sub.shape), align_corners=False)
+    x = x.clone()
+    x[sel] = F.grid_sample(sub, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return x
+
+
+def random_erasing(x: torch.Tensor, p: float, area: tuple[float, float] = (0.02, 0.2),
+                   ratio: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
+    """With probability ``p`` per image, replace a random rectangle by Gaussian noise."""
+    if p <= 0:
+        return x
+    b, _, h, w = x.shape
+    sel = torch.rand(b) < p
+    a = (area[0] + torch.rand(b) * (area[1] - area[0])) * h * w
+    r = torch.exp(math.log(ratio[0]) + torch.rand(b) * (math.log(ratio[1]) - math.log(ratio[0])))
+    eh = torch.sqrt(a * r).round().clamp(1, h)
+    ew = torch.sqrt(a / r).round().clamp(1, w)
+    y0 = (torch.rand(b) * (h - eh + 1)).floor()
+    x0 = (torch.rand(b) * (w - ew + 1)).floor()
+    ys = torch.arange(h, dtype=torch.float32)[None, :, None]
+    xs = torch.arange(w, dtype=torch.float32)[None, None, :]
+    mask = ((ys >= y0[:, None, None]) & (ys < (y0 + eh)[:, None, None])
+            & (xs >= x0[:, None, None]) & (xs < (x0 + ew)[:, None, None]) & sel[:, None, None])
+    return torch.where(mask[:, None], torch.randn_like(x), x)
+
+
+def augment(x: torch.Tensor, args: argparse.Namespace) -> torch.Tensor:
+    x = random_crop(x, args.crop_pad)
+    x = random_hflip(x)
+    x = random_affine(x, args.affine_p, args.rotate, args.zoom)
+    return random_erasing(x, args.erase_p)
+
+
+# --------------------------------------------------------------------------
+# schedule, optimizer, loss
+# --------------------------------------------------------------------------
+def lr_at(step: int, total: int, steps_per_epoch: int, args: argparse.Namespace) -> float:
+    """Learning rate at global ``step`` of ``total`` (pure function: resumable)."""
+    hi = args.lr
+    if args.schedule == "onecycle":
+        warm = max(1, int(args.warmup_pct * total))
+        lo, end = hi / 25.0, hi / 1e4
+        if step < warm:
+            return lo + (hi - lo) * (1 - math.cos(math.pi * step / warm)) / 2
+        t = min(1.0, (step - warm) / max(1, total - warm))
+        return end + (hi - end) * (1 + math.cos(math.pi * t)) / 2
+    # cosine with one epoch of linear warm-up
+    warm = steps_per_epoch
+    if step < warm:
+        return hi * (step + 1) / warm
+    t = min(1.0, (step - warm) / max(1, total - warm))
+    return hi * (1 + math.cos(math.pi * t)) / 2
+
+
+def make_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.dim() > 1 else no_decay).append(p)  # no decay on BN weights and biases
+    return torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
+
+
+def class_weights(y: np.ndarray, power: float) -> torch.Tensor:
+    """``(N / (K n_c))^power``, normalized so the mean weight over samples is 1."""
+    counts = np.bincount(y, minlength=len(fer_data.LABELS)).astype(np.float64)
+    w = (len(y) / (len(counts) * np.maximum(counts, 1))) ** power
+    w = w / ((w * counts).sum() / len(y))
+    return torch.tensor(w, dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------
+# evaluation
+# --------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model: nn.Module, x_u8: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> dict:
+    """Accuracy (single pass and flip-averaged), loss, per-class recall."""
+    model.eval()
+    logits, logits_flip = [], []
+    for i in range(0, len(y), batch_size):
+        xb = to_input(x_u8[i:i + batch_size])
+        logits.append(model(xb))
+        logits_flip.append(model(xb.flip(3)))
+    logits, logits_flip = torch.cat(logits), torch.cat(logits_flip)
+    pred = logits.argmax(1)
+    pred_tta = (logits.softmax(1) + logits_flip.softmax(1)).argmax(1)
+    recall = [float((pred[y == c] == c).float().mean()) if (y == c).any() else float("nan")
+              for c in range(len(fer_data.LABELS))]
+    return {"loss": float(F.cross_entropy(logits, y.long())),
+            "acc": float((pred == y).float().mean()),
+            "acc_flip": float((pred_tta == y).float().mean()),
+            "recall": dict(zip(fer_data.LABELS, recall))}
+
+
+# --------------------------------------------------------------------------
+# checkpoints and logs
+# --------------------------------------------------------------------------
+def save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+CSV_FIELDS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_acc_flip",
+              "train_s", "eval_s", "best_val_acc", "best_epoch"]
+
+
+def write_logs(out: Path, history: list[dict]) -> None:
+    with open(out / "metrics.csv.tmp", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for row in history:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    os.replace(out / "metrics.csv.tmp", out / "metrics.csv")
+    (out / "history.json.tmp").write_text(json.dumps(history, indent=1))
+    os.replace(out / "history.json.tmp", out / "history.json")
+
+
+# --------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="train the FER2013 expression classifier",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--data", type=Path, default=fer_data.DEFAULT_DATA, help="dataset root or fer2013.csv")
+    ap.add_argument("--format", default="auto", choices=["auto", *fer_data.READERS])
+    ap.add_argument("--name", default=None, help="run name (default: w<width>-e<epochs>)")
+    ap.add_argument("--out", type=Path, default=None, help="run dir (default: training/runs/<name>)")
+    ap.add_argument("--width", type=float, default=1.0, help="channel multiplier (model.py)")
+    ap.add_argument("--dropout", type=float, default=0.3)
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--schedule", default="onecycle", choices=["onecycle", "cosine"])
+    ap.add_argument("--warmup-pct", type=float, default=0.2, help="one-cycle warm-up fraction")
+    ap.add_argument("--label-smoothing", type=float, default=0.1)
+    ap.add_argument("--class-weight-power", type=float, default=0.5,
+                    help="class weights (N/(K n_c))^p: 0 none, 1 fully balanced")
+    ap.add_argument("--crop-pad", type=int, default=4)
+    ap.add_argument("--affine-p", type=float, default=0.5)
+    ap.add_argument("--rotate", type=float, default=10.0, help="max rotation, degrees")
+    ap.add_argument("--zoom", type=float, default=0.1, help="max relative zoom")
+    ap.add_argument("--erase-p", type=float, default=0.5)
+    ap.add_argument("--patience", type=int, default=10, help="early stop after N epochs w/o improvement (0: off)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--resume", nargs="?", const="last", default=None,
+                    help="resume from <out>/last.pt (or the given checkpoint)")
+    ap.add_argument("--bench", type=int, default=0, help="time N training batches, print s/epoch, exit")
+    args = ap.parse_args(argv)
+    if args.name is None:
+        args.name = f"w{args.width:g}-e{args.epochs}"
+    if args.out is None:
+        args.out = RUNS_DIR / args.name
+    return args
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: CUDA is not available")
+    seed_everything(args.seed)
+
+    # ---- data (kept as uint8; converted and augmented per batch) ----
+    xtr, ytr = fer_data.load_split(args.data, "train", args.format)
+    xva, yva = fer_data.load_split(args.data, "val", args.format)
+    xtr_t, ytr_t = torch.from_numpy(xtr), torch.from_numpy(ytr.astype(np.int64))
+    xva_t, yva_t = torch.from_numpy(xva), torch.from_numpy(yva.astype(np.int64))
+    if device.type == "cuda":
+        xtr_t, ytr_t, xva_t, yva_t = (t.to(device) for t in (xtr_t, ytr_t, xva_t, yva_t))
+    steps_per_epoch = len(ytr) // args.batch_size  # drop_last: no tiny BatchNorm batches
+    total_steps = steps_per_epoch * args.epochs
+
+    # ---- model, optimizer; resume ----
+    out: Path = args.out
+    ckpt = None
+    if args.resume:
+        path = out / "last.pt" if args.resume == "last" else Path(args.resume)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        model = build_model(ckpt["model_config"])
+        if abs(ckpt["model_config"]["width"] - args.width) > 1e-9:
+            print(f"[train] note: --width {args.width} ignored, checkpoint has {ckpt['model_config']['width']}")
+        print(f"[train] resuming from {path} after epoch {ckpt['epoch']}")
+    else:
+        model = FerNet(width=args.width, dropout=args.dropout)
+    # every invocation's arguments, for provenance (a resumed run may change --epochs)
+    argv_history = (ckpt.get("argv_history", [ckpt["argv"]]) if ckpt is not None else []) + [sys.argv[1:]]
+    params, macs = count_params(model), count_macs(model)
+    model.to(device)
+    opt = make_optimizer(model, args)
+    start_epoch, step, history = 0, 0, []
+    best_acc, best_epoch, stale = -1.0, -1, 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        start_epoch, step, history = ckpt["epoch"], ckpt["step"], ckpt["history"]
+        if ckpt["args"]["epochs"] != args.epochs:
+            print(f"[train] note: schedule re-timed from {ckpt['args']['epochs']} to {args.epochs} epochs "
+                  f"at step {step}")
+        best_acc, best_epoch, stale = ckpt["best_acc"], ckpt["best_epoch"], ckpt["stale"]
+    weights = class_weights(ytr, args.class_weight_power).to(device)
+    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=args.label_smoothing)
+    print(f"[train] {args.name}: width {model.config['width']} params {params:,} MACs {macs:,}; "
+          f"{len(ytr)} train / {len(yva)} val; {steps_per_epoch} steps/epoch x {args.epochs} epochs; "
+          f"threads {torch.get_num_threads()} device {device}")
+    print(f"[train] class weights {[round(float(w), 3) for w in weights]}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    args_json = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    (out / "args.json").write_text(json.dumps({"argv": sys.argv[1:], "args": args_json}, indent=1))
+
+    for epoch in range(start_epoch, args.epochs):
+        # data order and augmentation of epoch e depend only on (seed, e)
+        torch.manual_seed(args.seed * 100003 + epoch)
+        perm = torch.from_numpy(np.random.default_rng([args.seed, epoch]).permutation(len(ytr))).to(device)
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum, correct, seen = 0.0, 0, 0
+        n_steps = min(steps_per_epoch, args.bench) if args.bench else steps_per_epoch
+        for i in range(n_steps):
+            idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
+            xb = augment(to_input(xtr_t[idx]), args)
+            yb = ytr_t[idx]
+            lr = lr_at(step, total_steps, steps_per_epoch, args)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            logits = model(xb)
+            loss = criterion(logits, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            loss_sum += loss.item() * len(yb)
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += len(yb)
+            if (i + 1) % 25 == 0 or i + 1 == n_steps:
+                el = time.perf_counter() - t0
+                print(f"[train] epoch {epoch + 1} step {i + 1}/{steps_per_epoch} loss {loss_sum / seen:.4f} "
+                      f"acc {correct / seen:.4f} lr {lr:.2e} {seen / el:.0f} img/s "
+                      f"(epoch est. {el / (i + 1) * steps_per_epoch:.0f} s)", flush=True)
+        train_s = time.perf_counter() - t0
+        if args.bench:
+            print(f"[bench] {n_steps} batches of {args.batch_size} in {train_s:.1f} s -> "
+                  f"{train_s / n_steps * steps_per_epoch:.0f} s/epoch (train only)")
+            return 0
+
+        t1 = time.perf_counter()
+        ev = evaluate(model, xva_t, yva_t)
+        eval_s = time.perf_counter() - t1
+        improved = ev["acc"] > best_acc
+        if improved:
+            best_acc, best_epoch, stale = ev["acc"], epoch + 1, 0
+        else:
+            stale += 1
+        row = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": loss_sum / seen,
+               "train_acc": correct / seen, "val_loss": ev["loss"], "val_acc": ev["acc"],
+               "val_acc_flip": ev["acc_flip"], "train_s": train_s, "eval_s": eval_s,
+               "best_val_acc": best_acc, "best_epoch": best_epoch, "val_recall": ev["recall"]}
+        history.append(row)
+        print(f"[train] epoch {epoch + 1}/{args.epochs}: train loss {row['train_loss']:.4f} acc "
+              f"{row['train_acc']:.4f} | val loss {ev['loss']:.4f} acc {ev['acc']:.4f} (flip {ev['acc_flip']:.4f}) "
+              f"| {train_s:.0f}+{eval_s:.0f} s | best {best_acc:.4f} @ {best_epoch}", flush=True)
+
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "model_config": model.config,
+                 "epoch": epoch + 1, "step": step, "history": history, "best_acc": best_acc,
+                 "best_epoch": best_epoch, "stale": stale, "args": args_json, "argv": sys.argv[1:],
+                 "argv_history": argv_history,
+                 "params": params, "macs": macs, "val_acc": ev["acc"], "val_acc_flip": ev["acc_flip"],
+                 "torch_version": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        save_atomic(state, out / "last.pt")
+        if improved:
+            shutil.copyfile(out / "last.pt", out / "best.pt.tmp")
+            os.replace(out / "best.pt.tmp", out / "best.pt")
+        write_logs(out, history)
+        if args.patience and stale >= args.patience:
+            print(f"[train] early stop: no improvement for {stale} epochs")
+            break
+    print(f"[train] done: best val acc {best_acc:.4f} at epoch {best_epoch}; {out / 'best.pt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
