@@ -289,8 +289,7 @@ impl<'de> Deserialize<'de> for RuleName {
         let v = String::deserialize(d)?;
         let ok = !v.is_empty()
             && v.len() <= 32
-            && v
-                .chars()
+            && v.chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !ok {
             return Err(serde::de::Error::custom(format!(
@@ -465,7 +464,8 @@ mod tests {
 
     #[test]
     fn duplicate_rule_names_are_rejected() {
-        let rule = "[[rule]]\nname = \"a\"\nexpressions = [\"sad\"]\nmin_probability = 0.5\nhold = 1\n";
+        let rule =
+            "[[rule]]\nname = \"a\"\nexpressions = [\"sad\"]\nmin_probability = 0.5\nhold = 1\n";
         let err = parse(&format!("{rule}{rule}")).unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("test.toml:7:8:"), "{msg}");

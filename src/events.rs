@@ -150,7 +150,12 @@ impl Event {
 
 /// `[x, y, w, h]` rounded to 0.1 pixel.
 pub fn box_array(b: &BBox) -> [f32; 4] {
-    [round(b.x, 10.0), round(b.y, 10.0), round(b.w, 10.0), round(b.h, 10.0)]
+    [
+        round(b.x, 10.0),
+        round(b.y, 10.0),
+        round(b.w, 10.0),
+        round(b.h, 10.0),
+    ]
 }
 
 /// Rounds to `1/scale`, so events stay short and stable across platforms.

@@ -125,7 +125,12 @@ impl Frame {
     /// Bilinear RGB at a real-valued position, clamped to the border.
     pub fn rgb_bilinear(&self, x: f32, y: f32) -> [f32; 3] {
         let (x0, y0, x1, y1, fx, fy) = self.neighbours(x, y);
-        let (a, b, c, d) = (self.rgb(x0, y0), self.rgb(x1, y0), self.rgb(x0, y1), self.rgb(x1, y1));
+        let (a, b, c, d) = (
+            self.rgb(x0, y0),
+            self.rgb(x1, y0),
+            self.rgb(x0, y1),
+            self.rgb(x1, y1),
+        );
         let mut out = [0.0; 3];
         for k in 0..3 {
             let top = a[k] * (1.0 - fx) + b[k] * fx;
@@ -169,7 +174,11 @@ pub fn rgb_to_yuv(r: u8, g: u8, b: u8) -> [u8; 3] {
     let y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16;
     let u = ((-38 * r - 74 * g + 112 * b + 128) >> 8) + 128;
     let v = ((112 * r - 94 * g - 18 * b + 128) >> 8) + 128;
-    [y.clamp(0, 255) as u8, u.clamp(0, 255) as u8, v.clamp(0, 255) as u8]
+    [
+        y.clamp(0, 255) as u8,
+        u.clamp(0, 255) as u8,
+        v.clamp(0, 255) as u8,
+    ]
 }
 
 #[cfg(test)]
@@ -201,11 +210,19 @@ mod tests {
 
     #[test]
     fn yuv_round_trip_is_close() {
-        for &(r, g, b) in &[(0u8, 0u8, 0u8), (255, 255, 255), (200, 30, 90), (12, 240, 100)] {
+        for &(r, g, b) in &[
+            (0u8, 0u8, 0u8),
+            (255, 255, 255),
+            (200, 30, 90),
+            (12, 240, 100),
+        ] {
             let [y, u, v] = rgb_to_yuv(r, g, b);
             let [r2, g2, b2] = yuv_to_rgb(y, u, v);
             for (a, b) in [(r, r2), (g, g2), (b, b2)] {
-                assert!((a as i32 - b as i32).abs() <= 3, "{r},{g},{b} -> {r2},{g2},{b2}");
+                assert!(
+                    (a as i32 - b as i32).abs() <= 3,
+                    "{r},{g},{b} -> {r2},{g2},{b2}"
+                );
             }
         }
     }

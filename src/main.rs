@@ -31,7 +31,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Find faces in images and classify their expressions.
-    #[command(after_help = "Examples:\n  ferd detect photo.jpg\n  ferd detect --json shots/ > faces.jsonl\n  ferd detect --config ferd.toml a.png b.png")]
+    #[command(
+        after_help = "Examples:\n  ferd detect photo.jpg\n  ferd detect --json shots/ > faces.jsonl\n  ferd detect --config ferd.toml a.png b.png"
+    )]
     Detect {
         /// Image files or directories of images (JPEG, PNG).
         #[arg(required = true)]
@@ -45,7 +47,9 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Run the pipeline: source → faces → expressions → tracks → rules → events.
-    #[command(after_help = "Examples:\n  ferd run --config systemd/ferd.toml --source examples/demo.y4m --display png:demo.png\n  ferd run --config ferd.toml --source frames/ --realtime\n\nEvents go to the [events] output of the config (stdout by default), one JSON object per line.")]
+    #[command(
+        after_help = "Examples:\n  ferd run --config systemd/ferd.toml --source examples/demo.y4m --display png:demo.png\n  ferd run --config ferd.toml --source frames/ --realtime\n\nEvents go to the [events] output of the config (stdout by default), one JSON object per line."
+    )]
     Run {
         /// The configuration file.
         #[arg(long)]
@@ -63,7 +67,10 @@ enum Command {
         realtime: bool,
     },
     /// Validate a configuration file without touching hardware; exit 0 if valid.
-    #[command(name = "check-config", after_help = "Example:\n  ferd check-config /etc/ferd/ferd.toml && echo ok")]
+    #[command(
+        name = "check-config",
+        after_help = "Example:\n  ferd check-config /etc/ferd/ferd.toml && echo ok"
+    )]
     CheckConfig {
         /// The configuration file.
         file: PathBuf,
@@ -112,9 +119,16 @@ fn check_config(file: &Path) -> Result<ExitCode> {
     for m in [&config.detector.model, &config.classifier.model] {
         let path = config.resolve(m);
         let manifest = ferd::vision::Manifest::load(&path)?;
-        let file = path.parent().unwrap_or(Path::new(".")).join(&manifest.model.file);
+        let file = path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(&manifest.model.file);
         if !file.is_file() {
-            bail!("{}: model file {} does not exist", path.display(), file.display());
+            bail!(
+                "{}: model file {} does not exist",
+                path.display(),
+                file.display()
+            );
         }
     }
     if let Some(spec) = &config.display.output {
@@ -150,7 +164,8 @@ fn detect(inputs: &[PathBuf], json: bool, config: Option<&Path>) -> Result<ExitC
                     log::error!("{e}");
                     if json {
                         let path = match &e {
-                            source::SourceError::Io { path, .. } | source::SourceError::Format { path, .. } => path,
+                            source::SourceError::Io { path, .. }
+                            | source::SourceError::Format { path, .. } => path,
                         };
                         let line = serde_json::json!({"image": path, "error": e.to_string()});
                         writeln!(out, "{line}")?;
@@ -221,17 +236,28 @@ fn detect(inputs: &[PathBuf], json: bool, config: Option<&Path>) -> Result<ExitC
 /// Parses a `--display` spec.
 fn parse_display(spec: &str) -> Result<Box<dyn Display + Send>> {
     match spec.split_once(':') {
-        Some(("png", path)) if !path.is_empty() => Ok(Box::new(PngDisplay::new(PathBuf::from(path)))),
+        Some(("png", path)) if !path.is_empty() => {
+            Ok(Box::new(PngDisplay::new(PathBuf::from(path))))
+        }
         _ => bail!("unknown display {spec:?}: expected png:PATH"),
     }
 }
 
-fn run(config_path: &Path, source: Option<PathBuf>, display: Option<String>, realtime: bool) -> Result<ExitCode> {
+fn run(
+    config_path: &Path,
+    source: Option<PathBuf>,
+    display: Option<String>,
+    realtime: bool,
+) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
-    let source_path = match source.or_else(|| config.source.path.as_ref().map(|p| config.resolve(p))) {
-        Some(p) => p,
-        None => bail!("no input: give --source or set [source] path in {}", config_path.display()),
-    };
+    let source_path =
+        match source.or_else(|| config.source.path.as_ref().map(|p| config.resolve(p))) {
+            Some(p) => p,
+            None => bail!(
+                "no input: give --source or set [source] path in {}",
+                config_path.display()
+            ),
+        };
     let display = match display.as_deref().or(config.display.output.as_deref()) {
         Some(spec) => Some(parse_display(spec)?),
         None => None,
@@ -239,7 +265,9 @@ fn run(config_path: &Path, source: Option<PathBuf>, display: Option<String>, rea
     let sink: Box<dyn EventSink + Send> = if config.events.output == "-" {
         Box::new(JsonLines::stdout())
     } else {
-        Box::new(JsonLines::append(config.resolve(Path::new(&config.events.output)))?)
+        Box::new(JsonLines::append(
+            config.resolve(Path::new(&config.events.output)),
+        )?)
     };
     let analyzer = Analyzer::load(&config)?;
     let src = source::open(&source_path)?;
@@ -247,10 +275,16 @@ fn run(config_path: &Path, source: Option<PathBuf>, display: Option<String>, rea
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing signal handlers")?;
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("installing signal handlers")?;
     }
     let mut pipeline = ferd::pipeline::Pipeline::new(analyzer, &config, vec![sink], display);
-    let summary = ferd::pipeline::run(src, &mut pipeline, realtime || config.source.realtime, &stop);
+    let summary = ferd::pipeline::run(
+        src,
+        &mut pipeline,
+        realtime || config.source.realtime,
+        &stop,
+    );
     log::info!(
         "{} frames analysed, {} skipped, {} dropped, {} faces, {} tracks",
         summary.frames,

@@ -119,7 +119,8 @@ impl Pipeline {
         self.summary.faces += observations.len() as u64;
 
         self.track_changes.clear();
-        self.tracker.update(t, &observations, &mut self.track_changes);
+        self.tracker
+            .update(t, &observations, &mut self.track_changes);
         let changes = std::mem::take(&mut self.track_changes);
         for c in &changes {
             match *c {
@@ -150,7 +151,8 @@ impl Pipeline {
         self.track_changes = changes;
 
         self.alert_changes.clear();
-        self.rules.update(t, self.tracker.tracks(), &mut self.alert_changes);
+        self.rules
+            .update(t, self.tracker.tracks(), &mut self.alert_changes);
         self.emit_alert_changes();
         self.update_display();
         self.flush();
@@ -199,7 +201,10 @@ impl Pipeline {
             let report = match self.reported.get(&track.id) {
                 None => true,
                 Some(&(last, at)) => {
-                    last != top || self.expression_interval.is_some_and(|iv| t.saturating_sub(at) >= iv)
+                    last != top
+                        || self
+                            .expression_interval
+                            .is_some_and(|iv| t.saturating_sub(at) >= iv)
                 }
             };
             if report {
@@ -227,7 +232,9 @@ impl Pipeline {
                     expression,
                     probability,
                 } => {
-                    log::info!("alert {alert} raised (track {track}, {expression} {probability:.2})");
+                    log::info!(
+                        "alert {alert} raised (track {track}, {expression} {probability:.2})"
+                    );
                     EventKind::AlertRaised {
                         alert: alert.clone(),
                         track: *track,

@@ -64,9 +64,16 @@ pub enum AlertChange {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
     Idle,
-    Pending { since: Duration },
-    Active { since: Duration, false_since: Option<Duration> },
-    Cooldown { until: Duration },
+    Pending {
+        since: Duration,
+    },
+    Active {
+        since: Duration,
+        false_since: Option<Duration>,
+    },
+    Cooldown {
+        until: Duration,
+    },
 }
 
 #[derive(Debug)]
@@ -213,7 +220,9 @@ mod tests {
     fn rule(hold: f64, clear_after: f64, cooldown: f64) -> RuleConfig {
         RuleConfig {
             name: RuleName("distress".into()),
-            expressions: ExpressionSet([Expression::Angry, Expression::Fear, Expression::Sad].into()),
+            expressions: ExpressionSet(
+                [Expression::Angry, Expression::Fear, Expression::Sad].into(),
+            ),
             min_probability: Probability(0.6),
             hold: Seconds(hold),
             clear_after: Seconds(clear_after),
@@ -256,14 +265,30 @@ mod tests {
 
     #[test]
     fn raises_after_hold_and_clears_after_clear_time() {
-        let ch = run(rule(3.0, 1.0, 0.0), &[(1000, 0.1), (5000, 0.6), (3000, 0.1)]);
+        let ch = run(
+            rule(3.0, 1.0, 0.0),
+            &[(1000, 0.1), (5000, 0.6), (3000, 0.1)],
+        );
         assert_eq!(ch.len(), 2, "{ch:?}");
         // Condition true from 1.0 s (sad 0.6 + fear 0.1 ≥ 0.6), held 3 s.
         assert_eq!(ch[0].0, 4000);
-        assert!(matches!(&ch[0].1, AlertChange::Raised { track: 7, expression: Expression::Sad, .. }));
+        assert!(matches!(
+            &ch[0].1,
+            AlertChange::Raised {
+                track: 7,
+                expression: Expression::Sad,
+                ..
+            }
+        ));
         // False from 6.0 s, clears 1 s later.
         assert_eq!(ch[1].0, 7000);
-        assert!(matches!(&ch[1].1, AlertChange::Cleared { reason: ClearReason::Condition, .. }));
+        assert!(matches!(
+            &ch[1].1,
+            AlertChange::Cleared {
+                reason: ClearReason::Condition,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -296,7 +321,9 @@ mod tests {
         assert_eq!(rules.active().collect::<Vec<_>>(), vec!["distress"]);
         ch.clear();
         rules.finish(Duration::from_secs(2), &mut ch);
-        assert!(matches!(&ch[0], AlertChange::Cleared { reason: ClearReason::Shutdown, duration, .. } if *duration == Duration::from_secs(2)));
+        assert!(
+            matches!(&ch[0], AlertChange::Cleared { reason: ClearReason::Shutdown, duration, .. } if *duration == Duration::from_secs(2))
+        );
         assert_eq!(rules.active().count(), 0);
     }
 }

@@ -79,7 +79,12 @@ impl Tracker {
 
     /// Feeds the observations of the frame at time `t`; appends what
     /// changed to `changes` (appearances in observation order, then losses).
-    pub fn update(&mut self, t: Duration, observations: &[Observation], changes: &mut Vec<TrackChange>) {
+    pub fn update(
+        &mut self,
+        t: Duration,
+        observations: &[Observation],
+        changes: &mut Vec<TrackChange>,
+    ) {
         self.pairs.clear();
         for (ti, track) in self.tracks.iter().enumerate() {
             for (oi, o) in observations.iter().enumerate() {
@@ -165,7 +170,12 @@ mod tests {
         p[6] = 1.0 - p0;
         Observation {
             face: Face {
-                bbox: BBox { x, y: 0.0, w: 10.0, h: 10.0 },
+                bbox: BBox {
+                    x,
+                    y: 0.0,
+                    w: 10.0,
+                    h: 10.0,
+                },
                 score: 0.9,
                 landmarks: [[0.0; 2]; 5],
             },
@@ -186,10 +196,20 @@ mod tests {
         let mut tr = tracker();
         let mut ch = Vec::new();
         tr.update(Duration::ZERO, &[obs(0.0, 1.0), obs(50.0, 0.0)], &mut ch);
-        assert_eq!(ch, vec![TrackChange::Appeared { id: 1 }, TrackChange::Appeared { id: 2 }]);
+        assert_eq!(
+            ch,
+            vec![
+                TrackChange::Appeared { id: 1 },
+                TrackChange::Appeared { id: 2 }
+            ]
+        );
         ch.clear();
         // Same faces, listed in the other order and moved a little.
-        tr.update(Duration::from_millis(100), &[obs(51.0, 0.0), obs(1.0, 0.0)], &mut ch);
+        tr.update(
+            Duration::from_millis(100),
+            &[obs(51.0, 0.0), obs(1.0, 0.0)],
+            &mut ch,
+        );
         assert!(ch.is_empty());
         let t1 = &tr.tracks()[0];
         assert_eq!(t1.id, 1);
@@ -206,7 +226,13 @@ mod tests {
         tr.update(Duration::from_millis(900), &[], &mut ch);
         assert!(ch.is_empty());
         tr.update(Duration::from_millis(1000), &[], &mut ch);
-        assert_eq!(ch, vec![TrackChange::Lost { id: 1, duration: Duration::ZERO }]);
+        assert_eq!(
+            ch,
+            vec![TrackChange::Lost {
+                id: 1,
+                duration: Duration::ZERO
+            }]
+        );
         assert!(tr.tracks().is_empty());
         // A new face at the same place gets a new id.
         ch.clear();
@@ -222,6 +248,12 @@ mod tests {
         tr.update(Duration::from_secs(2), &[obs(0.0, 1.0)], &mut ch);
         ch.clear();
         tr.finish(&mut ch);
-        assert_eq!(ch, vec![TrackChange::Lost { id: 1, duration: Duration::from_secs(2) }]);
+        assert_eq!(
+            ch,
+            vec![TrackChange::Lost {
+                id: 1,
+                duration: Duration::from_secs(2)
+            }]
+        );
     }
 }

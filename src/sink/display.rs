@@ -89,7 +89,8 @@ impl StatusScreen {
         if let Some(p) = self.probs {
             for (i, e) in Expression::ALL.into_iter().enumerate() {
                 let y = 11 + 6 * i as i32;
-                Text::with_text_style(&e.name()[..3], Point::new(0, y - 1), small, top_left).draw(d)?;
+                Text::with_text_style(&e.name()[..3], Point::new(0, y - 1), small, top_left)
+                    .draw(d)?;
                 let len = (p.get(e).clamp(0.0, 1.0) * BAR_MAX as f32).round() as u32;
                 if len > 0 {
                     Rectangle::new(Point::new(BAR_X, y + 1), Size::new(len, 4))
@@ -115,8 +116,16 @@ impl StatusScreen {
                 s.push_str(&a.to_uppercase());
             }
             let inverse = MonoTextStyle::new(&FONT_6X10, BinaryColor::Off);
-            Text::with_text_style(&s, Point::new(64, 54), inverse, TextStyleBuilder::new().baseline(Baseline::Top).alignment(Alignment::Center).build())
-                .draw(d)?;
+            Text::with_text_style(
+                &s,
+                Point::new(64, 54),
+                inverse,
+                TextStyleBuilder::new()
+                    .baseline(Baseline::Top)
+                    .alignment(Alignment::Center)
+                    .build(),
+            )
+            .draw(d)?;
         }
         Ok(())
     }
@@ -140,7 +149,9 @@ impl Default for Canvas {
 impl Canvas {
     /// Whether pixel `(x, y)` is lit; `false` outside.
     pub fn get(&self, x: u32, y: u32) -> bool {
-        x < SCREEN_SIZE.width && y < SCREEN_SIZE.height && self.pixels[(y * SCREEN_SIZE.width + x) as usize]
+        x < SCREEN_SIZE.width
+            && y < SCREEN_SIZE.height
+            && self.pixels[(y * SCREEN_SIZE.width + x) as usize]
     }
 }
 
@@ -159,7 +170,11 @@ impl DrawTarget for Canvas {
         I: IntoIterator<Item = Pixel<Self::Color>>,
     {
         for Pixel(p, c) in pixels {
-            if p.x >= 0 && p.y >= 0 && (p.x as u32) < SCREEN_SIZE.width && (p.y as u32) < SCREEN_SIZE.height {
+            if p.x >= 0
+                && p.y >= 0
+                && (p.x as u32) < SCREEN_SIZE.width
+                && (p.y as u32) < SCREEN_SIZE.height
+            {
                 self.pixels[(p.y as u32 * SCREEN_SIZE.width + p.x as u32) as usize] = c.is_on();
             }
         }
@@ -172,7 +187,10 @@ mod tests {
     use super::*;
 
     fn lit(c: &Canvas, x0: u32, y0: u32, x1: u32, y1: u32) -> usize {
-        (y0..y1).flat_map(|y| (x0..x1).map(move |x| (x, y))).filter(|&(x, y)| c.get(x, y)).count()
+        (y0..y1)
+            .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+            .filter(|&(x, y)| c.get(x, y))
+            .count()
     }
 
     #[test]

@@ -104,12 +104,21 @@ mod tests {
     fn writes_one_line_per_event() {
         let mut s = JsonLines::new(Vec::new(), "memory");
         for track in 1..=2 {
-            let e = Event::new(EventKind::FaceLost { track, duration: 0.0 }, Duration::ZERO, 0);
+            let e = Event::new(
+                EventKind::FaceLost {
+                    track,
+                    duration: 0.0,
+                },
+                Duration::ZERO,
+                0,
+            );
             s.emit(&e).unwrap();
         }
         let out = String::from_utf8(s.into_inner()).unwrap();
         assert_eq!(out.lines().count(), 2);
-        assert!(out.lines().all(|l| l.starts_with(r#"{"v":1,"type":"face_lost""#)));
+        assert!(out
+            .lines()
+            .all(|l| l.starts_with(r#"{"v":1,"type":"face_lost""#)));
     }
 
     #[test]
@@ -118,7 +127,14 @@ mod tests {
             return; // no /dev/full on this system
         };
         let mut s = JsonLines::new(full, "/dev/full");
-        let e = Event::new(EventKind::FaceLost { track: 1, duration: 0.0 }, Duration::ZERO, 0);
+        let e = Event::new(
+            EventKind::FaceLost {
+                track: 1,
+                duration: 0.0,
+            },
+            Duration::ZERO,
+            0,
+        );
         let r = s.emit(&e).and_then(|_| s.flush());
         let msg = r.unwrap_err().to_string();
         assert!(msg.contains("/dev/full"), "{msg}");

@@ -36,9 +36,17 @@ impl PngDisplay {
 
 /// The canvas as an 8-bit grey image, `SCALE` times larger, lit = white.
 pub fn render(canvas: &Canvas) -> image::GrayImage {
-    image::GrayImage::from_fn(SCREEN_SIZE.width * SCALE, SCREEN_SIZE.height * SCALE, |x, y| {
-        image::Luma([if canvas.get(x / SCALE, y / SCALE) { 255 } else { 0 }])
-    })
+    image::GrayImage::from_fn(
+        SCREEN_SIZE.width * SCALE,
+        SCREEN_SIZE.height * SCALE,
+        |x, y| {
+            image::Luma([if canvas.get(x / SCALE, y / SCALE) {
+                255
+            } else {
+                0
+            }])
+        },
+    )
 }
 
 /// Writes `img` atomically: a reader never sees a half-written file.

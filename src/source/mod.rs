@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use files::{decode_image, ImageSource, MAX_IMAGE_SIDE};
-pub use y4m::Y4mSource;
+pub use y4m::{header_line, parse_header, Y4mHeader, Y4mSource};
 
 use crate::frame::Frame;
 

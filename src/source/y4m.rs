@@ -70,7 +70,10 @@ impl Y4mSource {
             return Ok(None);
         };
         if !(line == "FRAME" || line.starts_with("FRAME ")) {
-            return Err(self.format_err(format!("expected FRAME marker, found {:?}", truncate(&line))));
+            return Err(self.format_err(format!(
+                "expected FRAME marker, found {:?}",
+                truncate(&line)
+            )));
         }
         let h = &self.header;
         let len = h.format.buffer_len(h.width, h.height);
@@ -193,7 +196,10 @@ fn truncate(s: &str) -> &str {
 pub fn parse_header(line: &str) -> Result<Y4mHeader, String> {
     let mut parts = line.split(' ');
     if parts.next() != Some("YUV4MPEG2") {
-        return Err(format!("not a YUV4MPEG2 file: header starts {:?}", truncate(line)));
+        return Err(format!(
+            "not a YUV4MPEG2 file: header starts {:?}",
+            truncate(line)
+        ));
     }
     let (mut width, mut height, mut rate) = (None, None, None);
     // The format's default colour space is 4:2:0.
@@ -201,10 +207,24 @@ pub fn parse_header(line: &str) -> Result<Y4mHeader, String> {
     for p in parts.filter(|p| !p.is_empty()) {
         let (tag, value) = p.split_at(1);
         match tag {
-            "W" => width = Some(value.parse::<u32>().map_err(|_| format!("bad width {value:?}"))?),
-            "H" => height = Some(value.parse::<u32>().map_err(|_| format!("bad height {value:?}"))?),
+            "W" => {
+                width = Some(
+                    value
+                        .parse::<u32>()
+                        .map_err(|_| format!("bad width {value:?}"))?,
+                )
+            }
+            "H" => {
+                height = Some(
+                    value
+                        .parse::<u32>()
+                        .map_err(|_| format!("bad height {value:?}"))?,
+                )
+            }
             "F" => {
-                let (n, d) = value.split_once(':').ok_or_else(|| format!("bad frame rate {value:?}"))?;
+                let (n, d) = value
+                    .split_once(':')
+                    .ok_or_else(|| format!("bad frame rate {value:?}"))?;
                 let n: u32 = n.parse().map_err(|_| format!("bad frame rate {value:?}"))?;
                 let d: u32 = d.parse().map_err(|_| format!("bad frame rate {value:?}"))?;
                 if n == 0 || d == 0 {
@@ -216,7 +236,11 @@ pub fn parse_header(line: &str) -> Result<Y4mHeader, String> {
                 format = match value {
                     "420" | "420jpeg" | "420paldv" | "420mpeg2" => PixelFormat::I420,
                     "mono" => PixelFormat::Grey,
-                    other => return Err(format!("unsupported colour space C{other} (ferd reads 4:2:0 and mono)")),
+                    other => {
+                        return Err(format!(
+                            "unsupported colour space C{other} (ferd reads 4:2:0 and mono)"
+                        ))
+                    }
                 }
             }
             // Interlacing, aspect ratio and extensions do not change how
@@ -228,7 +252,9 @@ pub fn parse_header(line: &str) -> Result<Y4mHeader, String> {
     let width = width.ok_or("header has no width (W)")?;
     let height = height.ok_or("header has no height (H)")?;
     if width == 0 || height == 0 || width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
-        return Err(format!("frame size {width}×{height} outside 1..={MAX_IMAGE_SIDE}"));
+        return Err(format!(
+            "frame size {width}×{height} outside 1..={MAX_IMAGE_SIDE}"
+        ));
     }
     let rate = rate.ok_or("header has no frame rate (F)")?;
     Ok(Y4mHeader {
@@ -241,13 +267,21 @@ pub fn parse_header(line: &str) -> Result<Y4mHeader, String> {
 
 /// Writes a `.y4m` header for frames of the given format; the inverse of
 /// [`parse_header`], used by tools and tests that record clips.
-pub fn header_line(width: u32, height: u32, rate: (u32, u32), format: PixelFormat) -> Result<String, String> {
+pub fn header_line(
+    width: u32,
+    height: u32,
+    rate: (u32, u32),
+    format: PixelFormat,
+) -> Result<String, String> {
     let c = match format {
         PixelFormat::I420 => "420jpeg",
         PixelFormat::Grey => "mono",
         PixelFormat::Rgb => return Err("YUV4MPEG2 cannot carry packed RGB".into()),
     };
-    Ok(format!("YUV4MPEG2 W{width} H{height} F{}:{} Ip A1:1 C{c}\n", rate.0, rate.1))
+    Ok(format!(
+        "YUV4MPEG2 W{width} H{height} F{}:{} Ip A1:1 C{c}\n",
+        rate.0, rate.1
+    ))
 }
 
 #[cfg(test)]
@@ -270,22 +304,41 @@ mod tests {
     fn header_round_trips() {
         let line = header_line(320, 240, (10, 1), PixelFormat::Grey).unwrap();
         let h = parse_header(line.trim_end()).unwrap();
-        assert_eq!((h.width, h.height, h.rate, h.format), (320, 240, (10, 1), PixelFormat::Grey));
-        assert_eq!(parse_header("YUV4MPEG2 W4 H2 F25:1").unwrap().format, PixelFormat::I420);
+        assert_eq!(
+            (h.width, h.height, h.rate, h.format),
+            (320, 240, (10, 1), PixelFormat::Grey)
+        );
+        assert_eq!(
+            parse_header("YUV4MPEG2 W4 H2 F25:1").unwrap().format,
+            PixelFormat::I420
+        );
     }
 
     #[test]
     fn bad_headers_are_explained() {
-        assert!(parse_header("RIFF").unwrap_err().contains("not a YUV4MPEG2"));
-        assert!(parse_header("YUV4MPEG2 W4 F25:1").unwrap_err().contains("height"));
-        assert!(parse_header("YUV4MPEG2 W4 H4 F0:1").unwrap_err().contains("frame rate"));
-        assert!(parse_header("YUV4MPEG2 W4 H4 F25:1 C444").unwrap_err().contains("C444"));
-        assert!(parse_header("YUV4MPEG2 W20000 H4 F25:1").unwrap_err().contains("outside"));
+        assert!(parse_header("RIFF")
+            .unwrap_err()
+            .contains("not a YUV4MPEG2"));
+        assert!(parse_header("YUV4MPEG2 W4 F25:1")
+            .unwrap_err()
+            .contains("height"));
+        assert!(parse_header("YUV4MPEG2 W4 H4 F0:1")
+            .unwrap_err()
+            .contains("frame rate"));
+        assert!(parse_header("YUV4MPEG2 W4 H4 F25:1 C444")
+            .unwrap_err()
+            .contains("C444"));
+        assert!(parse_header("YUV4MPEG2 W20000 H4 F25:1")
+            .unwrap_err()
+            .contains("outside"));
     }
 
     #[test]
     fn frames_have_timestamps_and_truncated_last_frame_is_reported() {
-        let f = clip("YUV4MPEG2 W2 H2 F4:1 Cmono\n", &[&[1, 2, 3, 4], &[5, 6, 7, 8], &[9, 9]]);
+        let f = clip(
+            "YUV4MPEG2 W2 H2 F4:1 Cmono\n",
+            &[&[1, 2, 3, 4], &[5, 6, 7, 8], &[9, 9]],
+        );
         let mut s = Y4mSource::open(f.path()).unwrap();
         let a = s.next_frame().unwrap().unwrap();
         let b = s.next_frame().unwrap().unwrap();
@@ -299,7 +352,10 @@ mod tests {
     #[test]
     fn i420_frames_have_chroma() {
         // 2x2 I420 = 4 luma + 1 U + 1 V.
-        let f = clip("YUV4MPEG2 W2 H2 F1:1 C420jpeg\n", &[&[16, 16, 235, 235, 128, 128]]);
+        let f = clip(
+            "YUV4MPEG2 W2 H2 F1:1 C420jpeg\n",
+            &[&[16, 16, 235, 235, 128, 128]],
+        );
         let mut s = Y4mSource::open(f.path()).unwrap();
         let fr = s.next_frame().unwrap().unwrap();
         assert_eq!(fr.format, PixelFormat::I420);

@@ -128,7 +128,9 @@ impl Classifier {
         let spec = &self.model.manifest.input;
         let shape = &self.model.input_shape;
         let (h, w) = (shape[2], shape[3]);
-        let data = sample_grey(frame, crop, w, h, |v| (v * spec.scale - spec.mean[0]) / spec.std[0]);
+        let data = sample_grey(frame, crop, w, h, |v| {
+            (v * spec.scale - spec.mean[0]) / spec.std[0]
+        });
         tract_ndarray::Array4::from_shape_vec((1, 1, h, w), data)
             .expect("buffer length matches the shape")
             .into()
@@ -138,7 +140,13 @@ impl Classifier {
 /// Samples a rotated square of the frame into a `w` × `h` grey image,
 /// averaging `k`×`k` bilinear samples per output pixel when shrinking so
 /// that a large face is not aliased. `map` turns 0..255 into model units.
-pub fn sample_grey(frame: &Frame, crop: &Crop, w: usize, h: usize, map: impl Fn(f32) -> f32) -> Vec<f32> {
+pub fn sample_grey(
+    frame: &Frame,
+    crop: &Crop,
+    w: usize,
+    h: usize,
+    map: impl Fn(f32) -> f32,
+) -> Vec<f32> {
     let step_x = crop.side / w as f32;
     let step_y = crop.side / h as f32;
     let k = (step_x.max(step_y).ceil() as usize).clamp(1, MAX_SUPERSAMPLE);
@@ -196,7 +204,12 @@ mod tests {
     fn rotated_crop_follows_the_eye_line() {
         use crate::vision::detector::BBox;
         let face = Face {
-            bbox: BBox { x: 0.0, y: 0.0, w: 10.0, h: 10.0 },
+            bbox: BBox {
+                x: 0.0,
+                y: 0.0,
+                w: 10.0,
+                h: 10.0,
+            },
             score: 1.0,
             landmarks: [[2.0, 2.0], [8.0, 8.0], [5.0, 5.0], [3.0, 7.0], [7.0, 7.0]],
         };

@@ -215,7 +215,9 @@ impl Detector {
             }
         }
         let (Some(loc), Some(conf), Some(lm)) = (loc, conf, landmarks) else {
-            return Err(bad("expected loc [1,A,4], conf [1,A,2] and landmarks [1,A,10] outputs".into()));
+            return Err(bad(
+                "expected loc [1,A,4], conf [1,A,2] and landmarks [1,A,10] outputs".into(),
+            ));
         };
         let (iw, ih) = (self.input_w as f32, self.input_h as f32);
         let [vc, vs] = self.variance;

@@ -36,12 +36,19 @@ impl Analyzer {
     pub fn load(config: &Config) -> Result<Analyzer, ModelError> {
         Ok(Analyzer {
             detector: Detector::load(&config.resolve(&config.detector.model), &config.detector)?,
-            classifier: Classifier::load(&config.resolve(&config.classifier.model), &config.classifier)?,
+            classifier: Classifier::load(
+                &config.resolve(&config.classifier.model),
+                &config.classifier,
+            )?,
         })
     }
 
     /// Loads the models from explicit manifest paths.
-    pub fn load_from(detector: &Path, classifier: &Path, config: &Config) -> Result<Analyzer, ModelError> {
+    pub fn load_from(
+        detector: &Path,
+        classifier: &Path,
+        config: &Config,
+    ) -> Result<Analyzer, ModelError> {
         Ok(Analyzer {
             detector: Detector::load(detector, &config.detector)?,
             classifier: Classifier::load(classifier, &config.classifier)?,

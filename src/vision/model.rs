@@ -13,6 +13,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
 
 /// What went wrong loading a model, always naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -206,10 +207,16 @@ impl Manifest {
         };
         let i = &self.input;
         if i.layout != "NCHW" {
-            return Err(bad(format!("input.layout {:?} unsupported (only NCHW)", i.layout)));
+            return Err(bad(format!(
+                "input.layout {:?} unsupported (only NCHW)",
+                i.layout
+            )));
         }
         if i.shape.len() != 4 {
-            return Err(bad(format!("input.shape must have 4 dimensions, has {}", i.shape.len())));
+            return Err(bad(format!(
+                "input.shape must have 4 dimensions, has {}",
+                i.shape.len()
+            )));
         }
         let channels = match i.color {
             ColorOrder::Grey => 1,
@@ -222,23 +229,31 @@ impl Manifest {
             )));
         }
         if i.std.iter().any(|&s| s == 0.0 || !s.is_finite()) || !i.scale.is_finite() {
-            return Err(bad("input.std must be non-zero and input.scale finite".into()));
+            return Err(bad(
+                "input.std must be non-zero and input.scale finite".into()
+            ));
         }
-        if self.model.sha256.len() != 64 || !self.model.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+        if self.model.sha256.len() != 64
+            || !self.model.sha256.chars().all(|c| c.is_ascii_hexdigit())
+        {
             return Err(bad("model.sha256 must be 64 hex digits".into()));
         }
         match self.model.task {
             Task::Expression => {
                 let labels = self.output.labels.as_deref().unwrap_or(&[]);
-                let expected: Vec<&str> =
-                    crate::expression::Expression::ALL.iter().map(|e| e.name()).collect();
+                let expected: Vec<&str> = crate::expression::Expression::ALL
+                    .iter()
+                    .map(|e| e.name())
+                    .collect();
                 if labels != expected.as_slice() {
                     return Err(bad(format!(
                         "output.labels must be the FER2013 order {expected:?}, got {labels:?}"
                     )));
                 }
                 if self.output.kind == OutputKind::Retinaface {
-                    return Err(bad("an expression model's output.kind must be logits or probabilities".into()));
+                    return Err(bad(
+                        "an expression model's output.kind must be logits or probabilities".into(),
+                    ));
                 }
                 if i.shape.iter().any(|&d| d == 0) {
                     return Err(bad("an expression model needs a fixed input.shape".into()));
@@ -246,13 +261,17 @@ impl Manifest {
             }
             Task::FaceDetector => {
                 let Some(d) = &self.detector else {
-                    return Err(bad("a face-detector manifest needs a [detector] section".into()));
+                    return Err(bad(
+                        "a face-detector manifest needs a [detector] section".into()
+                    ));
                 };
                 if d.strides.is_empty() || d.strides.len() != d.anchor_sizes.len() {
                     return Err(bad("detector.strides and detector.anchor_sizes must have the same, non-zero length".into()));
                 }
                 if self.output.kind != OutputKind::Retinaface {
-                    return Err(bad("a face detector's output.kind must be retinaface".into()));
+                    return Err(bad(
+                        "a face detector's output.kind must be retinaface".into()
+                    ));
                 }
             }
         }
@@ -264,12 +283,19 @@ impl LoadedModel {
     /// Loads the model a manifest describes, checking task, checksum and
     /// input shape. `free_dims` fills the manifest's free (0) dimensions, in
     /// order; the plan is optimised for the resulting concrete shape.
-    pub fn load(manifest_path: &Path, task: Task, free_dims: &[usize]) -> Result<LoadedModel, ModelError> {
+    pub fn load(
+        manifest_path: &Path,
+        task: Task,
+        free_dims: &[usize],
+    ) -> Result<LoadedModel, ModelError> {
         let manifest = Manifest::load(manifest_path)?;
         if manifest.model.task != task {
             return Err(ModelError::Manifest {
                 path: manifest_path.to_path_buf(),
-                message: format!("model.task is {:?}, but this slot needs {:?}", manifest.model.task, task),
+                message: format!(
+                    "model.task is {:?}, but this slot needs {:?}",
+                    manifest.model.task, task
+                ),
             });
         }
         let dir = manifest_path.parent().unwrap_or(Path::new("."));
@@ -344,19 +370,27 @@ impl LoadedModel {
 /// The ONNX file's declared input must agree with the manifest wherever
 /// both give a concrete size; a 3-channel model under a grey manifest would
 /// otherwise fail later with a less helpful message, or not at all.
-fn check_declared_input(model: &InferenceModel, expected: &[usize], path: &Path) -> Result<(), ModelError> {
+fn check_declared_input(
+    model: &InferenceModel,
+    expected: &[usize],
+    path: &Path,
+) -> Result<(), ModelError> {
     let fact = model.input_fact(0).map_err(|e| ModelError::Tract {
         path: path.to_path_buf(),
         stage: "read the input fact",
         message: format!("{e:#}"),
     })?;
-    let Some(dims) = fact.shape.dims().map(|d| d.collect::<Vec<_>>()) else {
+    if fact.shape.is_open() {
         return Ok(());
-    };
+    }
+    let dims: Vec<_> = fact.shape.dims().collect();
     if dims.len() != expected.len() {
         return Err(ModelError::Shape {
             path: path.to_path_buf(),
-            message: format!("graph input has rank {}, manifest says shape {expected:?}", dims.len()),
+            message: format!(
+                "graph input has rank {}, manifest says shape {expected:?}",
+                dims.len()
+            ),
         });
     }
     for (i, (d, &e)) in dims.iter().zip(expected).enumerate() {
