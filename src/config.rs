@@ -333,15 +333,20 @@ impl Config {
     /// `base_dir` anchors the relative paths inside.
     pub fn parse(text: &str, path: &Path, base_dir: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|s| line_column(text, s.start))
-                .unwrap_or((1, 1));
+            let offset = e.span().map_or(0, |s| s.start);
+            let (line, column) = line_column(text, offset);
+            let message = e.message().trim();
+            // toml names the key for unknown and missing fields but not for
+            // a bad value; recover it from the line the error points at.
+            let message = match key_at(text, offset) {
+                Some(key) if !message.contains('`') => format!("key `{key}`: {message}"),
+                _ => message.to_string(),
+            };
             ConfigError::Invalid {
                 path: path.to_path_buf(),
                 line,
                 column,
-                message: e.message().trim().to_string(),
+                message,
             }
         })?;
         config.base_dir = base_dir.to_path_buf();
@@ -389,6 +394,27 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The dotted key (`table.key`) of the `key = value` line holding `offset`.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?;
+    let key = line.split_once('=')?.0.trim();
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_string(),
+    })
 }
 
 /// 1-based line and column of a byte offset.
@@ -470,6 +496,16 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.starts_with("test.toml:7:8:"), "{msg}");
         assert!(msg.contains("duplicate"), "{msg}");
+    }
+
+    #[test]
+    fn bad_value_names_its_key() {
+        let err = parse("[events]\n# comment\nexpression_interval = \"soon\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("test.toml:3:23: key `events.expression_interval`:"),
+            "{msg}"
+        );
     }
 
     #[test]

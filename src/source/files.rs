@@ -111,6 +111,11 @@ pub fn decode_image(path: &Path) -> Result<Frame, SourceError> {
         )));
     }
     let mut r = reader()?;
+    if r.format() == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(&bytes) {
+        // The JPEG decoder fills a cut-off scan with grey and succeeds;
+        // classifying that would be a silent garbage result.
+        return Err(format_err("truncated JPEG: no end-of-image marker".into()));
+    }
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
@@ -130,6 +135,16 @@ pub fn decode_image(path: &Path) -> Result<Frame, SourceError> {
     Ok(frame)
 }
 
+/// Whether JPEG data ends with the end-of-image marker (FF D9), allowing
+/// the trailing padding some encoders and cameras append.
+pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != 0 && b != b'\n' && b != b'\r' && b != b' ')
+        .map_or(0, |i| i + 1);
+    end >= 2 && bytes[end - 2..end] == [0xFF, 0xD9]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +160,14 @@ mod tests {
         std::fs::write(&path, &png[..png.len() / 2]).unwrap();
         let err = decode_image(&path).unwrap_err().to_string();
         assert!(err.contains("cut.png"), "{err}");
+    }
+
+    #[test]
+    fn jpeg_completeness() {
+        assert!(jpeg_is_complete(&[0xFF, 0xD8, 1, 2, 0xFF, 0xD9]));
+        assert!(jpeg_is_complete(&[0xFF, 0xD8, 0xFF, 0xD9, 0, 0]));
+        assert!(!jpeg_is_complete(&[0xFF, 0xD8, 1, 2, 3]));
+        assert!(!jpeg_is_complete(&[]));
     }
 
     #[test]

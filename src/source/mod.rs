@@ -11,7 +11,7 @@ mod y4m;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use files::{decode_image, ImageSource, MAX_IMAGE_SIDE};
+pub use files::{decode_image, jpeg_is_complete, ImageSource, MAX_IMAGE_SIDE};
 pub use y4m::{header_line, parse_header, Y4mHeader, Y4mSource};
 
 use crate::frame::Frame;

@@ -1,0 +1,251 @@
+//! Integration tests that run the `ferd` binary on real files and the
+//! shipped models.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn ferd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferd"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("ferd runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn data(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(p)
+}
+
+/// `ferd detect --json` on one file: the parsed faces.
+fn detect_json(file: &str) -> Vec<serde_json::Value> {
+    let o = ferd(&["detect", "--json", data(file).to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert!(line["image"].as_str().unwrap().ends_with(file));
+    line["faces"].as_array().unwrap().clone()
+}
+
+/// Centre of a face's box.
+fn center(face: &serde_json::Value) -> (f64, f64) {
+    let b: Vec<f64> = face["box"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    (b[0] + b[2] / 2.0, b[1] + b[3] / 2.0)
+}
+
+fn near(a: (f64, f64), b: (f64, f64), tol: f64) -> bool {
+    (a.0 - b.0).abs() <= tol && (a.1 - b.1).abs() <= tol
+}
+
+// Faces in the fixtures are 96×96 pastes (tests/data/make_fixtures.py); the
+// detector's box sits on the face inside, so centres are compared with a
+// tolerance of a fifth of the paste.
+const TOL: f64 = 20.0;
+
+#[test]
+fn detect_finds_one_face_where_it_was_placed() {
+    for file in ["faces/one_face.png", "faces/one_face.jpg"] {
+        let faces = detect_json(file);
+        assert_eq!(faces.len(), 1, "{file}: {faces:?}");
+        assert!(
+            near(center(&faces[0]), (160.0, 120.0), TOL),
+            "{file}: {:?}",
+            center(&faces[0])
+        );
+        let probs = faces[0]["probs"].as_object().unwrap();
+        let labels: Vec<&str> = probs.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            labels,
+            ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+        );
+        let sum: f64 = probs.values().map(|v| v.as_f64().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-3, "{sum}");
+        let top = faces[0]["expression"].as_str().unwrap();
+        assert!(probs.values().all(|v| v.as_f64() <= probs[top].as_f64()));
+        assert!(faces[0]["score"].as_f64().unwrap() >= 0.7);
+    }
+}
+
+#[test]
+fn detect_finds_two_faces_and_none_on_background() {
+    let mut centers: Vec<(f64, f64)> = detect_json("faces/two_faces.png")
+        .iter()
+        .map(center)
+        .collect();
+    centers.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert_eq!(centers.len(), 2, "{centers:?}");
+    assert!(near(centers[0], (78.0, 98.0), TOL), "{centers:?}");
+    assert!(near(centers[1], (228.0, 128.0), TOL), "{centers:?}");
+    assert!(detect_json("faces/no_face.png").is_empty());
+    assert!(detect_json("faces/tiny.png").is_empty());
+}
+
+#[test]
+fn detect_reports_bad_images_and_processes_the_rest() {
+    let o = ferd(&["detect", "--json", data("faces").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Seven files, sorted: each gets a line, the two bad ones with an error.
+    let names: Vec<&str> = lines
+        .iter()
+        .map(|l| l["image"].as_str().unwrap().rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "huge.png",
+            "no_face.png",
+            "one_face.jpg",
+            "one_face.png",
+            "tiny.png",
+            "truncated.jpg",
+            "two_faces.png"
+        ]
+    );
+    assert!(lines[0]["error"].as_str().unwrap().contains("20000×20000"));
+    assert!(lines[5]["error"]
+        .as_str()
+        .unwrap()
+        .contains("truncated JPEG"));
+    assert_eq!(lines[6]["faces"].as_array().unwrap().len(), 2);
+    let err = stderr(&o);
+    assert!(
+        err.contains("huge.png") && err.contains("truncated.jpg"),
+        "{err}"
+    );
+}
+
+#[test]
+fn detect_human_output_names_each_image() {
+    let o = ferd(&["detect", data("faces/two_faces.png").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.starts_with(&format!(
+            "{}: 2 faces (320×240)",
+            data("faces/two_faces.png").display()
+        )),
+        "{out}"
+    );
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.trim_start().starts_with("face "))
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn check_config_accepts_the_shipped_config() {
+    let o = ferd(&["check-config", "systemd/ferd.toml"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("ok (2 rules)"));
+}
+
+#[test]
+fn check_config_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[tracker]\nmin_iou = 0.3\nsmothing = 0.5\n", ":3:1:", "smothing"),
+        ("[detector]\nmin_score = 1.5\n", ":2:13:", "between 0 and 1"),
+        ("[[rule]]\nname = \"x\"\nexpressions = [\"happy\", \"joy\"]\nmin_probability = 0.5\nhold = 1\n", ":3:", "joy"),
+        ("[[rule]]\nname = \"x\"\nexpressions = [\"happy\"]\nhold = 1\n", ":1:1:", "min_probability"),
+        ("[events]\nexpression_interval = \"soon\"\n", ":2:", "expression_interval"),
+    ];
+    for (i, (text, position, needle)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let o = ferd(&["check-config", path.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1));
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!("bad{i}.toml{position}")),
+            "case {i}: {err}"
+        );
+        assert!(err.contains(needle), "case {i}: {err}");
+    }
+}
+
+/// A config in a scratch directory pointing at copies of the shipped
+/// models, so tests can break them.
+fn scratch_models(dir: &Path) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let models = dir.join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    for entry in std::fs::read_dir(root.join("models")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, models.join(p.file_name().unwrap())).unwrap();
+    }
+    let config = dir.join("ferd.toml");
+    std::fs::write(
+        &config,
+        "[detector]\nmodel = \"models/retinaface-mnet025.toml\"\n[classifier]\nmodel = \"models/expression.toml\"\n",
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn corrupt_model_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = scratch_models(dir.path());
+    let onnx = dir.path().join("models/retinaface-mnet025.onnx");
+    let mut bytes = std::fs::read(&onnx).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xFF;
+    std::fs::write(&onnx, &bytes).unwrap();
+    let o = ferd(&[
+        "detect",
+        "--config",
+        config.to_str().unwrap(),
+        data("faces/one_face.png").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("retinaface-mnet025.onnx") && err.contains("sha256"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_model_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = scratch_models(dir.path());
+    let manifest = dir.path().join("models/expression.toml");
+    let file = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("file = \"")
+                .map(|f| f.trim_end_matches('"').to_string())
+        })
+        .unwrap();
+    std::fs::remove_file(dir.path().join("models").join(&file)).unwrap();
+    let o = ferd(&[
+        "detect",
+        "--config",
+        config.to_str().unwrap(),
+        data("faces/one_face.png").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains(&file) && err.contains("cannot read"), "{err}");
+}
