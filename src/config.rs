@@ -131,7 +131,7 @@ impl Default for ClassifierConfig {
     fn default() -> Self {
         ClassifierConfig {
             model: PathBuf::from("models/expression.toml"),
-            margin: Fraction(0.1),
+            margin: Fraction(0.0),
             align: true,
         }
     }
@@ -216,7 +216,7 @@ pub struct DisplayConfig {
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
 pub struct Probability(pub f32);
 
-/// A non-negative fraction (a margin), at most 2.
+/// A fraction of a size, between -0.5 and 2 (a margin; negative shrinks).
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
 pub struct Fraction(pub f32);
 
@@ -251,9 +251,9 @@ impl<'de> Deserialize<'de> for Probability {
 impl<'de> Deserialize<'de> for Fraction {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v = f64::deserialize(d)?;
-        if !(0.0..=2.0).contains(&v) {
+        if !(-0.5..=2.0).contains(&v) {
             return Err(serde::de::Error::custom(format!(
-                "must be between 0 and 2, got {v}"
+                "must be between -0.5 and 2, got {v}"
             )));
         }
         Ok(Fraction(v as f32))

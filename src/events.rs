@@ -141,7 +141,7 @@ impl Event {
             v: SCHEMA_VERSION,
             kind: &self.kind,
             time: humantime::format_rfc3339_millis(self.wall).to_string(),
-            t: round(self.frame_time.as_secs_f64() as f32, 1e3) as f64,
+            t: seconds(self.frame_time),
             frame: self.frame,
         };
         serde_json::to_string(&line).expect("events always serialise")

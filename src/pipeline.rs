@@ -182,7 +182,8 @@ impl Pipeline {
             faces: s.faces,
             tracks: s.tracks,
         });
-        self.update_display();
+        // The display keeps the last analysed frame's picture until its
+        // backend's shutdown decides what a stopped daemon shows.
         if let Some(d) = &mut self.display {
             if let Err(e) = d.shutdown() {
                 log::error!("{e}");

@@ -249,3 +249,212 @@ fn missing_model_is_refused_naming_the_file() {
     let err = stderr(&o);
     assert!(err.contains(&file) && err.contains("cannot read"), "{err}");
 }
+
+/// Whether to rewrite the expected outputs instead of comparing (after a
+/// deliberate change of the models or the demo): `FERD_BLESS=1 cargo test`.
+fn bless() -> bool {
+    std::env::var_os("FERD_BLESS").is_some()
+}
+
+/// The model-independent part of an event, one line per event.
+fn event_summary(e: &serde_json::Value) -> String {
+    let mut s = format!("{:>3} {}", e["frame"], e["type"].as_str().unwrap());
+    for key in ["track", "expression", "alert", "reason"] {
+        if let Some(v) = e.get(key) {
+            s.push_str(&format!(
+                " {key}={}",
+                v.as_str().map(str::to_string).unwrap_or(v.to_string())
+            ));
+        }
+    }
+    s
+}
+
+#[test]
+fn run_on_the_demo_clip_gives_the_expected_events_and_screen() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("screen.png");
+    let o = ferd(&[
+        "run",
+        "--config",
+        "systemd/ferd.toml",
+        "--source",
+        "examples/demo.y4m",
+        "--display",
+        &format!("png:{}", png.display()),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let events: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+
+    // Every event carries the schema version and both clocks.
+    for e in &events {
+        assert_eq!(e["v"], 1, "{e}");
+        assert!(e["time"].as_str().unwrap().ends_with('Z'), "{e}");
+        let t = e["t"].as_f64().unwrap();
+        let frame = e["frame"].as_u64().unwrap();
+        assert!(
+            (t - frame as f64 / 5.0).abs() < 1e-6,
+            "frame time follows the 5 fps clip: {e}"
+        );
+    }
+    let got: Vec<String> = events.iter().map(event_summary).collect();
+    let expected_path = data("demo.events");
+    if bless() {
+        std::fs::write(&expected_path, got.join("\n") + "\n").unwrap();
+        std::fs::copy(&png, data("demo-screen.png")).unwrap();
+    }
+    let expected: Vec<String> = std::fs::read_to_string(&expected_path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(got, expected, "events differ from tests/data/demo.events");
+
+    // What the demo is there to show, independent of the exact sequence.
+    let count = |t: &str| events.iter().filter(|e| e["type"] == t).count();
+    assert!(count("face_appeared") >= 2);
+    assert_eq!(
+        count("face_appeared"),
+        count("face_lost"),
+        "every track ends"
+    );
+    assert!(events
+        .iter()
+        .any(|e| e["type"] == "alert_raised" && e["alert"] == "distress"));
+    assert!(events
+        .iter()
+        .any(|e| e["type"] == "alert_cleared" && e["alert"] == "distress"));
+    assert_eq!(
+        count("alert_raised"),
+        count("alert_cleared"),
+        "every alert clears"
+    );
+    let status = events.last().unwrap();
+    assert_eq!(status["type"], "status");
+    assert_eq!(status["frames"], 105);
+    assert_eq!(status["skipped"], 0);
+
+    // The screen after the last frame, pixel for pixel.
+    let shown = image::open(&png).unwrap().into_luma8();
+    let reference = image::open(data("demo-screen.png")).unwrap().into_luma8();
+    assert_eq!(shown.dimensions(), reference.dimensions());
+    assert!(
+        shown == reference,
+        "display differs from tests/data/demo-screen.png (see {})",
+        png.display()
+    );
+}
+
+#[test]
+fn run_survives_a_truncated_clip_and_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo.y4m")).unwrap();
+    // Header + 10 whole frames + half a frame.
+    let header = clip.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let frame = 6 + 256 * 192;
+    let cut = dir.path().join("cut.y4m");
+    std::fs::write(&cut, &clip[..header + 10 * frame + frame / 2]).unwrap();
+    let o = ferd(&[
+        "run",
+        "--config",
+        "systemd/ferd.toml",
+        "--source",
+        cut.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let status: serde_json::Value =
+        serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
+    assert_eq!(status["frames"], 10);
+    assert_eq!(status["skipped"], 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains("cut.y4m") && err.contains("frame 10 is truncated"),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_refuses_a_clip_with_a_bad_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.y4m");
+    std::fs::write(&bad, b"YUV4MPEG2 W256 F5:1 Cmono\nFRAME\n").unwrap();
+    let o = ferd(&[
+        "run",
+        "--config",
+        "systemd/ferd.toml",
+        "--source",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("bad.y4m") && err.contains("no height"),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_on_an_image_folder_skips_bad_files() {
+    let o = ferd(&[
+        "run",
+        "--config",
+        "systemd/ferd.toml",
+        "--source",
+        data("faces").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let status: serde_json::Value =
+        serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
+    assert_eq!(status["frames"], 5);
+    assert_eq!(status["skipped"], 2);
+}
+
+#[test]
+fn events_can_go_to_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferd.toml");
+    let root = env!("CARGO_MANIFEST_DIR");
+    std::fs::write(
+        &config,
+        format!(
+            "[detector]\nmodel = \"{root}/models/retinaface-mnet025.toml\"\n[classifier]\nmodel = \"{root}/models/expression.toml\"\n[events]\noutput = \"events.jsonl\"\n"
+        ),
+    )
+    .unwrap();
+    let o = ferd(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--source",
+        data("faces/two_faces.png").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty());
+    let log = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+    let types: Vec<String> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "started",
+            "face_appeared",
+            "face_appeared",
+            "expression",
+            "expression",
+            "face_lost",
+            "face_lost",
+            "status"
+        ]
+    );
+}

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! ┌────────────────────────────┐
-//! │HAPPY 87%              2 fc │  top expression of the main face, face count
+//! │HAPPY 87%         2 faces   │  top expression of the main face, face count
 //! │ang ▇                     3 │
 //! │...  one bar per expression │
 //! │neu ▇▇▇                  10 │
@@ -17,7 +17,7 @@
 
 use std::fmt::Write as _;
 
-use embedded_graphics::mono_font::ascii::{FONT_5X8, FONT_6X10};
+use embedded_graphics::mono_font::ascii::{FONT_4X6, FONT_6X10};
 use embedded_graphics::mono_font::MonoTextStyle;
 use embedded_graphics::pixelcolor::BinaryColor;
 use embedded_graphics::prelude::*;
@@ -63,7 +63,7 @@ impl StatusScreen {
     pub fn draw<D: DrawTarget<Color = BinaryColor>>(&self, d: &mut D) -> Result<(), D::Error> {
         d.clear(BinaryColor::Off)?;
         let big = MonoTextStyle::new(&FONT_6X10, BinaryColor::On);
-        let small = MonoTextStyle::new(&FONT_5X8, BinaryColor::On);
+        let small = MonoTextStyle::new(&FONT_4X6, BinaryColor::On);
         let top_left = TextStyleBuilder::new().baseline(Baseline::Top).build();
         let top_right = TextStyleBuilder::new()
             .baseline(Baseline::Top)
@@ -80,12 +80,18 @@ impl StatusScreen {
         }
         Text::with_text_style(&s, Point::new(0, 0), big, top_left).draw(d)?;
         s.clear();
-        let _ = write!(s, "{}F", self.faces);
+        let _ = write!(
+            s,
+            "{} face{}",
+            self.faces,
+            if self.faces == 1 { "" } else { "s" }
+        );
         Text::with_text_style(&s, Point::new(127, 0), big, top_right).draw(d)?;
 
-        // Seven bars of 6 px from y = 11; the label is 3 letters of 5×8.
-        const BAR_X: i32 = 17;
-        const BAR_MAX: u32 = 92;
+        // Seven rows of 6 px from y = 11: a 3-letter label in 4×6, a bar of
+        // 4 px, the percentage right-aligned.
+        const BAR_X: i32 = 14;
+        const BAR_MAX: u32 = 98;
         if let Some(p) = self.probs {
             for (i, e) in Expression::ALL.into_iter().enumerate() {
                 let y = 11 + 6 * i as i32;
@@ -99,7 +105,7 @@ impl StatusScreen {
                 }
                 s.clear();
                 let _ = write!(s, "{:.0}", p.get(e) * 100.0);
-                Text::with_text_style(&s, Point::new(127, y - 1), small, top_right).draw(d)?;
+                Text::with_text_style(&s, Point::new(127, y), small, top_right).draw(d)?;
             }
         }
 
@@ -218,7 +224,7 @@ mod tests {
         s.draw(&mut c).unwrap();
         let happy_row = 11 + 6 * 3 + 2;
         let angry_row = 11 + 2;
-        assert_eq!(lit(&c, 17, happy_row, 17 + 92, happy_row + 1), 92);
-        assert_eq!(lit(&c, 17, angry_row, 17 + 92, angry_row + 1), 0);
+        assert_eq!(lit(&c, 14, happy_row, 14 + 98, happy_row + 1), 98);
+        assert_eq!(lit(&c, 14, angry_row, 14 + 98, angry_row + 1), 0);
     }
 }
