@@ -458,3 +458,69 @@ fn events_can_go_to_a_file() {
         ]
     );
 }
+
+/// The first `n` frames of the demo clip as a new clip.
+fn demo_prefix(dir: &Path, n: usize) -> PathBuf {
+    let clip = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo.y4m")).unwrap();
+    let header = clip.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let frame = 6 + 256 * 192;
+    let path = dir.join(format!("first{n}.y4m"));
+    std::fs::write(&path, &clip[..header + n * frame]).unwrap();
+    path
+}
+
+#[test]
+fn realtime_replay_analyses_or_drops_every_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = demo_prefix(dir.path(), 10);
+    let o = ferd(&["run", "--config", "systemd/ferd.toml", "--source", clip.to_str().unwrap(), "--realtime"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let status: serde_json::Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
+    let frames = status["frames"].as_u64().unwrap();
+    // How many are dropped depends on the machine; none may vanish.
+    let err = stderr(&o);
+    let dropped: u64 = err
+        .split(" dropped")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no dropped count in {err}"));
+    assert_eq!(frames + dropped, 10, "{err}");
+}
+
+#[test]
+fn sigterm_ends_the_run_cleanly_and_clears_alerts() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferd"))
+        .args(["run", "--config", "systemd/ferd.toml", "--source", "examples/demo.y4m", "--realtime"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    // Wait until the distress alert is up (frame 40, 8 s into the clip).
+    for line in lines.by_ref() {
+        let e: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        let raised = e["type"] == "alert_raised";
+        seen.push(e);
+        if raised {
+            break;
+        }
+    }
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    for line in lines {
+        seen.push(serde_json::from_str(&line.unwrap()).unwrap());
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let last = seen.last().unwrap();
+    assert_eq!(last["type"], "status", "{seen:?}");
+    assert!(last["frames"].as_u64().unwrap() < 105, "stopped before the end");
+    let raised = seen.iter().filter(|e| e["type"] == "alert_raised").count();
+    let cleared = seen.iter().filter(|e| e["type"] == "alert_cleared").count();
+    assert_eq!(raised, cleared, "every raised alert is cleared on SIGTERM");
+    assert!(seen.iter().any(|e| e["type"] == "alert_cleared" && e["reason"] == "shutdown"));
+}
