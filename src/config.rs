@@ -263,7 +263,7 @@ impl<'de> Deserialize<'de> for Fraction {
 impl<'de> Deserialize<'de> for Seconds {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v = f64::deserialize(d)?;
-        if !v.is_finite() || v < 0.0 || v > 86_400.0 {
+        if !v.is_finite() || !(0.0..=86_400.0).contains(&v) {
             return Err(serde::de::Error::custom(format!(
                 "must be a number of seconds between 0 and 86400, got {v}"
             )));

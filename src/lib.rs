@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod eval;
 pub mod events;
 pub mod expression;
 pub mod frame;

@@ -66,6 +66,22 @@ enum Command {
         #[arg(long)]
         realtime: bool,
     },
+    /// Measure the expression model's accuracy on a labelled folder
+    /// (Kaggle layout: DIR/angry/*.jpg ... DIR/neutral/*.jpg).
+    #[command(
+        after_help = "Examples:\n  ferd eval --data ../shared/datasets/fer2013/val\n  ferd eval --data val/ --model models/expression.toml --json\n\nThe last line of the text report is `accuracy: 0.XXXX`."
+    )]
+    Eval {
+        /// The dataset folder.
+        #[arg(long)]
+        data: PathBuf,
+        /// Manifest of the expression model (default models/expression.toml).
+        #[arg(long, default_value = "models/expression.toml")]
+        model: PathBuf,
+        /// Also print a JSON summary (as the first line).
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a configuration file without touching hardware; exit 0 if valid.
     #[command(
         name = "check-config",
@@ -95,6 +111,7 @@ fn main() -> ExitCode {
             realtime,
         } => run(&config, source, display, realtime),
         Command::CheckConfig { file } => check_config(&file),
+        Command::Eval { data, model, json } => eval(&data, &model, json),
     };
     match result {
         Ok(code) => code,
@@ -298,4 +315,43 @@ fn run(
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn eval(data: &Path, model: &Path, json: bool) -> Result<ExitCode> {
+    use std::io::IsTerminal;
+    let config = Config::defaults(Path::new("."));
+    let classifier = ferd::vision::Classifier::load(model, &config.classifier)?;
+    let samples = ferd::eval::list_dataset(data)?;
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(samples.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let result = ferd::eval::evaluate(&classifier, &samples, || bar.inc(1))?;
+    bar.finish_and_clear();
+    let name = &classifier.model().manifest.model.name;
+    let mut out = std::io::stdout().lock();
+    // The JSON summary comes first so that the last line is always the
+    // `accuracy:` line scripts look for.
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&result.summary(name, data))?
+        )?;
+    }
+    writeln!(out, "model: {name} ({})", model.display())?;
+    writeln!(
+        out,
+        "data: {} ({} images, {} skipped)",
+        data.display(),
+        result.confusion.total(),
+        result.skipped.len()
+    )?;
+    write!(out, "{}", result.confusion.report())?;
+    Ok(if result.skipped.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

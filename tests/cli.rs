@@ -461,7 +461,8 @@ fn events_can_go_to_a_file() {
 
 /// The first `n` frames of the demo clip as a new clip.
 fn demo_prefix(dir: &Path, n: usize) -> PathBuf {
-    let clip = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo.y4m")).unwrap();
+    let clip =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo.y4m")).unwrap();
     let header = clip.iter().position(|&b| b == b'\n').unwrap() + 1;
     let frame = 6 + 256 * 192;
     let path = dir.join(format!("first{n}.y4m"));
@@ -473,9 +474,17 @@ fn demo_prefix(dir: &Path, n: usize) -> PathBuf {
 fn realtime_replay_analyses_or_drops_every_frame() {
     let dir = tempfile::tempdir().unwrap();
     let clip = demo_prefix(dir.path(), 10);
-    let o = ferd(&["run", "--config", "systemd/ferd.toml", "--source", clip.to_str().unwrap(), "--realtime"]);
+    let o = ferd(&[
+        "run",
+        "--config",
+        "systemd/ferd.toml",
+        "--source",
+        clip.to_str().unwrap(),
+        "--realtime",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let status: serde_json::Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
     let frames = status["frames"].as_u64().unwrap();
     // How many are dropped depends on the machine; none may vanish.
     let err = stderr(&o);
@@ -492,7 +501,14 @@ fn realtime_replay_analyses_or_drops_every_frame() {
 fn sigterm_ends_the_run_cleanly_and_clears_alerts() {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferd"))
-        .args(["run", "--config", "systemd/ferd.toml", "--source", "examples/demo.y4m", "--realtime"])
+        .args([
+            "run",
+            "--config",
+            "systemd/ferd.toml",
+            "--source",
+            "examples/demo.y4m",
+            "--realtime",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -509,7 +525,10 @@ fn sigterm_ends_the_run_cleanly_and_clears_alerts() {
             break;
         }
     }
-    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(kill.success());
     for line in lines {
         seen.push(serde_json::from_str(&line.unwrap()).unwrap());
@@ -518,9 +537,59 @@ fn sigterm_ends_the_run_cleanly_and_clears_alerts() {
     assert!(status.success(), "exit status {status:?}");
     let last = seen.last().unwrap();
     assert_eq!(last["type"], "status", "{seen:?}");
-    assert!(last["frames"].as_u64().unwrap() < 105, "stopped before the end");
+    assert!(
+        last["frames"].as_u64().unwrap() < 105,
+        "stopped before the end"
+    );
     let raised = seen.iter().filter(|e| e["type"] == "alert_raised").count();
     let cleared = seen.iter().filter(|e| e["type"] == "alert_cleared").count();
     assert_eq!(raised, cleared, "every raised alert is cleared on SIGTERM");
-    assert!(seen.iter().any(|e| e["type"] == "alert_cleared" && e["reason"] == "shutdown"));
+    assert!(seen
+        .iter()
+        .any(|e| e["type"] == "alert_cleared" && e["reason"] == "shutdown"));
+}
+
+/// FER2013 PublicTest (`val/`): `../shared/datasets/fer2013/val` beside the
+/// repository, or `$FERD_FER2013/val`.
+fn fer2013_val() -> PathBuf {
+    let base = std::env::var_os("FERD_FER2013")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/fer2013")
+        });
+    let val = base.join("val");
+    assert!(
+        val.is_dir(),
+        "FER2013 val/ not found at {} (set FERD_FER2013 to the dataset folder)",
+        val.display()
+    );
+    val
+}
+
+#[test]
+fn shipped_model_keeps_its_accuracy_on_val() {
+    let val = fer2013_val();
+    let o = ferd(&["eval", "--data", val.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let summary: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(summary["images"], 3589);
+    let last = out.lines().last().unwrap();
+    let accuracy: f64 = last.strip_prefix("accuracy: ").unwrap().parse().unwrap();
+    assert!((accuracy - summary["accuracy"].as_f64().unwrap()).abs() < 1e-4);
+
+    // The figure the manifest states, less half a point.
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("models/expression.toml"),
+    )
+    .unwrap();
+    let stated: f64 = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("val_accuracy = "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("models/expression.toml states [metrics] val_accuracy");
+    assert!(
+        accuracy >= stated - 0.005,
+        "accuracy {accuracy:.4} fell below the stated {stated:.4} - 0.005"
+    );
 }

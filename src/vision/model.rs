@@ -255,7 +255,7 @@ impl Manifest {
                         "an expression model's output.kind must be logits or probabilities".into(),
                     ));
                 }
-                if i.shape.iter().any(|&d| d == 0) {
+                if i.shape.contains(&0) {
                     return Err(bad("an expression model needs a fixed input.shape".into()));
                 }
             }
