@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", type=Path, help="run dir (uses <run>/best.pt)")
     ap.add_argument("--checkpoint", type=Path, help="checkpoint file (instead of --run)")
     ap.add_argument("--onnx", type=Path, required=True, help="output .onnx (manifest: same name, .toml)")
+    ap.add_argument("--manifest", type=Path,
+                    help="manifest to write (default: the .onnx path with .toml; ferd loads models/expression.toml)")
     ap.add_argument("--name", required=True, help="model name in the manifest, e.g. ferd-expression-quick")
     ap.add_argument("--data", type=Path, default=fer_data.DEFAULT_DATA)
     ap.add_argument("--format", default="auto", choices=["auto", *fer_data.READERS])
@@ -190,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     # ---- manifest ----
     n_train = len(fer_data.load_split(args.data, "train", args.format, verbose=False)[1])
     sha = sha256_file(args.onnx)
-    manifest = args.onnx.with_suffix(".toml")
+    manifest = args.manifest or args.onnx.with_suffix(".toml")
+    if manifest.resolve().parent != args.onnx.resolve().parent:
+        ap.error("--manifest must be in the same folder as --onnx (the manifest names the file relative to itself)")
     write_manifest(manifest, name=args.name, onnx_file=args.onnx, sha=sha,
                    prov=provenance(ckpt, n_train, len(yva)), val_acc=ort_acc, params=params, macs=macs)
     print(f"[export] wrote {args.onnx} ({args.onnx.stat().st_size:,} bytes, sha256 {sha}) and {manifest}")
