@@ -66,6 +66,9 @@ pub struct Config {
     /// Status display settings.
     #[serde(default)]
     pub display: DisplayConfig,
+    /// GPIO outputs (buzzers, LEDs, relays).
+    #[serde(default, rename = "gpio")]
+    pub gpio: Vec<GpioConfig>,
     /// The directory that relative paths are resolved against (the config
     /// file's own directory); not a key in the file.
     #[serde(skip)]
@@ -202,6 +205,51 @@ impl Default for EventsConfig {
             expression_interval: Seconds(0.0),
         }
     }
+}
+
+/// `[[gpio]]`: one output line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpioConfig {
+    /// Name used in logs.
+    pub name: RuleName,
+    /// GPIO character device, e.g. `/dev/gpiochip0`.
+    pub chip: String,
+    /// Line offset on that chip.
+    pub line: u32,
+    /// The line is active when driven low.
+    #[serde(default)]
+    pub active_low: bool,
+    /// Active while any of these alerts is active.
+    #[serde(default)]
+    pub alerts: Vec<RuleName>,
+    /// Instead of alerts: active while frames are being analysed.
+    #[serde(default)]
+    pub heartbeat: bool,
+    /// How an active output behaves.
+    #[serde(default)]
+    pub pattern: PatternConfig,
+    /// Seconds on, for `pattern = "blink"`.
+    #[serde(default = "default_blink")]
+    pub on: Seconds,
+    /// Seconds off, for `pattern = "blink"`.
+    #[serde(default = "default_blink")]
+    pub off: Seconds,
+}
+
+fn default_blink() -> Seconds {
+    Seconds(0.25)
+}
+
+/// How an active output is driven.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PatternConfig {
+    /// On for as long as it is active.
+    #[default]
+    Steady,
+    /// On `on` seconds, off `off` seconds, repeating (buzzer beeps).
+    Blink,
 }
 
 /// `[display]`: the status screen.
@@ -351,6 +399,7 @@ impl Config {
         })?;
         config.base_dir = base_dir.to_path_buf();
         config.check_rule_names(text, path)?;
+        config.check_gpio(text, path)?;
         Ok(config)
     }
 
@@ -390,6 +439,45 @@ impl Config {
                     column,
                     message: format!("duplicate rule name {:?} in key `rule.name`", rule.name.0),
                 });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Each output follows either alerts that exist or the heartbeat.
+    fn check_gpio(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |needle: &str, message: String| {
+            let offset = text.find(needle).unwrap_or(0);
+            let (line, column) = line_column(text, offset);
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message,
+            }
+        };
+        for g in &self.gpio {
+            let name = &g.name.0;
+            if g.heartbeat != g.alerts.is_empty() {
+                return Err(invalid(
+                    &format!("\"{name}\""),
+                    format!(
+                        "gpio output {name:?}: set either `gpio.alerts` or `gpio.heartbeat = true`"
+                    ),
+                ));
+            }
+            for a in &g.alerts {
+                if !self.rules.iter().any(|r| r.name == *a) {
+                    return Err(invalid(
+                        &format!("\"{}\"", a.0),
+                        format!(
+                            "key `gpio.alerts`: no rule named {:?} (gpio output {name:?})",
+                            a.0
+                        ),
+                    ));
+                }
             }
         }
         Ok(())
@@ -506,6 +594,32 @@ mod tests {
             msg.starts_with("test.toml:3:23: key `events.expression_interval`:"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn gpio_outputs_must_follow_existing_rules() {
+        let rule = "[[rule]]\nname = \"distress\"\nexpressions = [\"sad\"]\nmin_probability = 0.5\nhold = 1\n";
+        let gpio = "[[gpio]]\nname = \"buzzer\"\nchip = \"/dev/gpiochip0\"\nline = 17\n";
+        let ok = parse(&format!(
+            "{rule}{gpio}alerts = [\"distress\"]\npattern = \"blink\"\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.gpio[0].line, 17);
+        let err = parse(&format!("{rule}{gpio}alerts = [\"distres\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("test.toml:10:11:") && err.contains("no rule named \"distres\""),
+            "{err}"
+        );
+        let err = parse(&format!("{rule}{gpio}")).unwrap_err().to_string();
+        assert!(err.contains("either"), "{err}");
+        let err = parse(&format!(
+            "{rule}{gpio}heartbeat = true\npattern = \"wobble\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("wobble"), "{err}");
     }
 
     #[test]

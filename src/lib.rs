@@ -20,5 +20,6 @@ pub mod pipeline;
 pub mod rules;
 pub mod sink;
 pub mod source;
+pub mod systemd;
 pub mod track;
 pub mod vision;

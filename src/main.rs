@@ -94,9 +94,23 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp(None)
-        .init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if ferd::systemd::stderr_is_journal() {
+        // The journal timestamps lines itself and ranks them by the prefix.
+        logger.format(|f, record| {
+            writeln!(
+                f,
+                "<{}>{}: {}",
+                ferd::systemd::syslog_priority(record.level()),
+                record.target(),
+                record.args()
+            )
+        });
+    } else {
+        logger.format_timestamp(None);
+    }
+    logger.init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Detect {
@@ -250,14 +264,28 @@ fn detect(inputs: &[PathBuf], json: bool, config: Option<&Path>) -> Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-/// Parses a `--display` spec.
-fn parse_display(spec: &str) -> Result<Box<dyn Display + Send>> {
+/// A display spec: `png:PATH` or `fb:/dev/fbN`.
+enum DisplaySpec<'a> {
+    Png(&'a str),
+    Framebuffer(&'a str),
+}
+
+/// Parses a `--display` spec without touching any device.
+fn parse_display(spec: &str) -> Result<DisplaySpec<'_>> {
     match spec.split_once(':') {
-        Some(("png", path)) if !path.is_empty() => {
-            Ok(Box::new(PngDisplay::new(PathBuf::from(path))))
-        }
-        _ => bail!("unknown display {spec:?}: expected png:PATH"),
+        Some(("png", path)) if !path.is_empty() => Ok(DisplaySpec::Png(path)),
+        Some(("fb", path)) if !path.is_empty() => Ok(DisplaySpec::Framebuffer(path)),
+        _ => bail!("unknown display {spec:?}: expected png:PATH or fb:/dev/fbN"),
     }
+}
+
+fn open_display(spec: &str) -> Result<Box<dyn Display + Send>> {
+    Ok(match parse_display(spec)? {
+        DisplaySpec::Png(path) => Box::new(PngDisplay::new(PathBuf::from(path))),
+        DisplaySpec::Framebuffer(path) => {
+            Box::new(ferd::sink::framebuffer::FbDisplay::open(Path::new(path))?)
+        }
+    })
 }
 
 fn run(
@@ -276,7 +304,7 @@ fn run(
             ),
         };
     let display = match display.as_deref().or(config.display.output.as_deref()) {
-        Some(spec) => Some(parse_display(spec)?),
+        Some(spec) => Some(open_display(spec)?),
         None => None,
     };
     let sink: Box<dyn EventSink + Send> = if config.events.output == "-" {
@@ -295,13 +323,31 @@ fn run(
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("installing signal handlers")?;
     }
+    // Outputs before the pipeline starts: a wrong chip or line is a start-up
+    // error, and the driver (dropped on every exit path, panics included)
+    // leaves every line inactive.
+    let gpio_state = Arc::new(std::sync::Mutex::new(ferd::sink::gpio::GpioState::default()));
+    let _gpio = open_gpio(&config, &gpio_state)?;
     let mut pipeline = ferd::pipeline::Pipeline::new(analyzer, &config, vec![sink], display);
+    let mut notifier = ferd::systemd::Notifier::from_env();
+    if let Some(w) = notifier.watchdog() {
+        log::info!("watchdog: {} s", w.as_secs_f64());
+    }
+    notifier.ready(&format!("analysing {}", source_path.display()));
     let summary = ferd::pipeline::run(
         src,
         &mut pipeline,
         realtime || config.source.realtime,
         &stop,
+        &mut |p| {
+            notifier.alive();
+            let mut s = gpio_state.lock().unwrap_or_else(|e| e.into_inner());
+            s.alerts.clear();
+            s.alerts.extend(p.active_alerts().map(str::to_string));
+            s.last_frame = Some(std::time::Instant::now());
+        },
     );
+    notifier.stopping();
     log::info!(
         "{} frames analysed, {} skipped, {} dropped, {} faces, {} tracks",
         summary.frames,
@@ -354,4 +400,31 @@ fn eval(data: &Path, model: &Path, json: bool) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+#[cfg(feature = "gpio")]
+fn open_gpio(
+    config: &Config,
+    state: &Arc<std::sync::Mutex<ferd::sink::gpio::GpioState>>,
+) -> Result<Option<ferd::sink::gpio::GpioDriver>> {
+    if config.gpio.is_empty() {
+        return Ok(None);
+    }
+    let outputs = ferd::sink::gpio::open(&config.gpio)?;
+    let driver = ferd::sink::gpio::GpioDriver::spawn(outputs, Arc::clone(state))
+        .context("starting the gpio thread")?;
+    Ok(Some(driver))
+}
+
+#[cfg(not(feature = "gpio"))]
+fn open_gpio(
+    config: &Config,
+    _state: &Arc<std::sync::Mutex<ferd::sink::gpio::GpioState>>,
+) -> Result<Option<()>> {
+    if !config.gpio.is_empty() {
+        bail!(
+            "this ferd was built without the `gpio` feature, but the config has [[gpio]] outputs"
+        );
+    }
+    Ok(None)
 }

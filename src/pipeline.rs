@@ -87,6 +87,11 @@ impl Pipeline {
         self.summary
     }
 
+    /// Names of the alerts active now.
+    pub fn active_alerts(&self) -> impl Iterator<Item = &str> {
+        self.rules.active()
+    }
+
     /// Announces the start of a run.
     pub fn start(&mut self, source: &str) {
         let model = self.analyzer.classifier.model().manifest.model.name.clone();
@@ -367,19 +372,24 @@ impl<T> Mailbox<T> {
 ///
 /// With `realtime`, a capture thread paces the source at its own frame
 /// rate and hands frames over through a [`Mailbox`]; otherwise every frame
-/// is analysed in order.
+/// is analysed in order. `alive` is called after every analysed frame (the
+/// service watchdog and the GPIO outputs hang on it).
 pub fn run(
     mut source: Box<dyn FrameSource + Send>,
     pipeline: &mut Pipeline,
     realtime: bool,
     stop: &Arc<AtomicBool>,
+    alive: &mut dyn FnMut(&Pipeline),
 ) -> Summary {
     pipeline.start(&source.describe());
     if !realtime {
         while !stop.load(Ordering::Relaxed) {
             match source.next_frame() {
                 None => break,
-                Some(Ok(frame)) => pipeline.process(&frame),
+                Some(Ok(frame)) => {
+                    pipeline.process(&frame);
+                    alive(pipeline);
+                }
                 Some(Err(e)) => pipeline.skip(&e),
             }
         }
@@ -421,6 +431,7 @@ pub fn run(
         Ok(handle) => {
             while let Some(frame) = mailbox.take() {
                 pipeline.process(&frame);
+                alive(pipeline);
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }

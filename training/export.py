@@ -78,11 +78,14 @@ def provenance(ckpt: dict, n_train: int, n_val: int) -> str:
             f"on {time.strftime('%Y-%m-%d')}")
 
 
+MANIFEST_HEADER = """# Facial-expression classifier (FerNet, training/model.py), 7 logits, no softmax.
+# Produced by training/export.py from a checkpoint of training/train.py."""
+
+
 def write_manifest(path: Path, *, name: str, onnx_file: Path, sha: str, prov: str, val_acc: float,
-                   params: int, macs: int) -> None:
+                   params: int, macs: int, header: str = MANIFEST_HEADER) -> None:
     labels = ", ".join(toml_str(s) for s in fer_data.LABELS)
-    text = f"""# Facial-expression classifier (FerNet, training/model.py), 7 logits, no softmax.
-# Produced by training/export.py from a checkpoint of training/train.py.
+    text = f"""{header}
 
 [model]
 name = {toml_str(name)}

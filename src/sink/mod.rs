@@ -2,6 +2,8 @@
 
 pub mod display;
 pub mod events;
+pub mod framebuffer;
+pub mod gpio;
 pub mod png;
 
 pub use display::{Display, StatusScreen};
