@@ -48,6 +48,8 @@ pub struct Config {
     /// Where frames come from when `--source` is not given.
     #[serde(default)]
     pub source: SourceConfig,
+    /// The camera used when no file source is given.
+    pub camera: Option<CameraConfig>,
     /// Face detector settings.
     #[serde(default)]
     pub detector: DetectorConfig,
@@ -85,6 +87,51 @@ pub struct SourceConfig {
     /// the pipeline goes (`false`, the default).
     #[serde(default)]
     pub realtime: bool,
+}
+
+/// `[camera]`: a V4L2 capture device, used when no file source is given.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CameraConfig {
+    /// Device node, e.g. `/dev/video0` or a stable `/dev/v4l/by-id/...` link.
+    pub device: PathBuf,
+    /// Requested width; the driver may pick the nearest it supports.
+    pub width: PositiveU32,
+    /// Requested height.
+    pub height: PositiveU32,
+    /// Requested frames per second.
+    pub fps: PositiveU32,
+    /// Pixel format to capture.
+    pub format: CameraFormat,
+}
+
+impl Default for CameraConfig {
+    fn default() -> Self {
+        CameraConfig {
+            device: PathBuf::from("/dev/video0"),
+            width: PositiveU32(640),
+            height: PositiveU32(480),
+            fps: PositiveU32(15),
+            format: CameraFormat::Auto,
+        }
+    }
+}
+
+/// Camera pixel formats ferd reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum CameraFormat {
+    /// The first of YUYV, GREY, MJPEG the camera offers.
+    #[serde(rename = "auto")]
+    Auto,
+    /// Packed 4:2:2.
+    #[serde(rename = "YUYV")]
+    Yuyv,
+    /// Motion JPEG.
+    #[serde(rename = "MJPEG")]
+    Mjpeg,
+    /// 8-bit grey.
+    #[serde(rename = "GREY")]
+    Grey,
 }
 
 /// `[detector]`: the face detector.

@@ -82,6 +82,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List V4L2 capture devices with their formats and frame sizes.
+    Cameras,
     /// Validate a configuration file without touching hardware; exit 0 if valid.
     #[command(
         name = "check-config",
@@ -126,6 +128,7 @@ fn main() -> ExitCode {
         } => run(&config, source, display, realtime),
         Command::CheckConfig { file } => check_config(&file),
         Command::Eval { data, model, json } => eval(&data, &model, json),
+        Command::Cameras => cameras(),
     };
     match result {
         Ok(code) => code,
@@ -295,14 +298,6 @@ fn run(
     realtime: bool,
 ) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
-    let source_path =
-        match source.or_else(|| config.source.path.as_ref().map(|p| config.resolve(p))) {
-            Some(p) => p,
-            None => bail!(
-                "no input: give --source or set [source] path in {}",
-                config_path.display()
-            ),
-        };
     let display = match display.as_deref().or(config.display.output.as_deref()) {
         Some(spec) => Some(open_display(spec)?),
         None => None,
@@ -315,7 +310,7 @@ fn run(
         )?)
     };
     let analyzer = Analyzer::load(&config)?;
-    let src = source::open(&source_path)?;
+    let (src, source_name) = open_source(&config, config_path, source)?;
     log::info!("source: {}", src.describe());
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -333,7 +328,7 @@ fn run(
     if let Some(w) = notifier.watchdog() {
         log::info!("watchdog: {} s", w.as_secs_f64());
     }
-    notifier.ready(&format!("analysing {}", source_path.display()));
+    notifier.ready(&format!("analysing {source_name}"));
     let summary = ferd::pipeline::run(
         src,
         &mut pipeline,
@@ -427,4 +422,51 @@ fn open_gpio(
         );
     }
     Ok(None)
+}
+
+#[cfg(feature = "v4l2")]
+fn cameras() -> Result<ExitCode> {
+    let found = ferd::source::v4l2::list_cameras();
+    if found.is_empty() {
+        println!("no /dev/video* devices");
+    }
+    for c in found {
+        println!("{c}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "v4l2"))]
+fn cameras() -> Result<ExitCode> {
+    bail!("this ferd was built without the `v4l2` feature")
+}
+
+/// The frame source: `--source`, else `[source] path`, else `[camera]`.
+fn open_source(
+    config: &Config,
+    config_path: &Path,
+    source: Option<PathBuf>,
+) -> Result<(Box<dyn FrameSource + Send>, String)> {
+    if let Some(p) = source.or_else(|| config.source.path.as_ref().map(|p| config.resolve(p))) {
+        let src = source::open(&p)?;
+        return Ok((src, p.display().to_string()));
+    }
+    match &config.camera {
+        Some(cam) => open_camera(cam),
+        None => bail!(
+            "no input: give --source, or set [source] path or a [camera] in {}",
+            config_path.display()
+        ),
+    }
+}
+
+#[cfg(feature = "v4l2")]
+fn open_camera(cam: &ferd::config::CameraConfig) -> Result<(Box<dyn FrameSource + Send>, String)> {
+    let src = ferd::source::v4l2::V4l2Source::open(cam)?;
+    Ok((Box::new(src), cam.device.display().to_string()))
+}
+
+#[cfg(not(feature = "v4l2"))]
+fn open_camera(_cam: &ferd::config::CameraConfig) -> Result<(Box<dyn FrameSource + Send>, String)> {
+    bail!("this ferd was built without the `v4l2` feature, but the config has a [camera]")
 }

@@ -102,10 +102,15 @@ impl Pipeline {
         self.flush();
     }
 
-    /// Records an input item that could not be read.
+    /// Records an input item that could not be read. The first ten are
+    /// logged, then every hundredth: a camera sending corrupt frames must
+    /// not flood the journal.
     pub fn skip(&mut self, what: &dyn std::fmt::Display) {
-        log::warn!("skipped: {what}");
         self.summary.skipped += 1;
+        let n = self.summary.skipped;
+        if n <= 10 || n % 100 == 0 {
+            log::warn!("skipped ({n} so far): {what}");
+        }
     }
 
     /// Analyses one frame and emits what changed.
@@ -418,8 +423,10 @@ pub fn run(
                             mailbox.put(frame);
                         }
                         Some(Err(e)) => {
-                            log::warn!("skipped: {e}");
-                            skipped.fetch_add(1, Ordering::Relaxed);
+                            let n = skipped.fetch_add(1, Ordering::Relaxed) + 1;
+                            if n <= 10 || n % 100 == 0 {
+                                log::warn!("skipped ({n} so far): {e}");
+                            }
                         }
                     }
                     due += interval;

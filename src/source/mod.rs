@@ -6,6 +6,8 @@
 //! on, so the caller can log it, name the file, and keep processing the rest.
 
 mod files;
+#[cfg(feature = "v4l2")]
+pub mod v4l2;
 mod y4m;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,460 @@
+//! V4L2 cameras through the `v4l` crate: format negotiation, mmap
+//! streaming, driver timestamps, and conversion of YUYV, GREY and MJPEG
+//! buffers into frames.
+//!
+//! The pixel conversions are plain functions over byte slices so that they
+//! are tested without a device; the device code only negotiates and
+//! streams.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use v4l::buffer::Type;
+use v4l::io::mmap::Stream;
+use v4l::io::traits::CaptureStream;
+use v4l::video::Capture;
+use v4l::{Device, FourCC};
+
+use super::{FrameSource, SourceError};
+use crate::config::{CameraConfig, CameraFormat};
+use crate::frame::{Frame, PixelFormat};
+
+/// Buffers in the driver's queue. Few, so that a frame is never old.
+const BUFFERS: u32 = 3;
+
+/// The formats ferd reads, in the order `auto` prefers them: YUYV needs no
+/// decoding, GREY is what the models use, MJPEG is what cheap UVC cameras
+/// offer at high resolutions.
+const PREFERENCE: [CameraFormat; 3] = [CameraFormat::Yuyv, CameraFormat::Grey, CameraFormat::Mjpeg];
+
+fn fourcc(f: CameraFormat) -> Option<FourCC> {
+    match f {
+        CameraFormat::Auto => None,
+        CameraFormat::Yuyv => Some(FourCC::new(b"YUYV")),
+        CameraFormat::Grey => Some(FourCC::new(b"GREY")),
+        CameraFormat::Mjpeg => Some(FourCC::new(b"MJPG")),
+    }
+}
+
+/// A V4L2 capture device. When the device fails (unplugged, driver
+/// unloaded) the source reports the error once, then tries to reopen it
+/// with a growing delay (0.5 s doubling to 5 s) on the following calls.
+pub struct V4l2Source {
+    cfg: CameraConfig,
+    open: Option<Open>,
+    retry_delay: Duration,
+    /// Frame time continues across reconnections.
+    offset: Duration,
+    last_time: Duration,
+    next_sequence: u64,
+}
+
+/// The most time between reopen attempts.
+const MAX_RETRY: Duration = Duration::from_secs(5);
+
+impl V4l2Source {
+    /// Opens the camera; the first open must succeed (a wrong device or
+    /// format is a start-up error, not something to retry).
+    pub fn open(cfg: &CameraConfig) -> Result<V4l2Source, SourceError> {
+        Ok(V4l2Source {
+            cfg: cfg.clone(),
+            open: Some(Open::open(cfg)?),
+            retry_delay: Duration::from_millis(500),
+            offset: Duration::ZERO,
+            last_time: Duration::ZERO,
+            next_sequence: 0,
+        })
+    }
+}
+
+impl FrameSource for V4l2Source {
+    fn next_frame(&mut self) -> Option<Result<Frame, SourceError>> {
+        let open = match &mut self.open {
+            Some(o) => o,
+            None => {
+                std::thread::sleep(self.retry_delay);
+                match Open::open(&self.cfg) {
+                    Ok(o) => {
+                        log::info!("{}: camera back", self.cfg.device.display());
+                        self.retry_delay = Duration::from_millis(500);
+                        // Frame time keeps running from where it stopped.
+                        self.offset = self.last_time;
+                        self.open.insert(o)
+                    }
+                    Err(e) => {
+                        self.retry_delay = (self.retry_delay * 2).min(MAX_RETRY);
+                        return Some(Err(e));
+                    }
+                }
+            }
+        };
+        let item = open.next_frame()?;
+        if let Err(SourceError::Io { .. }) = &item {
+            // The device is gone or broken: drop it (closing the fd) and
+            // reopen on the next call.
+            self.open = None;
+        }
+        Some(item.map(|mut f| {
+            f.timestamp += self.offset;
+            self.last_time = f.timestamp;
+            f.sequence = self.next_sequence;
+            self.next_sequence += 1;
+            f
+        }))
+    }
+
+    fn frame_interval(&self) -> Option<Duration> {
+        self.open.as_ref().and_then(|o| o.interval)
+    }
+
+    fn describe(&self) -> String {
+        match &self.open {
+            Some(o) => format!(
+                "camera {} ({}×{} {:?})",
+                o.path.display(),
+                o.width,
+                o.height,
+                o.format
+            ),
+            None => format!("camera {} (reconnecting)", self.cfg.device.display()),
+        }
+    }
+}
+
+/// An open, streaming device.
+struct Open {
+    path: PathBuf,
+    stream: Stream<'static>,
+    format: CameraFormat,
+    width: u32,
+    height: u32,
+    stride: u32,
+    interval: Option<Duration>,
+    first: Option<Duration>,
+    next_sequence: u64,
+    _device: Device,
+}
+
+impl Open {
+    /// Opens the device, negotiates size, rate and format, starts streaming.
+    fn open(cfg: &CameraConfig) -> Result<Open, SourceError> {
+        let path = cfg.device.clone();
+        let io = |what: &str, e: std::io::Error| SourceError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(e.kind(), format!("{what}: {e}")),
+        };
+        let fmt_err = |message: String| SourceError::Format {
+            path: path.clone(),
+            message,
+        };
+        let device = Device::with_path(&path).map_err(|e| io("cannot open camera", e))?;
+        let offered: Vec<FourCC> = device
+            .enum_formats()
+            .map_err(|e| io("cannot list formats", e))?
+            .into_iter()
+            .map(|d| d.fourcc)
+            .collect();
+        let list = || {
+            offered
+                .iter()
+                .map(|f| f.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let wanted = match cfg.format {
+            CameraFormat::Auto => PREFERENCE
+                .into_iter()
+                .find(|f| fourcc(*f).is_some_and(|c| offered.contains(&c)))
+                .ok_or_else(|| {
+                    fmt_err(format!(
+                        "offers none of YUYV, GREY, MJPG; it offers: {}",
+                        list()
+                    ))
+                })?,
+            f => f,
+        };
+        let code = fourcc(wanted).expect("auto resolved above");
+        if !offered.contains(&code) {
+            return Err(fmt_err(format!(
+                "cannot capture {code}; it offers: {}",
+                list()
+            )));
+        }
+        let mut fmt = device.format().map_err(|e| io("cannot read format", e))?;
+        fmt.width = cfg.width.0;
+        fmt.height = cfg.height.0;
+        fmt.fourcc = code;
+        let got = device
+            .set_format(&fmt)
+            .map_err(|e| io("cannot set format", e))?;
+        if got.fourcc != code {
+            return Err(fmt_err(format!(
+                "asked for {code}, driver gave {}; it offers: {}",
+                got.fourcc,
+                list()
+            )));
+        }
+        if (got.width, got.height) != (cfg.width.0, cfg.height.0) {
+            log::warn!(
+                "{}: asked for {}×{}, driver gave {}×{}",
+                path.display(),
+                cfg.width.0,
+                cfg.height.0,
+                got.width,
+                got.height
+            );
+        }
+        let interval =
+            match device.set_params(&v4l::video::capture::Parameters::with_fps(cfg.fps.0)) {
+                Ok(p) if p.interval.numerator > 0 && p.interval.denominator > 0 => {
+                    Some(Duration::from_secs_f64(
+                        p.interval.numerator as f64 / p.interval.denominator as f64,
+                    ))
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    log::warn!("{}: cannot set {} fps: {e}", path.display(), cfg.fps.0);
+                    None
+                }
+            };
+        log::info!(
+            "{}: {}×{} {} (stride {}), {}",
+            path.display(),
+            got.width,
+            got.height,
+            got.fourcc,
+            got.stride,
+            interval.map_or("driver frame rate".to_string(), |i| format!(
+                "{:.1} fps",
+                1.0 / i.as_secs_f64()
+            ))
+        );
+        let stream = Stream::with_buffers(&device, Type::VideoCapture, BUFFERS)
+            .map_err(|e| io("cannot start streaming", e))?;
+        Ok(Open {
+            path,
+            stream,
+            format: wanted,
+            width: got.width,
+            height: got.height,
+            stride: got.stride,
+            interval,
+            first: None,
+            next_sequence: 0,
+            _device: device,
+        })
+    }
+}
+
+impl Open {
+    fn next_frame(&mut self) -> Option<Result<Frame, SourceError>> {
+        let (buf, meta) = match self.stream.next() {
+            Ok(b) => b,
+            Err(source) => {
+                return Some(Err(SourceError::Io {
+                    path: self.path.clone(),
+                    source,
+                }))
+            }
+        };
+        let used = (meta.bytesused as usize).min(buf.len());
+        let data = &buf[..used];
+        let ts = Duration::from_secs(meta.timestamp.sec.max(0) as u64)
+            + Duration::from_micros(meta.timestamp.usec.max(0) as u64);
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        let converted = match self.format {
+            CameraFormat::Yuyv => yuyv_to_frame(data, self.width, self.height, self.stride),
+            CameraFormat::Grey => grey_to_frame(data, self.width, self.height, self.stride),
+            CameraFormat::Mjpeg | CameraFormat::Auto => mjpeg_to_frame(data),
+        };
+        Some(
+            converted
+                .map(|mut f| {
+                    let first = *self.first.get_or_insert(ts);
+                    f.timestamp = ts.saturating_sub(first);
+                    f.sequence = sequence;
+                    f.origin = format!("{}#{}", self.path.display(), meta.sequence);
+                    f
+                })
+                .map_err(|message| SourceError::Format {
+                    path: self.path.clone(),
+                    message: format!("frame {}: {message}", meta.sequence),
+                }),
+        )
+    }
+}
+
+/// Lists the capture devices under `/dev` with their formats and sizes.
+pub fn list_cameras() -> Vec<String> {
+    let mut out = Vec::new();
+    let mut nodes: Vec<PathBuf> = std::fs::read_dir("/dev")
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("video"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    nodes.sort();
+    for node in nodes {
+        out.push(describe_device(&node));
+    }
+    out
+}
+
+fn describe_device(path: &Path) -> String {
+    let dev = match Device::with_path(path) {
+        Ok(d) => d,
+        Err(e) => return format!("{}: cannot open: {e}", path.display()),
+    };
+    let name = dev.query_caps().map(|c| c.card).unwrap_or_default();
+    let mut s = format!("{}: {name}", path.display());
+    match dev.enum_formats() {
+        Ok(formats) if formats.is_empty() => s.push_str("\n  (no capture formats)"),
+        Ok(formats) => {
+            for f in formats {
+                let sizes: Vec<String> = dev
+                    .enum_framesizes(f.fourcc)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .flat_map(|fs| fs.size.to_discrete())
+                    .map(|d| format!("{}×{}", d.width, d.height))
+                    .collect();
+                s.push_str(&format!(
+                    "\n  {} ({}): {}",
+                    f.fourcc,
+                    f.description,
+                    sizes.join(" ")
+                ));
+            }
+        }
+        Err(e) => s.push_str(&format!("\n  cannot list formats: {e}")),
+    }
+    s
+}
+
+/// Packed YUYV (Y0 U Y1 V) to a planar I420 frame: luma kept, chroma
+/// taken from every other line.
+pub fn yuyv_to_frame(data: &[u8], width: u32, height: u32, stride: u32) -> Result<Frame, String> {
+    let (w, h) = (width as usize, height as usize);
+    let stride = (stride as usize).max(w * 2);
+    if w == 0 || h == 0 || data.len() < stride * (h - 1) + w * 2 {
+        return Err(format!(
+            "short YUYV buffer: {} bytes for {width}×{height}",
+            data.len()
+        ));
+    }
+    let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+    let mut out = vec![0u8; w * h + 2 * cw * ch];
+    let (y_plane, chroma) = out.split_at_mut(w * h);
+    let (u_plane, v_plane) = chroma.split_at_mut(cw * ch);
+    for y in 0..h {
+        let row = &data[y * stride..y * stride + w * 2];
+        for x in 0..w {
+            y_plane[y * w + x] = row[x * 2];
+        }
+        if y % 2 == 0 {
+            for cx in 0..cw {
+                let pair = (cx * 4).min(row.len() - 4);
+                u_plane[(y / 2) * cw + cx] = row[pair + 1];
+                v_plane[(y / 2) * cw + cx] = row[pair + 3];
+            }
+        }
+    }
+    Ok(Frame::new(width, height, PixelFormat::I420, out))
+}
+
+/// 8-bit grey with a line stride to a grey frame.
+pub fn grey_to_frame(data: &[u8], width: u32, height: u32, stride: u32) -> Result<Frame, String> {
+    let (w, h) = (width as usize, height as usize);
+    let stride = (stride as usize).max(w);
+    if w == 0 || h == 0 || data.len() < stride * (h - 1) + w {
+        return Err(format!(
+            "short GREY buffer: {} bytes for {width}×{height}",
+            data.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(w * h);
+    for y in 0..h {
+        out.extend_from_slice(&data[y * stride..y * stride + w]);
+    }
+    Ok(Frame::new(width, height, PixelFormat::Grey, out))
+}
+
+/// Decodes one MJPEG frame. UVC cameras send truncated or corrupt frames
+/// now and then; those are errors (the caller counts and skips them), never
+/// half-grey pictures.
+pub fn mjpeg_to_frame(data: &[u8]) -> Result<Frame, String> {
+    if data.len() < 4 || data[..2] != [0xFF, 0xD8] {
+        return Err("corrupt MJPEG frame: no JPEG start marker".into());
+    }
+    if !super::jpeg_is_complete(data) {
+        return Err("truncated MJPEG frame: no end-of-image marker".into());
+    }
+    let img = image::load_from_memory_with_format(data, image::ImageFormat::Jpeg)
+        .map_err(|e| format!("corrupt MJPEG frame: {e}"))?;
+    let (w, h) = (img.width(), img.height());
+    if w > super::MAX_IMAGE_SIDE || h > super::MAX_IMAGE_SIDE {
+        return Err(format!("MJPEG frame of {w}×{h} is too large"));
+    }
+    Ok(if img.color().has_color() {
+        Frame::new(w, h, PixelFormat::Rgb, img.into_rgb8().into_raw())
+    } else {
+        Frame::new(w, h, PixelFormat::Grey, img.into_luma8().into_raw())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yuyv_keeps_luma_and_subsamples_chroma() {
+        // 4×2, stride 10 (2 bytes padding per line).
+        let data = [
+            10, 100, 20, 200, 30, 101, 40, 201, 0, 0, //
+            50, 1, 60, 2, 70, 3, 80, 4, 0, 0,
+        ];
+        let f = yuyv_to_frame(&data, 4, 2, 10).unwrap();
+        assert_eq!(&f.data[..8], &[10, 20, 30, 40, 50, 60, 70, 80]);
+        assert_eq!(&f.data[8..10], &[100, 101]); // U from line 0
+        assert_eq!(&f.data[10..12], &[200, 201]); // V from line 0
+        assert!(yuyv_to_frame(&data[..15], 4, 2, 10).is_err());
+    }
+
+    #[test]
+    fn grey_respects_stride() {
+        let data = [1, 2, 3, 9, 4, 5, 6];
+        let f = grey_to_frame(&data, 3, 2, 4).unwrap();
+        assert_eq!(f.data, vec![1, 2, 3, 4, 5, 6]);
+        assert!(grey_to_frame(&data[..5], 3, 2, 4).is_err());
+    }
+
+    #[test]
+    fn mjpeg_good_truncated_and_garbage() {
+        let mut jpeg = Vec::new();
+        image::RgbImage::from_fn(32, 16, |x, y| image::Rgb([x as u8 * 8, y as u8 * 16, 128]))
+            .write_to(
+                &mut std::io::Cursor::new(&mut jpeg),
+                image::ImageFormat::Jpeg,
+            )
+            .unwrap();
+        let f = mjpeg_to_frame(&jpeg).unwrap();
+        assert_eq!((f.width, f.height, f.format), (32, 16, PixelFormat::Rgb));
+        let cut = mjpeg_to_frame(&jpeg[..jpeg.len() / 2]).unwrap_err();
+        assert!(cut.contains("truncated"), "{cut}");
+        // Start and end markers intact, scan data corrupted.
+        let mut broken = jpeg.clone();
+        for b in &mut broken[2..40] {
+            *b = 0x00;
+        }
+        assert!(mjpeg_to_frame(&broken).is_err());
+        assert!(mjpeg_to_frame(b"not a jpeg")
+            .unwrap_err()
+            .contains("start marker"));
+    }
+}
