@@ -41,7 +41,7 @@ fn fourcc(f: CameraFormat) -> Option<FourCC> {
 /// with a growing delay (0.5 s doubling to 5 s) on the following calls.
 pub struct V4l2Source {
     cfg: CameraConfig,
-    open: Option<Open>,
+    open: Option<Streaming>,
     retry_delay: Duration,
     /// Frame time continues across reconnections.
     offset: Duration,
@@ -58,7 +58,7 @@ impl V4l2Source {
     pub fn open(cfg: &CameraConfig) -> Result<V4l2Source, SourceError> {
         Ok(V4l2Source {
             cfg: cfg.clone(),
-            open: Some(Open::open(cfg)?),
+            open: Some(Streaming::open(cfg)?),
             retry_delay: Duration::from_millis(500),
             offset: Duration::ZERO,
             last_time: Duration::ZERO,
@@ -73,7 +73,7 @@ impl FrameSource for V4l2Source {
             Some(o) => o,
             None => {
                 std::thread::sleep(self.retry_delay);
-                match Open::open(&self.cfg) {
+                match Streaming::open(&self.cfg) {
                     Ok(o) => {
                         log::info!("{}: camera back", self.cfg.device.display());
                         self.retry_delay = Duration::from_millis(500);
@@ -122,7 +122,7 @@ impl FrameSource for V4l2Source {
 }
 
 /// An open, streaming device.
-struct Open {
+struct Streaming {
     path: PathBuf,
     stream: Stream<'static>,
     format: CameraFormat,
@@ -135,9 +135,9 @@ struct Open {
     _device: Device,
 }
 
-impl Open {
+impl Streaming {
     /// Opens the device, negotiates size, rate and format, starts streaming.
-    fn open(cfg: &CameraConfig) -> Result<Open, SourceError> {
+    fn open(cfg: &CameraConfig) -> Result<Streaming, SourceError> {
         let path = cfg.device.clone();
         let io = |what: &str, e: std::io::Error| SourceError::Io {
             path: path.clone(),
@@ -231,7 +231,7 @@ impl Open {
         );
         let stream = Stream::with_buffers(&device, Type::VideoCapture, BUFFERS)
             .map_err(|e| io("cannot start streaming", e))?;
-        Ok(Open {
+        Ok(Streaming {
             path,
             stream,
             format: wanted,
@@ -246,7 +246,7 @@ impl Open {
     }
 }
 
-impl Open {
+impl Streaming {
     fn next_frame(&mut self) -> Option<Result<Frame, SourceError>> {
         let (buf, meta) = match self.stream.next() {
             Ok(b) => b,
