@@ -351,13 +351,10 @@ fn run_on_the_demo_clip_gives_the_expected_events_and_screen() {
 #[test]
 fn run_survives_a_truncated_clip_and_reports_it() {
     let dir = tempfile::tempdir().unwrap();
-    let clip =
-        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo.y4m")).unwrap();
     // Header + 10 whole frames + half a frame.
-    let header = clip.iter().position(|&b| b == b'\n').unwrap() + 1;
-    let frame = 6 + 256 * 192;
+    let eleven = std::fs::read(demo_prefix(dir.path(), 11)).unwrap();
     let cut = dir.path().join("cut.y4m");
-    std::fs::write(&cut, &clip[..header + 10 * frame + frame / 2]).unwrap();
+    std::fs::write(&cut, &eleven[..eleven.len() - DEMO_FRAME_BYTES / 2]).unwrap();
     let o = ferd(&[
         "run",
         "--config",
@@ -459,14 +456,16 @@ fn events_can_go_to_a_file() {
     );
 }
 
+/// Bytes per frame of the demo clip: `FRAME\n` and 256×192 mono pixels.
+const DEMO_FRAME_BYTES: usize = 6 + 256 * 192;
+
 /// The first `n` frames of the demo clip as a new clip.
 fn demo_prefix(dir: &Path, n: usize) -> PathBuf {
     let clip =
         std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo.y4m")).unwrap();
     let header = clip.iter().position(|&b| b == b'\n').unwrap() + 1;
-    let frame = 6 + 256 * 192;
     let path = dir.join(format!("first{n}.y4m"));
-    std::fs::write(&path, &clip[..header + n * frame]).unwrap();
+    std::fs::write(&path, &clip[..header + n * DEMO_FRAME_BYTES]).unwrap();
     path
 }
 
