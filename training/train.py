@@ -39,6 +39,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import copy
 import csv
 import json
 import math
@@ -76,35 +77,36 @@ def random_crop(x: torch.Tensor, pad: int) -> torch.Tensor:
     if pad <= 0:
         return x
     b, _, h, w = x.shape
+    dev = x.device
     xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-    oy = torch.randint(0, 2 * pad + 1, (b,))
-    ox = torch.randint(0, 2 * pad + 1, (b,))
-    rows = (oy[:, None] + torch.arange(h)[None, :])[:, :, None]  # [B,h,1]
-    cols = (ox[:, None] + torch.arange(w)[None, :])[:, None, :]  # [B,1,w]
-    return xp[torch.arange(b)[:, None, None], 0, rows, cols].unsqueeze(1)
+    oy = torch.randint(0, 2 * pad + 1, (b,), device=dev)
+    ox = torch.randint(0, 2 * pad + 1, (b,), device=dev)
+    rows = (oy[:, None] + torch.arange(h, device=dev)[None, :])[:, :, None]  # [B,h,1]
+    cols = (ox[:, None] + torch.arange(w, device=dev)[None, :])[:, None, :]  # [B,1,w]
+    return xp[torch.arange(b, device=dev)[:, None, None], 0, rows, cols].unsqueeze(1)
 
 
 def random_hflip(x: torch.Tensor, p: float = 0.5) -> torch.Tensor:
-    flip = torch.rand(x.shape[0]) < p
+    flip = torch.rand(x.shape[0], device=x.device) < p
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
 def random_affine(x: torch.Tensor, p: float, degrees: float, scale: float) -> torch.Tensor:
     """With probability ``p`` per image: rotate by U(-deg, deg) and zoom by U(1-s, 1+s)."""
-    sel = (torch.rand(x.shape[0]) < p).nonzero().flatten()
-    if sel.numel() == 0 or (degrees <= 0 and scale <= 0):
+    if degrees <= 0 and scale <= 0:
         return x
-    n = sel.numel()
-    ang = (torch.rand(n) * 2 - 1) * math.radians(degrees)
-    zoom = 1 + (torch.rand(n) * 2 - 1) * scale
+    # Every image goes through grid_sample (identity for the unselected ones):
+    # no data-dependent shapes, so no host-device synchronisation on a GPU.
+    b, dev = x.shape[0], x.device
+    sel = (torch.rand(b, device=dev) < p).to(x.dtype)
+    ang = (torch.rand(b, device=dev) * 2 - 1) * math.radians(degrees) * sel
+    zoom = 1 + (torch.rand(b, device=dev) * 2 - 1) * scale * sel
     cos, sin = torch.cos(ang) / zoom, torch.sin(ang) / zoom
-    zero = torch.zeros(n)
+    zero = torch.zeros(b, device=dev)
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
-    sub = x[sel]
-    grid = F.affine_grid(theta, list(sub.shape), align_corners=False)
-    x = x.clone()
-    x[sel] = F.grid_sample(sub, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return x
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return torch.where(sel[:, None, None, None] > 0, out, x)
 
 
 def random_erasing(x: torch.Tensor, p: float, area: tuple[float, float] = (0.02, 0.2),
@@ -113,15 +115,16 @@ def random_erasing(x: torch.Tensor, p: float, area: tuple[float, float] = (0.02,
     if p <= 0:
         return x
     b, _, h, w = x.shape
-    sel = torch.rand(b) < p
-    a = (area[0] + torch.rand(b) * (area[1] - area[0])) * h * w
-    r = torch.exp(math.log(ratio[0]) + torch.rand(b) * (math.log(ratio[1]) - math.log(ratio[0])))
+    dev = x.device
+    sel = torch.rand(b, device=dev) < p
+    a = (area[0] + torch.rand(b, device=dev) * (area[1] - area[0])) * h * w
+    r = torch.exp(math.log(ratio[0]) + torch.rand(b, device=dev) * (math.log(ratio[1]) - math.log(ratio[0])))
     eh = torch.sqrt(a * r).round().clamp(1, h)
     ew = torch.sqrt(a / r).round().clamp(1, w)
-    y0 = (torch.rand(b) * (h - eh + 1)).floor()
-    x0 = (torch.rand(b) * (w - ew + 1)).floor()
-    ys = torch.arange(h, dtype=torch.float32)[None, :, None]
-    xs = torch.arange(w, dtype=torch.float32)[None, None, :]
+    y0 = (torch.rand(b, device=dev) * (h - eh + 1)).floor()
+    x0 = (torch.rand(b, device=dev) * (w - ew + 1)).floor()
+    ys = torch.arange(h, dtype=torch.float32, device=dev)[None, :, None]
+    xs = torch.arange(w, dtype=torch.float32, device=dev)[None, None, :]
     mask = ((ys >= y0[:, None, None]) & (ys < (y0 + eh)[:, None, None])
             & (xs >= x0[:, None, None]) & (xs < (x0 + ew)[:, None, None]) & sel[:, None, None])
     return torch.where(mask[:, None], torch.randn_like(x), x)
@@ -175,15 +178,30 @@ def class_weights(y: np.ndarray, power: float) -> torch.Tensor:
 # evaluation
 # --------------------------------------------------------------------------
 @torch.no_grad()
+def predict_logits(model: nn.Module, x_u8: torch.Tensor, batch_size: int = 512,
+                   flip: bool = False) -> torch.Tensor:
+    """float32 logits of ``model`` (in eval mode) for uint8 images, optionally mirrored."""
+    model.eval()
+    out = []
+    for i in range(0, len(x_u8), batch_size):
+        xb = to_input(x_u8[i:i + batch_size])
+        if flip:
+            xb = xb.flip(3)
+        with autocast(xb.device):
+            out.append(model(xb).float())
+    return torch.cat(out)
+
+
+def autocast(device: torch.device):
+    """bfloat16 autocast on CUDA (tensor cores); a no-op context on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.no_grad()
 def evaluate(model: nn.Module, x_u8: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> dict:
     """Accuracy (single pass and flip-averaged), loss, per-class recall."""
-    model.eval()
-    logits, logits_flip = [], []
-    for i in range(0, len(y), batch_size):
-        xb = to_input(x_u8[i:i + batch_size])
-        logits.append(model(xb))
-        logits_flip.append(model(xb.flip(3)))
-    logits, logits_flip = torch.cat(logits), torch.cat(logits_flip)
+    logits = predict_logits(model, x_u8, batch_size)
+    logits_flip = predict_logits(model, x_u8, batch_size, flip=True)
     pred = logits.argmax(1)
     pred_tta = (logits.softmax(1) + logits_flip.softmax(1)).argmax(1)
     recall = [float((pred[y == c] == c).float().mean()) if (y == c).any() else float("nan")
@@ -229,6 +247,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--name", default=None, help="run name (default: w<width>-e<epochs>)")
     ap.add_argument("--out", type=Path, default=None, help="run dir (default: training/runs/<name>)")
     ap.add_argument("--width", type=float, default=1.0, help="channel multiplier (model.py)")
+    ap.add_argument("--stages", default=None,
+                    help="stages as CxN,CxN,... (channels x conv layers) instead of FerNet's base; "
+                         "e.g. 64x2,128x2,256x3,512x3 for a large teacher")
+    ap.add_argument("--teacher", type=Path, nargs="+", default=None,
+                    help="knowledge distillation: checkpoint(s) of trained teacher(s); their mean "
+                         "softened prediction on the same augmented batch is a second target")
+    ap.add_argument("--kd-alpha", type=float, default=0.7, help="weight of the distillation loss")
+    ap.add_argument("--kd-temp", type=float, default=4.0, help="distillation temperature")
+    ap.add_argument("--time-budget", type=float, default=0.0,
+                    help="seconds: time 20 training steps and one evaluation first, then train for as "
+                         "many epochs as fit (at most --epochs); the number chosen is printed and "
+                         "recorded, so the run equals one with that --epochs")
     ap.add_argument("--dropout", type=float, default=0.3)
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=128)
@@ -259,6 +289,84 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def parse_stages(text: str) -> tuple[tuple[int, int], ...]:
+    """``"64x2,128x2"`` -> ``((64, 2), (128, 2))``."""
+    try:
+        stages = tuple((int(c), int(n)) for c, n in (part.split("x") for part in text.split(",")))
+    except ValueError:
+        raise SystemExit(f"--stages {text!r}: expected CxN,CxN,... such as 64x2,128x2,256x3") from None
+    if not stages or any(c < 1 or n < 1 for c, n in stages):
+        raise SystemExit(f"--stages {text!r}: channels and layer counts must be positive")
+    return stages
+
+
+def load_teachers(paths: list[Path], device: torch.device) -> list[nn.Module]:
+    """Teacher models from training checkpoints (any float dtype), frozen, in eval mode."""
+    teachers = []
+    for path in paths:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        t = build_model(ck["model_config"])
+        t.load_state_dict({k: v.float() for k, v in ck["model"].items()})
+        t.eval().requires_grad_(False)
+        if device.type == "cuda":
+            t = t.to(device, memory_format=torch.channels_last)
+        print(f"[train] teacher {path}: val acc {ck.get('val_acc', float('nan')):.4f}, "
+              f"{count_params(t):,} params")
+        teachers.append(t)
+    return teachers
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, criterion: nn.Module, xb: torch.Tensor,
+               yb: torch.Tensor, lr: float, teachers: list[nn.Module],
+               args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on an augmented batch; returns (loss, logits), still on the device."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    if xb.device.type == "cuda":
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    with autocast(xb.device):
+        logits = model(xb).float()
+        loss = criterion(logits, yb)
+        if teachers:
+            temp = args.kd_temp
+            with torch.no_grad():
+                target = torch.stack([t(xb).float().div(temp).softmax(1) for t in teachers]).mean(0)
+            kd = F.kl_div(F.log_softmax(logits / temp, 1), target, reduction="batchmean") * temp * temp
+            loss = (1 - args.kd_alpha) * loss + args.kd_alpha * kd
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach(), logits.detach()
+
+
+def choose_epochs(model: nn.Module, criterion: nn.Module, teachers: list[nn.Module], x_u8: torch.Tensor,
+                  y: torch.Tensor, xva: torch.Tensor, yva: torch.Tensor, steps_per_epoch: int,
+                  remaining_s: float, args: argparse.Namespace) -> int:
+    """Epochs that fit in ``remaining_s``, timed on a throw-away copy of the model."""
+    probe = copy.deepcopy(model)
+    popt = make_optimizer(probe, args)
+    sync = torch.cuda.synchronize if x_u8.device.type == "cuda" else (lambda: None)
+    n_warm, n_timed = 5, 20
+    for i in range(n_warm + n_timed):
+        if i == n_warm:
+            sync()
+            t0 = time.perf_counter()
+        idx = torch.randint(0, len(y), (args.batch_size,), device=x_u8.device)
+        train_step(probe, popt, criterion, augment(to_input(x_u8[idx]), args), y[idx], 1e-4, teachers, args)
+    sync()
+    step_s = (time.perf_counter() - t0) / n_timed
+    t1 = time.perf_counter()
+    evaluate(probe, xva, yva)
+    sync()
+    eval_s = time.perf_counter() - t1
+    epoch_s = step_s * steps_per_epoch + eval_s
+    epochs = max(1, min(args.epochs, int(remaining_s / (epoch_s * 1.1))))
+    print(f"[train] time budget: {step_s * 1e3:.1f} ms/step, eval {eval_s:.1f} s -> ~{epoch_s:.1f} s/epoch; "
+          f"{remaining_s:.0f} s left -> {epochs} epochs", flush=True)
+    del probe, popt
+    return epochs
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -266,6 +374,7 @@ def seed_everything(seed: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    t_start = time.perf_counter()
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
@@ -275,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: CUDA is not available")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     seed_everything(args.seed)
 
     # ---- data (kept as uint8; converted and augmented per batch) ----
@@ -285,7 +396,6 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         xtr_t, ytr_t, xva_t, yva_t = (t.to(device) for t in (xtr_t, ytr_t, xva_t, yva_t))
     steps_per_epoch = len(ytr) // args.batch_size  # drop_last: no tiny BatchNorm batches
-    total_steps = steps_per_epoch * args.epochs
 
     # ---- model, optimizer; resume ----
     out: Path = args.out
@@ -298,11 +408,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[train] note: --width {args.width} ignored, checkpoint has {ckpt['model_config']['width']}")
         print(f"[train] resuming from {path} after epoch {ckpt['epoch']}")
     else:
-        model = FerNet(width=args.width, dropout=args.dropout)
+        stages = parse_stages(args.stages) if args.stages else None
+        model = (FerNet(width=args.width, dropout=args.dropout, stages=stages) if stages
+                 else FerNet(width=args.width, dropout=args.dropout))
     # every invocation's arguments, for provenance (a resumed run may change --epochs)
     argv_history = (ckpt.get("argv_history", [ckpt["argv"]]) if ckpt is not None else []) + [sys.argv[1:]]
     params, macs = count_params(model), count_macs(model)
     model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, args)
     start_epoch, step, history = 0, 0, []
     best_acc, best_epoch, stale = -1.0, -1, 0
@@ -316,13 +430,19 @@ def main(argv: list[str] | None = None) -> int:
         best_acc, best_epoch, stale = ckpt["best_acc"], ckpt["best_epoch"], ckpt["stale"]
     weights = class_weights(ytr, args.class_weight_power).to(device)
     criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=args.label_smoothing)
+    teachers = load_teachers(args.teacher, device) if args.teacher else []
+    if args.time_budget and ckpt is None and not args.bench:
+        args.epochs = choose_epochs(model, criterion, teachers, xtr_t, ytr_t, xva_t, yva_t, steps_per_epoch,
+                                    args.time_budget - (time.perf_counter() - t_start), args)
+    total_steps = steps_per_epoch * args.epochs
     print(f"[train] {args.name}: width {model.config['width']} params {params:,} MACs {macs:,}; "
           f"{len(ytr)} train / {len(yva)} val; {steps_per_epoch} steps/epoch x {args.epochs} epochs; "
           f"threads {torch.get_num_threads()} device {device}")
     print(f"[train] class weights {[round(float(w), 3) for w in weights]}")
 
     out.mkdir(parents=True, exist_ok=True)
-    args_json = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    args_json = {k: ([str(p) for p in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v)
+                 for k, v in vars(args).items()}
     (out / "args.json").write_text(json.dumps({"argv": sys.argv[1:], "args": args_json}, indent=1))
 
     for epoch in range(start_epoch, args.epochs):
@@ -332,24 +452,21 @@ def main(argv: list[str] | None = None) -> int:
         model.train()
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
+        loss_acc, correct_acc = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
         n_steps = min(steps_per_epoch, args.bench) if args.bench else steps_per_epoch
         for i in range(n_steps):
             idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
             xb = augment(to_input(xtr_t[idx]), args)
             yb = ytr_t[idx]
             lr = lr_at(step, total_steps, steps_per_epoch, args)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            logits = model(xb)
-            loss = criterion(logits, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss, logits = train_step(model, opt, criterion, xb, yb, lr, teachers, args)
             step += 1
-            loss_sum += loss.item() * len(yb)
-            correct += int((logits.argmax(1) == yb).sum())
+            # summed on the device: no host synchronisation per step
+            loss_acc = loss_acc + loss * len(yb)
+            correct_acc = correct_acc + (logits.argmax(1) == yb).sum()
             seen += len(yb)
             if (i + 1) % 25 == 0 or i + 1 == n_steps:
+                loss_sum, correct = float(loss_acc), int(correct_acc)
                 el = time.perf_counter() - t0
                 print(f"[train] epoch {epoch + 1} step {i + 1}/{steps_per_epoch} loss {loss_sum / seen:.4f} "
                       f"acc {correct / seen:.4f} lr {lr:.2e} {seen / el:.0f} img/s "
