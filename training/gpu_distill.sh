@@ -25,12 +25,22 @@ job() { # name, extra args...
     "$py" "$here/train.py" "${common[@]}" --name "$name" --out "$runs/$name" \
         --time-budget $(( $(left) - 20 )) "$@" >"$runs/$name.log" 2>&1
 }
-job kd_a9t3 --seed 21 --kd-alpha 0.9 --kd-temp 3 &
-job kd_a7t4 --seed 22 --kd-alpha 0.7 --kd-temp 4 &
-job kd_a9t3_strong --seed 23 --kd-alpha 0.9 --kd-temp 3 --crop-pad 6 --rotate 15 --zoom 0.15 --dropout 0.4 &
+# VARIANTS picks the runs (default: all three of the second sitting); SEED0
+# offsets their seeds so a later sitting's runs differ from earlier ones.
+variants=${VARIANTS:-kd_a9t3 kd_a7t4 kd_a9t3_strong}
+seed0=${SEED0:-20}
+strong=(--crop-pad 6 --rotate 15 --zoom 0.15 --dropout 0.4)
+for v in $variants; do
+    case $v in
+        kd_a9t3) job "$v" --seed $((seed0 + 1)) --kd-alpha 0.9 --kd-temp 3 & ;;
+        kd_a7t4) job "$v" --seed $((seed0 + 2)) --kd-alpha 0.7 --kd-temp 4 & ;;
+        kd_a9t3_strong) job "$v" --seed $((seed0 + 3)) --kd-alpha 0.9 --kd-temp 3 "${strong[@]}" & ;;
+        *) echo "unknown variant $v" >&2; exit 2 ;;
+    esac
+done
 wait || true
 
-for r in kd_a9t3 kd_a7t4 kd_a9t3_strong; do
+for r in $variants; do
     tar cf "$out/$r.tar" -C "$runs" "$r.log" "$r/best.pt" "$r/metrics.csv" "$r/history.json" "$r/args.json" \
         2>/dev/null || true
 done
