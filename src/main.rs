@@ -334,12 +334,16 @@ fn run(
         &mut pipeline,
         realtime || config.source.realtime,
         &stop,
-        &mut |p| {
+        &mut |p, progress| {
+            // The watchdog is fed while frames are analysed and while a lost
+            // camera is being reopened; the heartbeat line only for frames.
             notifier.alive();
             let mut s = gpio_state.lock().unwrap_or_else(|e| e.into_inner());
             s.alerts.clear();
             s.alerts.extend(p.active_alerts().map(str::to_string));
-            s.last_frame = Some(std::time::Instant::now());
+            if progress == ferd::pipeline::Progress::Frame {
+                s.last_frame = Some(std::time::Instant::now());
+            }
         },
     );
     notifier.stopping();
@@ -462,7 +466,7 @@ fn open_source(
 
 #[cfg(feature = "v4l2")]
 fn open_camera(cam: &ferd::config::CameraConfig) -> Result<(Box<dyn FrameSource + Send>, String)> {
-    let src = ferd::source::v4l2::V4l2Source::open(cam)?;
+    let src = ferd::source::v4l2::V4l2Source::open_camera(cam)?;
     Ok((Box::new(src), cam.device.display().to_string()))
 }
 

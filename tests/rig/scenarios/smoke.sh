@@ -1,12 +1,21 @@
+. /rig/tests/rig/guest/lib.sh
 set -x
-uname -r
-modprobe vivid n_devs=1 node_types=0x101 vid_cap_nr=0 vid_out_nr=1 num_inputs=1 input_types=0x3 num_outputs=1 output_types=0x1
+vivid_load
+v4l2-ctl -d0 --list-dv-timings | head -12
+v4l2-ctl -d0 --get-dv-timings --get-fmt-video
+v4l2-ctl -d1 --get-fmt-video-out
+gpio_sim_setup; echo $GPIO_CHIP $GPIO_SYS
 modprobe vfb vfb_enable=1
-modprobe gpio-sim
-ls -la /dev/video* /dev/fb* /dev/gpio* 
-v4l2-ctl -d0 --list-formats --list-dv-timings | head -50
-v4l2-ctl -d1 --list-formats-out
-ldd /rig/ferd || true
-/rig/ferd --version
-/rig/ferd cameras
-dmesg | tail -20
+$FERD cameras
+stream_start $DATA/sad.yuyv
+make_config
+cat /tmp/ferd.toml | head -12
+ferd_start
+sleep 40
+top -b -n 1 | head -15
+gpio_value 3
+ferd_stop 20
+echo status $FERD_STATUS
+gpio_value 3
+ferd_log
+cat /tmp/ferd.out
