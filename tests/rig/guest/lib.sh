@@ -23,7 +23,8 @@ vivid_load() {
 # Streams one raw frame file into the vivid output, looping, in the
 # background; its pid in STREAM_PID.
 stream_start() {
-  v4l2-ctl -d /dev/video1 --stream-out-mmap=3 --stream-from="$1" --stream-loop \
+  cp "$1" /tmp/stream.yuyv
+  v4l2-ctl -d /dev/video1 --stream-out-mmap=3 --stream-from=/tmp/stream.yuyv --stream-loop \
     >/dev/null 2>&1 &
   STREAM_PID=$!
 }
