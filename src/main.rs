@@ -305,7 +305,10 @@ fn check_ssd1306(_target: &str) -> Result<()> {
 #[cfg(feature = "ssd1306")]
 fn open_ssd1306(target: &str) -> Result<Box<dyn Display + Send>> {
     let (path, address) = ferd::sink::ssd1306::parse_target(target).map_err(anyhow::Error::msg)?;
-    Ok(Box::new(ferd::sink::ssd1306::open(Path::new(path), address)?))
+    Ok(Box::new(ferd::sink::ssd1306::open(
+        Path::new(path),
+        address,
+    )?))
 }
 
 #[cfg(not(feature = "ssd1306"))]

@@ -65,7 +65,9 @@ impl<I: I2c> Display for Ssd1306Display<I> {
         screen
             .draw(&mut self.panel)
             .map_err(|e| self.err("draw failed", e))?;
-        self.panel.flush().map_err(|e| self.err("write failed", e))?;
+        self.panel
+            .flush()
+            .map_err(|e| self.err("write failed", e))?;
         self.written = Some(self.canvas.clone());
         Ok(())
     }
@@ -74,7 +76,9 @@ impl<I: I2c> Display for Ssd1306Display<I> {
     /// nothing stale (and an OLED does not burn in).
     fn shutdown(&mut self) -> Result<(), DisplayError> {
         self.panel.clear_buffer();
-        self.panel.flush().map_err(|e| self.err("write failed", e))?;
+        self.panel
+            .flush()
+            .map_err(|e| self.err("write failed", e))?;
         self.written = None;
         self.panel
             .set_display_on(false)

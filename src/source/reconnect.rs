@@ -244,7 +244,9 @@ mod tests {
         assert!(
             matches!(&events[0], SourceEvent::Lost { device, error } if device == "/dev/video9" && error.contains("/dev/video9"))
         );
-        assert!(matches!(&events[1], SourceEvent::Restored { device, .. } if device == "/dev/video9"));
+        assert!(
+            matches!(&events[1], SourceEvent::Restored { device, .. } if device == "/dev/video9")
+        );
         assert!(src.is_connected());
     }
 
@@ -266,7 +268,10 @@ mod tests {
         assert!(src.next_frame().unwrap().is_ok()); // reopened, frame
         assert_eq!(src.retry_delay, Duration::from_millis(1));
         assert!(matches!(src.take_event(), Some(SourceEvent::Lost { .. })));
-        assert!(matches!(src.take_event(), Some(SourceEvent::Restored { .. })));
+        assert!(matches!(
+            src.take_event(),
+            Some(SourceEvent::Restored { .. })
+        ));
         assert!(src.take_event().is_none());
     }
 
