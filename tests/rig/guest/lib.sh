@@ -98,6 +98,8 @@ ferd_stop() {
   done
   wait "$FERD_PID"
   FERD_STATUS=$?
+  # The event stream stays with the results, for a look after the run.
+  cp "$EVENTS" "$OUT/$(basename "$0" .sh).events" 2>/dev/null || true
 }
 
 # On failure, the daemon's stderr tail helps.

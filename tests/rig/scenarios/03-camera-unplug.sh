@@ -1,6 +1,10 @@
-# vivid is unloaded while ferd streams from it (a camera unplug) and loaded
-# again: the event stream says camera_lost, then camera_restored, frames
-# are analysed again afterwards, and the daemon is still running.
+# The camera vanishes while ferd streams from it and comes back: vivid's
+# device is unbound from its driver mid-stream (what a USB unplug does: the
+# nodes go away under the open file), the module is unloaded once ferd has
+# let go of it, then loaded again. The event stream says camera_lost, then
+# camera_restored, frames are analysed again, and the daemon is still
+# running. (A plain rmmod cannot pull a device that is open: the module is
+# in use.)
 . /rig/tests/rig/guest/lib.sh
 vivid_load || fail "vivid did not load"
 gpio_sim_setup || fail "gpio-sim did not come up"
@@ -10,10 +14,17 @@ ferd_start
 event_wait face_appeared 150 || { ferd_log; fail "no face seen within 150 s"; }
 ok "face seen"
 stream_stop
-rmmod vivid || fail "cannot unload vivid"
-[ -e /dev/video0 ] && fail "/dev/video0 still there"
+echo vivid.0 >/sys/bus/platform/drivers/vivid/unbind || fail "cannot unbind vivid.0"
+[ -e /dev/video0 ] && fail "/dev/video0 still there after the unplug"
 event_wait camera_lost 60 || { ferd_log; fail "no camera_lost event within 60 s"; }
-ok "camera_lost after unload"
+ok "camera_lost after the unplug"
+i=0
+until rmmod vivid 2>/dev/null; do
+  i=$((i + 1))
+  [ "$i" -gt 30 ] && fail "vivid still in use 30 s after the unplug (ferd kept the device open)"
+  sleep 1
+done
+ok "vivid unloaded (ferd released the device)"
 kill -0 "$FERD_PID" || { ferd_log; fail "ferd died after the unplug"; }
 sleep 3
 vivid_load || fail "vivid did not load again"
