@@ -128,10 +128,13 @@ mod tests {
     use embedded_hal::i2c::{ErrorKind, ErrorType, Operation};
     use std::sync::{Arc, Mutex};
 
-    /// An I²C bus that records every write: (address, bytes).
+    /// One I²C write: (address, bytes).
+    type Write = (u8, Vec<u8>);
+
+    /// An I²C bus that records every write.
     #[derive(Clone, Default)]
     struct Recorder {
-        writes: Arc<Mutex<Vec<(u8, Vec<u8>)>>>,
+        writes: Arc<Mutex<Vec<Write>>>,
         fail: bool,
     }
 
@@ -173,7 +176,7 @@ mod tests {
     }
 
     impl Panel {
-        fn replay(writes: &[(u8, Vec<u8>)], address: u8) -> Panel {
+        fn replay(writes: &[Write], address: u8) -> Panel {
             let mut p = Panel {
                 ram: [[0; 128]; 8],
                 window: (0, 127, 0, 7),

@@ -39,8 +39,9 @@ for lib in $(ldd "$RIG_FERD" | awk '$2=="=>" && $3 ~ /^\//{print $3}'); do
 done
 cp -r "$repo/models" "$share/models"
 cp -r "$here" "$share/tests/rig"
-# Frames for the camera: demo clip frames as 640×480 YUYV (cached by the
-# clip's hash).
+# Frames for the camera: the demo clip itself (played by vout) and single
+# frames of it as 640×480 YUYV for v4l2-ctl to loop (cached by the clip's
+# hash).
 clip="$repo/examples/demo.y4m"
 frames="$RIG_CACHE/frames-$(sha256sum "$clip" "$here/host/y4m_frames.py" | sha256sum | cut -c1-12)"
 if [ ! -d "$frames" ]; then
@@ -48,6 +49,10 @@ if [ ! -d "$frames" ]; then
   mv "$frames.tmp" "$frames"
 fi
 cp "$frames"/* "$share/data/"
+cp "$clip" "$share/data/demo.y4m"
+# vout plays the clip into vivid's output at its own pace.
+mkdir -p "$share/bin"
+gcc -O2 -Wall -o "$share/bin/vout" "$here/host/vout.c"
 prep_s=$(($(date +%s) - t0))
 echo "rig: prepared in ${prep_s}s (kernel $(cat "$kdir/kernel"))"
 
@@ -65,7 +70,7 @@ failed=0
 for s in "${scenarios[@]}"; do
   start=$(date +%s)
   set +e
-  "$here/vm.sh" "$kdir" "$share" "$s" "${RIG_TIMEOUT:-420}"
+  "$here/vm.sh" "$kdir" "$share" "$s" "${RIG_TIMEOUT:-600}"
   rc=$?
   set -e
   took=$(($(date +%s) - start))

@@ -20,7 +20,7 @@ mkdir -p "$share/out"
 rm -f "$share/out/$scenario.rc" "$share/out/$scenario.log"
 set +e
 timeout "$limit" qemu-system-x86_64 \
-  -accel tcg -cpu "${RIG_CPU:-max}" -m 1024 -smp 1 \
+  -accel tcg -cpu "${RIG_CPU:-max}" -m 1024 -smp "${RIG_SMP:-1}" \
   -nodefaults -display none -no-reboot \
   -kernel "$kdir/vmlinux" -initrd "$overlay/initrd" \
   -append "console=ttyS0 quiet mitigations=off nokaslr cryptomgr.notests panic=-1 rig.scenario=$scenario" \

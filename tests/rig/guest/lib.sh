@@ -29,6 +29,13 @@ stream_start() {
   STREAM_PID=$!
 }
 
+# Plays the clip $1 into the vivid output at $2 frames per second, in the
+# background (the last frame stays after the end); its pid in STREAM_PID.
+play_start() {
+  /rig/bin/vout /dev/video1 "$1" "$2" >/tmp/vout.out 2>&1 &
+  STREAM_PID=$!
+}
+
 stream_stop() {
   [ -n "${STREAM_PID:-}" ] && kill "$STREAM_PID" 2>/dev/null && wait "$STREAM_PID" 2>/dev/null
   STREAM_PID=""
