@@ -13,11 +13,16 @@ ok() { echo "ok: $*"; }
 # 640×480 (a standard DMT timing), output YUYV.
 vivid_load() {
   modprobe vivid n_devs=1 node_types=0x101 vid_cap_nr=0 vid_out_nr=1 \
-    num_inputs=1 input_types=0x3 num_outputs=1 output_types=0x1 || return 1
-  v4l2-ctl -d /dev/video0 --set-dv-bt-timings index=0 >/dev/null || return 1
-  v4l2-ctl -d /dev/video1 --set-dv-bt-timings index=0 >/dev/null || return 1
-  v4l2-ctl -d /dev/video1 --set-fmt-video-out=width=640,height=480,pixelformat=YUYV || return 1
-  v4l2-ctl -d /dev/video0 -c loop_video=1 -c osd_text_mode=2 || return 1
+    num_inputs=1 input_types=0x3 num_outputs=1 output_types=0x1 ||
+    { echo "vivid: modprobe failed"; return 1; }
+  v4l2-ctl -d /dev/video0 --set-dv-bt-timings index=0 >/dev/null 2>&1 ||
+    { echo "vivid: cannot set the capture timings"; return 1; }
+  v4l2-ctl -d /dev/video1 --set-dv-bt-timings index=0 >/dev/null 2>&1 ||
+    { echo "vivid: cannot set the output timings"; return 1; }
+  v4l2-ctl -d /dev/video1 --set-fmt-video-out=width=640,height=480,pixelformat=YUYV ||
+    { echo "vivid: cannot set the output format"; return 1; }
+  v4l2-ctl -d /dev/video0 -c loop_video=1 -c osd_text_mode=2 ||
+    { echo "vivid: cannot set the loop controls"; return 1; }
 }
 
 # Streams one raw frame file into the vivid output, looping, in the

@@ -27,7 +27,13 @@ done
 ok "vivid unloaded (ferd released the device)"
 kill -0 "$FERD_PID" || { ferd_log; fail "ferd died after the unplug"; }
 sleep 3
-vivid_load || fail "vivid did not load again"
+# ferd pauses while the camera is set up again: otherwise its reopen can
+# win the race and stream before the loop's timings are set (vivid comes
+# back in its default 1280×720 mode, and a streaming device refuses a new
+# mode).
+kill -STOP "$FERD_PID"
+vivid_load || { kill -CONT "$FERD_PID"; fail "vivid did not load again"; }
+kill -CONT "$FERD_PID"
 stream_start "$DATA/neutral.yuyv"
 event_wait camera_restored 60 || { ferd_log; fail "no camera_restored event within 60 s"; }
 ok "camera_restored after reload"
