@@ -9,6 +9,12 @@ vivid_load || fail "vivid did not load"
 gpio_sim_setup || fail "gpio-sim did not come up"
 make_config
 [ "$(gpio_value 3)" = 0 ] || fail "line 3 is not 0 before ferd starts"
+# `ferd cameras` lists vivid's capture node (its HDMI input offers a size
+# range, which must be printed as one, not expanded).
+"$FERD" cameras >/tmp/cameras.txt 2>&1 || { cat /tmp/cameras.txt; fail "ferd cameras failed"; }
+grep -q "^/dev/video0: vivid" /tmp/cameras.txt && grep -q "YUYV" /tmp/cameras.txt ||
+  { cat /tmp/cameras.txt; fail "ferd cameras does not list /dev/video0 with YUYV"; }
+ok "ferd cameras: $(head -n 2 /tmp/cameras.txt | tr '\n' ' ')"
 ferd_start
 event_wait started 120 || { ferd_log; fail "ferd did not start within 120 s"; }
 play_start "$DATA/demo.y4m" 0.5
