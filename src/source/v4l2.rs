@@ -423,6 +423,7 @@ pub fn mjpeg_to_frame(data: &[u8]) -> Result<Frame, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::FrameSource;
 
     #[test]
     fn yuyv_keeps_luma_and_subsamples_chroma() {
@@ -466,6 +467,74 @@ mod tests {
         let f = grey_to_frame(&data, 3, 2, 4).unwrap();
         assert_eq!(f.data, vec![1, 2, 3, 4, 5, 6]);
         assert!(grey_to_frame(&data[..5], 3, 2, 4).is_err());
+    }
+
+    /// A camera whose driver hands out the given MJPEG buffers, decoded
+    /// the way `Streaming` decodes them.
+    struct MjpegCamera(Vec<Vec<u8>>);
+    struct MjpegStream(std::vec::IntoIter<Vec<u8>>, u64);
+
+    impl Connect for MjpegCamera {
+        type Stream = MjpegStream;
+        fn connect(&mut self) -> Result<MjpegStream, SourceError> {
+            Ok(MjpegStream(std::mem::take(&mut self.0).into_iter(), 0))
+        }
+        fn device(&self) -> String {
+            "/dev/video7".into()
+        }
+    }
+
+    impl Stream for MjpegStream {
+        fn next_frame(&mut self) -> Option<Result<Frame, SourceError>> {
+            let buf = self.0.next()?;
+            self.1 += 1;
+            Some(mjpeg_to_frame(&buf).map_err(|message| SourceError::Format {
+                path: PathBuf::from("/dev/video7"),
+                message: format!("frame {}: {message}", self.1),
+            }))
+        }
+        fn interval(&self) -> Option<Duration> {
+            None
+        }
+        fn describe(&self) -> String {
+            "mjpeg".into()
+        }
+    }
+
+    #[test]
+    fn corrupt_mjpeg_frames_are_skipped_and_the_stream_goes_on() {
+        let mut jpeg = Vec::new();
+        image::GrayImage::from_fn(64, 48, |x, y| image::Luma([(x * 4 + y) as u8]))
+            .write_to(
+                &mut std::io::Cursor::new(&mut jpeg),
+                image::ImageFormat::Jpeg,
+            )
+            .unwrap();
+        let truncated = jpeg[..jpeg.len() * 2 / 3].to_vec();
+        let mut corrupt = jpeg.clone();
+        corrupt[2..60].fill(0xFF);
+        let buffers = vec![
+            jpeg.clone(),
+            truncated,
+            corrupt,
+            b"\xFF\xD8garbage".to_vec(),
+            jpeg.clone(),
+        ];
+        let mut src = Reconnecting::open(MjpegCamera(buffers)).unwrap();
+        let (mut frames, mut errors) = (Vec::new(), Vec::new());
+        while let Some(item) = src.next_frame() {
+            match item {
+                Ok(f) => frames.push((f.sequence, f.width, f.height)),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        assert_eq!(frames, vec![(0, 64, 48), (1, 64, 48)]);
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].contains("truncated MJPEG"), "{errors:?}");
+        assert!(errors.iter().all(|e| e.starts_with("/dev/video7: frame ")));
+        // Bad frames are not a lost camera.
+        assert!(src.take_event().is_none());
+        assert!(src.is_connected());
     }
 
     #[test]
