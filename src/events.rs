@@ -72,6 +72,21 @@ pub enum EventKind {
         /// `condition` or `shutdown`.
         reason: &'static str,
     },
+    /// The camera stopped delivering frames (unplugged, driver unloaded);
+    /// ferd keeps running and reopens it with backoff.
+    CameraLost {
+        /// The device path.
+        device: String,
+        /// What failed.
+        error: String,
+    },
+    /// The camera streams again after `camera_lost`.
+    CameraRestored {
+        /// The device path.
+        device: String,
+        /// Seconds it was gone.
+        offline: f64,
+    },
     /// End-of-run counters.
     Status {
         /// Frames analysed.
@@ -187,6 +202,26 @@ mod tests {
             e.to_json(),
             r#"{"v":1,"type":"face_lost","track":3,"duration":1.5,"time":"2023-11-14T22:13:20.000Z","t":2.5,"frame":25}"#
         );
+    }
+
+    #[test]
+    fn camera_events_serialise() {
+        let kind = EventKind::CameraRestored {
+            device: "/dev/video0".into(),
+            offline: 2.5,
+        };
+        let json = serde_json::to_string(&kind).unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"camera_restored","device":"/dev/video0","offline":2.5}"#
+        );
+        let kind = EventKind::CameraLost {
+            device: "/dev/video0".into(),
+            error: "gone".into(),
+        };
+        assert!(serde_json::to_string(&kind)
+            .unwrap()
+            .starts_with(r#"{"type":"camera_lost","device":"/dev/video0""#));
     }
 
     #[test]

@@ -58,9 +58,10 @@ enum Command {
         /// [source] path).
         #[arg(long)]
         source: Option<PathBuf>,
-        /// Status display, e.g. png:status.png (overrides [display] output).
+        /// Status display: png:PATH, fb:/dev/fbN or ssd1306:/dev/i2c-N[@0x3c]
+        /// (overrides [display] output; repeat to show on several).
         #[arg(long)]
-        display: Option<String>,
+        display: Vec<String>,
         /// Replay recorded video at its own frame rate, dropping frames the
         /// analysis cannot keep up with, as a live camera would.
         #[arg(long)]
@@ -267,10 +268,11 @@ fn detect(inputs: &[PathBuf], json: bool, config: Option<&Path>) -> Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-/// A display spec: `png:PATH` or `fb:/dev/fbN`.
+/// A display spec: `png:PATH`, `fb:/dev/fbN` or `ssd1306:/dev/i2c-N[@ADDR]`.
 enum DisplaySpec<'a> {
     Png(&'a str),
     Framebuffer(&'a str),
+    Ssd1306(&'a str),
 }
 
 /// Parses a `--display` spec without touching any device.
@@ -278,8 +280,40 @@ fn parse_display(spec: &str) -> Result<DisplaySpec<'_>> {
     match spec.split_once(':') {
         Some(("png", path)) if !path.is_empty() => Ok(DisplaySpec::Png(path)),
         Some(("fb", path)) if !path.is_empty() => Ok(DisplaySpec::Framebuffer(path)),
-        _ => bail!("unknown display {spec:?}: expected png:PATH or fb:/dev/fbN"),
+        Some(("ssd1306", target)) => {
+            check_ssd1306(target)?;
+            Ok(DisplaySpec::Ssd1306(target))
+        }
+        _ => bail!(
+            "unknown display {spec:?}: expected png:PATH, fb:/dev/fbN or ssd1306:/dev/i2c-N[@0x3c]"
+        ),
     }
+}
+
+#[cfg(feature = "ssd1306")]
+fn check_ssd1306(target: &str) -> Result<()> {
+    ferd::sink::ssd1306::parse_target(target)
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("display ssd1306:{target}: {e}"))
+}
+
+#[cfg(not(feature = "ssd1306"))]
+fn check_ssd1306(_target: &str) -> Result<()> {
+    bail!("this ferd was built without the `ssd1306` feature")
+}
+
+#[cfg(feature = "ssd1306")]
+fn open_ssd1306(target: &str) -> Result<Box<dyn Display + Send>> {
+    let (path, address) = ferd::sink::ssd1306::parse_target(target).map_err(anyhow::Error::msg)?;
+    Ok(Box::new(ferd::sink::ssd1306::open(
+        Path::new(path),
+        address,
+    )?))
+}
+
+#[cfg(not(feature = "ssd1306"))]
+fn open_ssd1306(_target: &str) -> Result<Box<dyn Display + Send>> {
+    bail!("this ferd was built without the `ssd1306` feature")
 }
 
 fn open_display(spec: &str) -> Result<Box<dyn Display + Send>> {
@@ -288,19 +322,30 @@ fn open_display(spec: &str) -> Result<Box<dyn Display + Send>> {
         DisplaySpec::Framebuffer(path) => {
             Box::new(ferd::sink::framebuffer::FbDisplay::open(Path::new(path))?)
         }
+        DisplaySpec::Ssd1306(target) => open_ssd1306(target)?,
     })
 }
 
 fn run(
     config_path: &Path,
     source: Option<PathBuf>,
-    display: Option<String>,
+    display: Vec<String>,
     realtime: bool,
 ) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
-    let display = match display.as_deref().or(config.display.output.as_deref()) {
-        Some(spec) => Some(open_display(spec)?),
-        None => None,
+    let specs: Vec<&str> = if display.is_empty() {
+        config.display.output.iter().map(String::as_str).collect()
+    } else {
+        display.iter().map(String::as_str).collect()
+    };
+    let mut displays = specs
+        .into_iter()
+        .map(open_display)
+        .collect::<Result<Vec<_>>>()?;
+    let display: Option<Box<dyn Display + Send>> = match displays.len() {
+        0 => None,
+        1 => displays.pop(),
+        _ => Some(Box::new(ferd::sink::Fanout(displays))),
     };
     let sink: Box<dyn EventSink + Send> = if config.events.output == "-" {
         Box::new(JsonLines::stdout())
@@ -334,12 +379,16 @@ fn run(
         &mut pipeline,
         realtime || config.source.realtime,
         &stop,
-        &mut |p| {
+        &mut |p, progress| {
+            // The watchdog is fed while frames are analysed and while a lost
+            // camera is being reopened; the heartbeat line only for frames.
             notifier.alive();
             let mut s = gpio_state.lock().unwrap_or_else(|e| e.into_inner());
             s.alerts.clear();
             s.alerts.extend(p.active_alerts().map(str::to_string));
-            s.last_frame = Some(std::time::Instant::now());
+            if progress == ferd::pipeline::Progress::Frame {
+                s.last_frame = Some(std::time::Instant::now());
+            }
         },
     );
     notifier.stopping();
@@ -462,7 +511,7 @@ fn open_source(
 
 #[cfg(feature = "v4l2")]
 fn open_camera(cam: &ferd::config::CameraConfig) -> Result<(Box<dyn FrameSource + Send>, String)> {
-    let src = ferd::source::v4l2::V4l2Source::open(cam)?;
+    let src = ferd::source::v4l2::V4l2Source::open_camera(cam)?;
     Ok((Box::new(src), cam.device.display().to_string()))
 }
 

@@ -8,7 +8,7 @@
 //! one-slot [`Mailbox`], where a capture thread always leaves only the
 //! newest frame, so a slow model drops frames instead of building latency.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -17,9 +17,9 @@ use crate::config::Config;
 use crate::events::{box_array, seconds, Event, EventKind, ProbMap};
 use crate::expression::Expression;
 use crate::frame::Frame;
-use crate::rules::{AlertChange, Rules};
+use crate::rules::{AlertChange, ClearReason, Rules};
 use crate::sink::{Display, EventSink, StatusScreen};
-use crate::source::FrameSource;
+use crate::source::{FrameSource, SourceEvent};
 use crate::track::{TrackChange, Tracker};
 use crate::vision::Analyzer;
 
@@ -55,6 +55,17 @@ pub struct Pipeline {
     last_frame: u64,
     track_changes: Vec<TrackChange>,
     alert_changes: Vec<AlertChange>,
+    camera_lost: bool,
+}
+
+/// Why [`run`] calls its `alive` callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// A frame was analysed.
+    Frame,
+    /// The camera is gone and the source keeps trying to reopen it: the
+    /// daemon is alive, but sees nothing.
+    Reconnecting,
 }
 
 impl Pipeline {
@@ -79,6 +90,7 @@ impl Pipeline {
             last_frame: 0,
             track_changes: Vec::new(),
             alert_changes: Vec::new(),
+            camera_lost: false,
         }
     }
 
@@ -168,23 +180,37 @@ impl Pipeline {
         self.flush();
     }
 
-    /// Ends the run: every track is lost, every alert cleared.
-    pub fn finish(&mut self) -> Summary {
-        self.track_changes.clear();
-        self.tracker.finish(&mut self.track_changes);
-        let changes = std::mem::take(&mut self.track_changes);
-        for c in &changes {
-            if let TrackChange::Lost { id, duration } = *c {
-                self.emit(EventKind::FaceLost {
-                    track: id,
-                    duration: seconds(duration),
+    /// Whether the source reported its camera lost and not yet restored.
+    pub fn camera_lost(&self) -> bool {
+        self.camera_lost
+    }
+
+    /// Reports a change of the source's device. `camera_lost` also loses
+    /// every track and clears every active alert (reason `camera_lost`):
+    /// nothing is known about the faces any more, and an alarm must not
+    /// stay on while the camera is away.
+    pub fn source_event(&mut self, event: SourceEvent) {
+        match event {
+            SourceEvent::Lost { device, error } => {
+                self.camera_lost = true;
+                self.emit(EventKind::CameraLost { device, error });
+                self.end_tracks_and_alerts(ClearReason::CameraLost);
+                self.update_display();
+            }
+            SourceEvent::Restored { device, offline } => {
+                self.camera_lost = false;
+                self.emit(EventKind::CameraRestored {
+                    device,
+                    offline: seconds(offline),
                 });
             }
         }
-        self.reported.clear();
-        self.alert_changes.clear();
-        self.rules.finish(self.last_time, &mut self.alert_changes);
-        self.emit_alert_changes();
+        self.flush();
+    }
+
+    /// Ends the run: every track is lost, every alert cleared.
+    pub fn finish(&mut self) -> Summary {
+        self.end_tracks_and_alerts(ClearReason::Shutdown);
         let s = self.summary;
         self.emit(EventKind::Status {
             frames: s.frames,
@@ -201,6 +227,27 @@ impl Pipeline {
         }
         self.flush();
         self.summary
+    }
+
+    /// Loses every track (`face_lost`) and clears every active alert.
+    fn end_tracks_and_alerts(&mut self, reason: ClearReason) {
+        self.track_changes.clear();
+        self.tracker.finish(&mut self.track_changes);
+        let changes = std::mem::take(&mut self.track_changes);
+        for c in &changes {
+            if let TrackChange::Lost { id, duration } = *c {
+                self.emit(EventKind::FaceLost {
+                    track: id,
+                    duration: seconds(duration),
+                });
+            }
+        }
+        self.track_changes = changes;
+        self.reported.clear();
+        self.alert_changes.clear();
+        self.rules
+            .clear_all(self.last_time, reason, &mut self.alert_changes);
+        self.emit_alert_changes();
     }
 
     /// `expression` events: when a track's top expression changes, and
@@ -319,51 +366,104 @@ impl Pipeline {
 }
 
 /// A one-slot mailbox between a producer and a consumer thread: `put`
-/// replaces whatever is waiting, `take` blocks for the newest item.
-pub struct Mailbox<T> {
-    slot: Mutex<(Option<T>, bool)>,
+/// replaces a waiting item not yet taken, `post` queues an event that is
+/// never dropped; `take` hands both over in the order they came.
+pub struct Mailbox<T, E = ()> {
+    slot: Mutex<Slot<T, E>>,
     ready: Condvar,
     replaced: AtomicU64,
 }
 
-impl<T> Default for Mailbox<T> {
+struct Slot<T, E> {
+    queue: VecDeque<Delivery<T, E>>,
+    closed: bool,
+}
+
+/// What [`Mailbox::take`] hands over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery<T, E> {
+    /// The newest item.
+    Item(T),
+    /// An event, in order.
+    Event(E),
+}
+
+impl<T, E> Default for Mailbox<T, E> {
     fn default() -> Self {
         Mailbox {
-            slot: Mutex::new((None, false)),
+            slot: Mutex::new(Slot {
+                queue: VecDeque::new(),
+                closed: false,
+            }),
             ready: Condvar::new(),
             replaced: AtomicU64::new(0),
         }
     }
 }
 
-impl<T> Mailbox<T> {
-    /// Leaves `item`, dropping an older one not yet taken.
+impl<T, E> Mailbox<T, E> {
+    /// Leaves `item`, dropping an older one not yet taken (unless an event
+    /// came between them).
     pub fn put(&self, item: T) {
         let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.0.replace(item).is_some() {
-            self.replaced.fetch_add(1, Ordering::Relaxed);
+        match slot.queue.back_mut() {
+            Some(Delivery::Item(old)) => {
+                *old = item;
+                self.replaced.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => slot.queue.push_back(Delivery::Item(item)),
         }
+        self.ready.notify_one();
+    }
+
+    /// Queues an event; events are never dropped.
+    pub fn post(&self, event: E) {
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        slot.queue.push_back(Delivery::Event(event));
         self.ready.notify_one();
     }
 
     /// Marks the end of the stream; `take` returns `None` once empty.
     pub fn close(&self) {
         let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
-        slot.1 = true;
+        slot.closed = true;
         self.ready.notify_all();
     }
 
-    /// The newest item, waiting for one; `None` after `close`.
-    pub fn take(&self) -> Option<T> {
+    /// The next delivery, waiting for one; `None` after `close`.
+    pub fn take(&self) -> Option<Delivery<T, E>> {
+        self.take_within(None).ok()
+    }
+
+    /// Like `take`, but gives up after `timeout` with `Err(true)` if the
+    /// mailbox is still open (`Err(false)` once closed and empty).
+    pub fn take_timeout(&self, timeout: Duration) -> Result<Delivery<T, E>, bool> {
+        self.take_within(Some(timeout))
+    }
+
+    fn take_within(&self, timeout: Option<Duration>) -> Result<Delivery<T, E>, bool> {
+        let deadline = timeout.map(|t| Instant::now() + t);
         let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(item) = slot.0.take() {
-                return Some(item);
+            if let Some(d) = slot.queue.pop_front() {
+                return Ok(d);
             }
-            if slot.1 {
-                return None;
+            if slot.closed {
+                return Err(false);
             }
-            slot = self.ready.wait(slot).unwrap_or_else(|p| p.into_inner());
+            slot = match deadline {
+                None => self.ready.wait(slot).unwrap_or_else(|p| p.into_inner()),
+                Some(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(true);
+                    }
+                    self.ready
+                        .wait_timeout(slot, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
         }
     }
 
@@ -373,35 +473,49 @@ impl<T> Mailbox<T> {
     }
 }
 
+/// How often the analysis loop checks in while the camera is away.
+const RECONNECT_TICK: Duration = Duration::from_secs(1);
+
 /// Runs the pipeline over a source until it ends or `stop` is set.
 ///
 /// With `realtime`, a capture thread paces the source at its own frame
 /// rate and hands frames over through a [`Mailbox`]; otherwise every frame
-/// is analysed in order. `alive` is called after every analysed frame (the
+/// is analysed in order. Source events (`camera_lost`, `camera_restored`)
+/// are never dropped. `alive` is called after every analysed frame, and
+/// about every second while the camera is lost and being reopened (the
 /// service watchdog and the GPIO outputs hang on it).
 pub fn run(
     mut source: Box<dyn FrameSource + Send>,
     pipeline: &mut Pipeline,
     realtime: bool,
     stop: &Arc<AtomicBool>,
-    alive: &mut dyn FnMut(&Pipeline),
+    alive: &mut dyn FnMut(&Pipeline, Progress),
 ) -> Summary {
     pipeline.start(&source.describe());
     if !realtime {
         while !stop.load(Ordering::Relaxed) {
-            match source.next_frame() {
+            let item = source.next_frame();
+            while let Some(e) = source.take_event() {
+                pipeline.source_event(e);
+            }
+            match item {
                 None => break,
                 Some(Ok(frame)) => {
                     pipeline.process(&frame);
-                    alive(pipeline);
+                    alive(pipeline, Progress::Frame);
                 }
-                Some(Err(e)) => pipeline.skip(&e),
+                Some(Err(e)) => {
+                    pipeline.skip(&e);
+                    if pipeline.camera_lost() {
+                        alive(pipeline, Progress::Reconnecting);
+                    }
+                }
             }
         }
         return pipeline.finish();
     }
 
-    let mailbox = Arc::new(Mailbox::<Frame>::default());
+    let mailbox = Arc::new(Mailbox::<Frame, SourceEvent>::default());
     let skipped = Arc::new(AtomicU64::new(0));
     let capture = {
         let mailbox = Arc::clone(&mailbox);
@@ -414,7 +528,11 @@ pub fn run(
                 let start = Instant::now();
                 let mut due = Duration::ZERO;
                 while !stop.load(Ordering::Relaxed) {
-                    match source.next_frame() {
+                    let item = source.next_frame();
+                    while let Some(e) = source.take_event() {
+                        mailbox.post(e);
+                    }
+                    match item {
                         None => break,
                         Some(Ok(frame)) => {
                             if let Some(wait) = due.checked_sub(start.elapsed()) {
@@ -436,9 +554,25 @@ pub fn run(
     };
     match capture {
         Ok(handle) => {
-            while let Some(frame) = mailbox.take() {
-                pipeline.process(&frame);
-                alive(pipeline);
+            loop {
+                match mailbox.take_timeout(RECONNECT_TICK) {
+                    Ok(Delivery::Item(frame)) => {
+                        pipeline.process(&frame);
+                        alive(pipeline, Progress::Frame);
+                    }
+                    Ok(Delivery::Event(e)) => {
+                        pipeline.source_event(e);
+                        if pipeline.camera_lost() {
+                            alive(pipeline, Progress::Reconnecting);
+                        }
+                    }
+                    Err(true) => {
+                        if pipeline.camera_lost() {
+                            alive(pipeline, Progress::Reconnecting);
+                        }
+                    }
+                    Err(false) => break,
+                }
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
@@ -461,19 +595,41 @@ mod tests {
 
     #[test]
     fn mailbox_keeps_only_the_newest() {
-        let m = Mailbox::default();
+        let m: Mailbox<i32> = Mailbox::default();
         m.put(1);
         m.put(2);
         m.put(3);
-        assert_eq!(m.take(), Some(3));
+        assert_eq!(m.take(), Some(Delivery::Item(3)));
         assert_eq!(m.dropped(), 2);
         m.close();
         assert_eq!(m.take(), None);
     }
 
     #[test]
+    fn mailbox_keeps_every_event_in_order() {
+        let m: Mailbox<i32, &str> = Mailbox::default();
+        m.put(1);
+        m.post("lost");
+        m.post("restored");
+        m.put(2);
+        m.put(3);
+        assert_eq!(m.take(), Some(Delivery::Item(1)));
+        assert_eq!(m.take(), Some(Delivery::Event("lost")));
+        assert_eq!(m.take(), Some(Delivery::Event("restored")));
+        assert_eq!(m.take(), Some(Delivery::Item(3)));
+        assert_eq!(m.dropped(), 1);
+        assert_eq!(
+            m.take_timeout(Duration::from_millis(10)),
+            Err(true),
+            "open and empty"
+        );
+        m.close();
+        assert_eq!(m.take_timeout(Duration::from_millis(10)), Err(false));
+    }
+
+    #[test]
     fn mailbox_hands_over_between_threads() {
-        let m = Arc::new(Mailbox::default());
+        let m: Arc<Mailbox<i32>> = Arc::new(Mailbox::default());
         let p = Arc::clone(&m);
         let t = std::thread::spawn(move || {
             for i in 0..100 {
@@ -482,7 +638,7 @@ mod tests {
             p.close();
         });
         let mut last = -1;
-        while let Some(v) = m.take() {
+        while let Some(Delivery::Item(v)) = m.take() {
             assert!(v > last);
             last = v;
         }

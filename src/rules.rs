@@ -24,6 +24,8 @@ pub enum ClearReason {
     Condition,
     /// The input ended or the daemon is shutting down.
     Shutdown,
+    /// The camera stopped delivering frames (unplugged, driver gone).
+    CameraLost,
 }
 
 impl ClearReason {
@@ -32,6 +34,7 @@ impl ClearReason {
         match self {
             ClearReason::Condition => "condition",
             ClearReason::Shutdown => "shutdown",
+            ClearReason::CameraLost => "camera_lost",
         }
     }
 }
@@ -197,12 +200,18 @@ impl Rules {
 
     /// Clears every active alert: no alert outlives the run.
     pub fn finish(&mut self, t: Duration, changes: &mut Vec<AlertChange>) {
+        self.clear_all(t, ClearReason::Shutdown, changes);
+    }
+
+    /// Clears every active alert for `reason` and returns every rule to
+    /// idle (a lost camera: nothing is known about the faces any more).
+    pub fn clear_all(&mut self, t: Duration, reason: ClearReason, changes: &mut Vec<AlertChange>) {
         for rule in &mut self.rules {
             if let Phase::Active { since, .. } = rule.phase {
                 changes.push(AlertChange::Cleared {
                     alert: rule.cfg.name.0.clone(),
                     duration: t.saturating_sub(since),
-                    reason: ClearReason::Shutdown,
+                    reason,
                 });
             }
             rule.phase = Phase::Idle;

@@ -183,6 +183,56 @@ fn check_config_names_file_line_and_key() {
     }
 }
 
+#[test]
+fn check_config_checks_display_specs() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let cases = [
+        ("ssd1306:/dev/i2c-1@0x100", Some("bad I²C address")),
+        ("lcd:/dev/lcd0", Some("unknown display")),
+        ("ssd1306:/dev/i2c-1@0x3d", None),
+        ("ssd1306:/dev/i2c-1", None),
+    ];
+    for (i, (spec, error)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("display{i}.toml"));
+        let text = format!(
+            "[detector]\nmodel = {:?}\n[classifier]\nmodel = {:?}\n[display]\noutput = {spec:?}\n",
+            models.join("retinaface-mnet025.toml"),
+            models.join("expression.toml")
+        );
+        std::fs::write(&path, text).unwrap();
+        let o = ferd(&["check-config", path.to_str().unwrap()]);
+        match error {
+            Some(needle) => {
+                assert_eq!(o.status.code(), Some(1), "case {i}");
+                assert!(stderr(&o).contains(needle), "case {i}: {}", stderr(&o));
+            }
+            None => assert!(o.status.success(), "case {i}: {}", stderr(&o)),
+        }
+    }
+}
+
+#[test]
+fn run_shows_the_screen_on_every_display_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
+    let o = ferd(&[
+        "run",
+        "--config",
+        "systemd/ferd.toml",
+        "--source",
+        data("faces/two_faces.png").to_str().unwrap(),
+        "--display",
+        &format!("png:{}", a.display()),
+        "--display",
+        &format!("png:{}", b.display()),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (a, b) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert!(!a.is_empty());
+    assert_eq!(a, b);
+}
+
 /// A config in a scratch directory pointing at copies of the shipped
 /// models, so tests can break them.
 fn scratch_models(dir: &Path) -> PathBuf {

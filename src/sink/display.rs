@@ -58,6 +58,32 @@ pub trait Display {
     fn shutdown(&mut self) -> Result<(), DisplayError>;
 }
 
+/// Several displays showing the same screen (e.g. a panel and a PNG
+/// record of it). Every backend is tried; the first error is returned.
+pub struct Fanout(pub Vec<Box<dyn Display + Send>>);
+
+impl Display for Fanout {
+    fn show(&mut self, screen: &StatusScreen) -> Result<(), DisplayError> {
+        let mut first = Ok(());
+        for d in &mut self.0 {
+            if let Err(e) = d.show(screen) {
+                first = first.and(Err(e));
+            }
+        }
+        first
+    }
+
+    fn shutdown(&mut self) -> Result<(), DisplayError> {
+        let mut first = Ok(());
+        for d in &mut self.0 {
+            if let Err(e) = d.shutdown() {
+                first = first.and(Err(e));
+            }
+        }
+        first
+    }
+}
+
 impl StatusScreen {
     /// Draws the screen onto a target at least [`SCREEN_SIZE`] large.
     pub fn draw<D: DrawTarget<Color = BinaryColor>>(&self, d: &mut D) -> Result<(), D::Error> {

@@ -5,6 +5,8 @@ pub mod events;
 pub mod framebuffer;
 pub mod gpio;
 pub mod png;
+#[cfg(feature = "ssd1306")]
+pub mod ssd1306;
 
-pub use display::{Display, StatusScreen};
+pub use display::{Display, Fanout, StatusScreen};
 pub use events::{EventSink, JsonLines};

@@ -6,6 +6,7 @@
 //! on, so the caller can log it, name the file, and keep processing the rest.
 
 mod files;
+pub mod reconnect;
 #[cfg(feature = "v4l2")]
 pub mod v4l2;
 mod y4m;
@@ -39,6 +40,26 @@ pub enum SourceError {
     },
 }
 
+/// A change in a live source's device, reported between frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceEvent {
+    /// The device stopped delivering frames (unplugged, driver unloaded);
+    /// the source keeps trying to reopen it.
+    Lost {
+        /// The device path.
+        device: String,
+        /// What failed.
+        error: String,
+    },
+    /// The device is open and streaming again.
+    Restored {
+        /// The device path.
+        device: String,
+        /// How long it was gone.
+        offline: Duration,
+    },
+}
+
 /// A stream of frames.
 pub trait FrameSource {
     /// The next frame: `None` at the end of the input, `Some(Err)` when one
@@ -51,6 +72,12 @@ pub trait FrameSource {
 
     /// A short description for logs.
     fn describe(&self) -> String;
+
+    /// The next device change not yet taken, oldest first (checked after
+    /// every `next_frame`); file sources have none.
+    fn take_event(&mut self) -> Option<SourceEvent> {
+        None
+    }
 }
 
 /// Opens a file-based source by looking at the path: a directory of images,

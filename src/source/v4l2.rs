@@ -10,12 +10,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use v4l::buffer::Type;
-use v4l::io::mmap::Stream;
+use v4l::framesize::FrameSizeEnum;
+use v4l::io::mmap::Stream as MmapStream;
 use v4l::io::traits::CaptureStream;
 use v4l::video::Capture;
 use v4l::{Device, FourCC};
 
-use super::{FrameSource, SourceError};
+use super::reconnect::{Connect, Reconnecting, Stream};
+use super::SourceError;
 use crate::config::{CameraConfig, CameraFormat};
 use crate::frame::{Frame, PixelFormat};
 
@@ -37,100 +39,68 @@ fn fourcc(f: CameraFormat) -> Option<FourCC> {
 }
 
 /// A V4L2 capture device. When the device fails (unplugged, driver
-/// unloaded) the source reports the error once, then tries to reopen it
-/// with a growing delay (0.5 s doubling to 5 s) on the following calls.
-pub struct V4l2Source {
-    cfg: CameraConfig,
-    open: Option<Streaming>,
-    retry_delay: Duration,
-    /// Frame time continues across reconnections.
-    offset: Duration,
-    last_time: Duration,
-    next_sequence: u64,
-}
+/// unloaded) the source reports `camera_lost` once, then tries to reopen
+/// it with a growing delay (0.5 s doubling to 5 s) and reports
+/// `camera_restored` when it streams again (see [`Reconnecting`]).
+pub type V4l2Source = Reconnecting<V4l2Camera>;
 
-/// The most time between reopen attempts.
-const MAX_RETRY: Duration = Duration::from_secs(5);
+/// Opens a V4L2 device with the configured format.
+pub struct V4l2Camera(CameraConfig);
 
 impl V4l2Source {
     /// Opens the camera; the first open must succeed (a wrong device or
     /// format is a start-up error, not something to retry).
-    pub fn open(cfg: &CameraConfig) -> Result<V4l2Source, SourceError> {
-        Ok(V4l2Source {
-            cfg: cfg.clone(),
-            open: Some(Streaming::open(cfg)?),
-            retry_delay: Duration::from_millis(500),
-            offset: Duration::ZERO,
-            last_time: Duration::ZERO,
-            next_sequence: 0,
-        })
+    pub fn open_camera(cfg: &CameraConfig) -> Result<V4l2Source, SourceError> {
+        Reconnecting::open(V4l2Camera(cfg.clone()))
     }
 }
 
-impl FrameSource for V4l2Source {
-    fn next_frame(&mut self) -> Option<Result<Frame, SourceError>> {
-        let open = match &mut self.open {
-            Some(o) => o,
-            None => {
-                std::thread::sleep(self.retry_delay);
-                match Streaming::open(&self.cfg) {
-                    Ok(o) => {
-                        log::info!("{}: camera back", self.cfg.device.display());
-                        self.retry_delay = Duration::from_millis(500);
-                        // Frame time keeps running from where it stopped.
-                        self.offset = self.last_time;
-                        self.open.insert(o)
-                    }
-                    Err(e) => {
-                        self.retry_delay = (self.retry_delay * 2).min(MAX_RETRY);
-                        return Some(Err(e));
-                    }
-                }
-            }
-        };
-        let item = open.next_frame()?;
-        if let Err(SourceError::Io { .. }) = &item {
-            // The device is gone or broken: drop it (closing the fd) and
-            // reopen on the next call.
-            self.open = None;
-        }
-        Some(item.map(|mut f| {
-            f.timestamp += self.offset;
-            self.last_time = f.timestamp;
-            f.sequence = self.next_sequence;
-            self.next_sequence += 1;
-            f
-        }))
+impl Connect for V4l2Camera {
+    type Stream = Streaming;
+
+    fn connect(&mut self) -> Result<Streaming, SourceError> {
+        Streaming::open(&self.0)
     }
 
-    fn frame_interval(&self) -> Option<Duration> {
-        self.open.as_ref().and_then(|o| o.interval)
+    fn device(&self) -> String {
+        self.0.device.display().to_string()
+    }
+}
+
+impl Stream for Streaming {
+    fn next_frame(&mut self) -> Option<Result<Frame, SourceError>> {
+        Streaming::next_frame(self)
+    }
+
+    fn interval(&self) -> Option<Duration> {
+        self.interval
     }
 
     fn describe(&self) -> String {
-        match &self.open {
-            Some(o) => format!(
-                "camera {} ({}×{} {:?})",
-                o.path.display(),
-                o.width,
-                o.height,
-                o.format
-            ),
-            None => format!("camera {} (reconnecting)", self.cfg.device.display()),
-        }
+        format!(
+            "camera {} ({}×{} {:?})",
+            self.path.display(),
+            self.width,
+            self.height,
+            self.format
+        )
     }
 }
 
 /// An open, streaming device.
-struct Streaming {
+pub struct Streaming {
     path: PathBuf,
-    stream: Stream<'static>,
+    stream: MmapStream<'static>,
     format: CameraFormat,
     width: u32,
     height: u32,
     stride: u32,
     interval: Option<Duration>,
     first: Option<Duration>,
+    /// Least driver time between frames handed on, when the driver runs
+    /// faster than the configured rate (see [`decimation`]).
+    min_gap: Option<Duration>,
+    last_kept: Option<Duration>,
     next_sequence: u64,
     _device: Device,
 }
@@ -229,7 +199,16 @@ impl Streaming {
                 1.0 / i.as_secs_f64()
             ))
         );
-        let stream = Stream::with_buffers(&device, Type::VideoCapture, BUFFERS)
+        let wanted_interval = Duration::from_secs_f64(1.0 / f64::from(cfg.fps.0));
+        let min_gap = decimation(interval, wanted_interval);
+        if min_gap.is_some() {
+            log::info!(
+                "{}: the driver runs faster than {} fps; frames in between are skipped before conversion",
+                path.display(),
+                cfg.fps.0
+            );
+        }
+        let stream = MmapStream::with_buffers(&device, Type::VideoCapture, BUFFERS)
             .map_err(|e| io("cannot start streaming", e))?;
         Ok(Streaming {
             path,
@@ -238,8 +217,10 @@ impl Streaming {
             width: got.width,
             height: got.height,
             stride: got.stride,
-            interval,
+            interval: min_gap.map_or(interval, |_| Some(wanted_interval)),
             first: None,
+            min_gap,
+            last_kept: None,
             next_sequence: 0,
             _device: device,
         })
@@ -248,19 +229,27 @@ impl Streaming {
 
 impl Streaming {
     fn next_frame(&mut self) -> Option<Result<Frame, SourceError>> {
-        let (buf, meta) = match self.stream.next() {
-            Ok(b) => b,
-            Err(source) => {
-                return Some(Err(SourceError::Io {
-                    path: self.path.clone(),
-                    source,
-                }))
+        let (data, meta, ts) = loop {
+            let (buf, meta) = match self.stream.next() {
+                Ok(b) => b,
+                Err(source) => {
+                    return Some(Err(SourceError::Io {
+                        path: self.path.clone(),
+                        source,
+                    }))
+                }
+            };
+            let ts = Duration::from_secs(meta.timestamp.sec.max(0) as u64)
+                + Duration::from_micros(meta.timestamp.usec.max(0) as u64);
+            if let (Some(gap), Some(last)) = (self.min_gap, self.last_kept) {
+                if ts < last + gap && ts >= last {
+                    continue;
+                }
             }
+            self.last_kept = Some(ts);
+            let used = (meta.bytesused as usize).min(buf.len());
+            break (&buf[..used], meta, ts);
         };
-        let used = (meta.bytesused as usize).min(buf.len());
-        let data = &buf[..used];
-        let ts = Duration::from_secs(meta.timestamp.sec.max(0) as u64)
-            + Duration::from_micros(meta.timestamp.usec.max(0) as u64);
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         let converted = match self.format {
@@ -283,6 +272,16 @@ impl Streaming {
                 }),
         )
     }
+}
+
+/// When the driver's frame interval is well below the wanted one (a
+/// driver that ignores the requested rate, like HDMI capture), the least
+/// driver time between frames to hand on: the wanted interval less half a
+/// driver interval, so that a 60 fps driver gives exactly every 12th frame
+/// for 5 fps. Skipped frames are requeued unconverted.
+pub fn decimation(driver: Option<Duration>, wanted: Duration) -> Option<Duration> {
+    let driver = driver?;
+    (driver.as_secs_f64() < wanted.as_secs_f64() * 0.9).then(|| wanted - driver / 2)
 }
 
 /// Lists the capture devices under `/dev` with their formats and sizes.
@@ -321,8 +320,21 @@ fn describe_device(path: &Path) -> String {
                     .enum_framesizes(f.fourcc)
                     .unwrap_or_default()
                     .into_iter()
-                    .flat_map(|fs| fs.size.to_discrete())
-                    .map(|d| format!("{}×{}", d.width, d.height))
+                    .map(|fs| match fs.size {
+                        // A range is printed as one: expanding it (HDMI
+                        // capture offers 16×16 to 4096×2160) lists
+                        // millions of sizes.
+                        FrameSizeEnum::Stepwise(r) => format!(
+                            "{}×{} to {}×{} (step {}×{})",
+                            r.min_width,
+                            r.min_height,
+                            r.max_width,
+                            r.max_height,
+                            r.step_width,
+                            r.step_height
+                        ),
+                        FrameSizeEnum::Discrete(d) => format!("{}×{}", d.width, d.height),
+                    })
                     .collect();
                 s.push_str(&format!(
                     "\n  {} ({}): {}",
@@ -411,6 +423,7 @@ pub fn mjpeg_to_frame(data: &[u8]) -> Result<Frame, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::FrameSource;
 
     #[test]
     fn yuyv_keeps_luma_and_subsamples_chroma() {
@@ -427,11 +440,101 @@ mod tests {
     }
 
     #[test]
+    fn decimation_keeps_the_wanted_rate() {
+        let wanted = Duration::from_millis(200);
+        assert_eq!(decimation(None, wanted), None);
+        assert_eq!(decimation(Some(Duration::from_millis(190)), wanted), None);
+        let driver = Duration::from_secs_f64(1001.0 / 60000.0);
+        let gap = decimation(Some(driver), wanted).unwrap();
+        // Frames at 59.94 fps: every 12th is at least `gap` after the last kept.
+        let kept: Vec<u32> = (0..60)
+            .scan(None::<Duration>, |last, i| {
+                let ts = driver * i;
+                let keep = last.is_none_or(|l| ts >= l + gap);
+                if keep {
+                    *last = Some(ts);
+                }
+                Some(keep.then_some(i))
+            })
+            .flatten()
+            .collect();
+        assert_eq!(kept, vec![0, 12, 24, 36, 48]);
+    }
+
+    #[test]
     fn grey_respects_stride() {
         let data = [1, 2, 3, 9, 4, 5, 6];
         let f = grey_to_frame(&data, 3, 2, 4).unwrap();
         assert_eq!(f.data, vec![1, 2, 3, 4, 5, 6]);
         assert!(grey_to_frame(&data[..5], 3, 2, 4).is_err());
+    }
+
+    /// A camera whose driver hands out the given MJPEG buffers, decoded
+    /// the way `Streaming` decodes them.
+    struct MjpegCamera(Vec<Vec<u8>>);
+    struct MjpegStream(std::vec::IntoIter<Vec<u8>>, u64);
+
+    impl Connect for MjpegCamera {
+        type Stream = MjpegStream;
+        fn connect(&mut self) -> Result<MjpegStream, SourceError> {
+            Ok(MjpegStream(std::mem::take(&mut self.0).into_iter(), 0))
+        }
+        fn device(&self) -> String {
+            "/dev/video7".into()
+        }
+    }
+
+    impl Stream for MjpegStream {
+        fn next_frame(&mut self) -> Option<Result<Frame, SourceError>> {
+            let buf = self.0.next()?;
+            self.1 += 1;
+            Some(mjpeg_to_frame(&buf).map_err(|message| SourceError::Format {
+                path: PathBuf::from("/dev/video7"),
+                message: format!("frame {}: {message}", self.1),
+            }))
+        }
+        fn interval(&self) -> Option<Duration> {
+            None
+        }
+        fn describe(&self) -> String {
+            "mjpeg".into()
+        }
+    }
+
+    #[test]
+    fn corrupt_mjpeg_frames_are_skipped_and_the_stream_goes_on() {
+        let mut jpeg = Vec::new();
+        image::GrayImage::from_fn(64, 48, |x, y| image::Luma([(x * 4 + y) as u8]))
+            .write_to(
+                &mut std::io::Cursor::new(&mut jpeg),
+                image::ImageFormat::Jpeg,
+            )
+            .unwrap();
+        let truncated = jpeg[..jpeg.len() * 2 / 3].to_vec();
+        let mut corrupt = jpeg.clone();
+        corrupt[2..60].fill(0xFF);
+        let buffers = vec![
+            jpeg.clone(),
+            truncated,
+            corrupt,
+            b"\xFF\xD8garbage".to_vec(),
+            jpeg.clone(),
+        ];
+        let mut src = Reconnecting::open(MjpegCamera(buffers)).unwrap();
+        let (mut frames, mut errors) = (Vec::new(), Vec::new());
+        while let Some(item) = src.next_frame() {
+            match item {
+                Ok(f) => frames.push((f.sequence, f.width, f.height)),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        assert_eq!(frames, vec![(0, 64, 48), (1, 64, 48)]);
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].contains("truncated MJPEG"), "{errors:?}");
+        assert!(errors.iter().all(|e| e.starts_with("/dev/video7: frame ")));
+        // Bad frames are not a lost camera.
+        assert!(src.take_event().is_none());
+        assert!(src.is_connected());
     }
 
     #[test]

@@ -1,0 +1,118 @@
+# Helpers for the rig's guest scenarios (sourced; busybox sh).
+# Each scenario prints what it checks and exits non-zero on failure.
+
+FERD=/rig/ferd
+CONFIG=/rig/tests/rig/ferd-rig.toml
+EVENTS=/tmp/events.jsonl
+DATA=/rig/data
+
+fail() { echo "FAIL: $*"; exit 1; }
+ok() { echo "ok: $*"; }
+
+# vivid with one HDMI capture input looped from one HDMI output, both at
+# 640×480 (a standard DMT timing), output YUYV.
+vivid_load() {
+  modprobe vivid n_devs=1 node_types=0x101 vid_cap_nr=0 vid_out_nr=1 \
+    num_inputs=1 input_types=0x3 num_outputs=1 output_types=0x1 ||
+    { echo "vivid: modprobe failed"; return 1; }
+  v4l2-ctl -d /dev/video0 --set-dv-bt-timings index=0 >/dev/null 2>&1 ||
+    { echo "vivid: cannot set the capture timings"; return 1; }
+  v4l2-ctl -d /dev/video1 --set-dv-bt-timings index=0 >/dev/null 2>&1 ||
+    { echo "vivid: cannot set the output timings"; return 1; }
+  v4l2-ctl -d /dev/video1 --set-fmt-video-out=width=640,height=480,pixelformat=YUYV ||
+    { echo "vivid: cannot set the output format"; return 1; }
+  v4l2-ctl -d /dev/video0 -c loop_video=1 -c osd_text_mode=2 ||
+    { echo "vivid: cannot set the loop controls"; return 1; }
+}
+
+# Streams one raw frame file into the vivid output, looping, in the
+# background; its pid in STREAM_PID.
+stream_start() {
+  cp "$1" /tmp/stream.yuyv
+  v4l2-ctl -d /dev/video1 --stream-out-mmap=3 --stream-from=/tmp/stream.yuyv --stream-loop \
+    >/dev/null 2>&1 &
+  STREAM_PID=$!
+}
+
+# Plays the clip $1 into the vivid output at $2 frames per second, in the
+# background (the last frame stays after the end); its pid in STREAM_PID.
+play_start() {
+  /rig/bin/vout /dev/video1 "$1" "$2" >/tmp/vout.out 2>&1 &
+  STREAM_PID=$!
+}
+
+stream_stop() {
+  [ -n "${STREAM_PID:-}" ] && kill "$STREAM_PID" 2>/dev/null && wait "$STREAM_PID" 2>/dev/null
+  STREAM_PID=""
+}
+
+# gpio-sim: one chip with 8 lines, labelled "rig"; sets GPIO_CHIP (the
+# /dev node) and GPIO_SYS (its sysfs directory with sim_gpioN/value).
+gpio_sim_setup() {
+  modprobe gpio-sim || return 1
+  d=/sys/kernel/config/gpio-sim/rig
+  mkdir -p "$d/bank0" || return 1
+  echo 8 >"$d/bank0/num_lines"
+  echo rig >"$d/bank0/label"
+  echo 1 >"$d/live" || return 1
+  GPIO_SYS=$(ls -d /sys/devices/platform/gpio-sim.*/gpiochip* | head -n 1)
+  GPIO_CHIP=/dev/$(basename "$GPIO_SYS")
+  [ -c "$GPIO_CHIP" ] || return 1
+}
+
+# The value of line $1 as the simulator sees it (0 or 1).
+gpio_value() { cat "$GPIO_SYS/sim_gpio$1/value"; }
+
+# Waits up to $2 seconds until line $1 reads $3; prints the seconds taken.
+gpio_wait() {
+  i=0
+  while [ "$i" -lt "$(($2 * 5))" ]; do
+    [ "$(gpio_value "$1")" = "$3" ] && { echo $((i / 5)); return 0; }
+    sleep 0.2
+    i=$((i + 1))
+  done
+  return 1
+}
+
+# Waits up to $2 seconds for an event of type $1 in the event file.
+event_wait() {
+  i=0
+  while [ "$i" -lt "$2" ]; do
+    grep -q "\"type\":\"$1\"" "$EVENTS" 2>/dev/null && return 0
+    sleep 1
+    i=$((i + 1))
+  done
+  return 1
+}
+
+# The rig config with the gpio chip found at run time.
+make_config() {
+  sed "s|/dev/gpiochip0|$GPIO_CHIP|" "$CONFIG" >/tmp/ferd.toml
+  # Model paths are relative to the config's directory.
+  sed -i 's|"../../models/|"/rig/models/|' /tmp/ferd.toml
+}
+
+# Starts the daemon in the background; its pid in FERD_PID.
+ferd_start() {
+  rm -f "$EVENTS"
+  RUST_LOG=${RUST_LOG:-info} "$FERD" run --config /tmp/ferd.toml "$@" >/tmp/ferd.out 2>/tmp/ferd.err &
+  FERD_PID=$!
+}
+
+# Sends SIGTERM and waits up to $1 seconds for exit; status in FERD_STATUS.
+ferd_stop() {
+  kill -TERM "$FERD_PID"
+  i=0
+  while kill -0 "$FERD_PID" 2>/dev/null; do
+    [ "$i" -ge "$(($1 * 5))" ] && { kill -KILL "$FERD_PID"; break; }
+    sleep 0.2
+    i=$((i + 1))
+  done
+  wait "$FERD_PID"
+  FERD_STATUS=$?
+  # The event stream stays with the results, for a look after the run.
+  cp "$EVENTS" "$OUT/$(basename "$0" .sh).events" 2>/dev/null || true
+}
+
+# On failure, the daemon's stderr tail helps.
+ferd_log() { echo "--- ferd stderr"; tail -n 30 /tmp/ferd.err; echo "--- events"; cut -c1-160 "$EVENTS" 2>/dev/null | tail -n 30; }

@@ -1,0 +1,51 @@
+# The camera vanishes while ferd streams from it and comes back: vivid's
+# device is unbound from its driver mid-stream (what a USB unplug does: the
+# nodes go away under the open file), the module is unloaded once ferd has
+# let go of it, then loaded again. The event stream says camera_lost, then
+# camera_restored, frames are analysed again, and the daemon is still
+# running. (A plain rmmod cannot pull a device that is open: the module is
+# in use.)
+. /rig/tests/rig/guest/lib.sh
+vivid_load || fail "vivid did not load"
+gpio_sim_setup || fail "gpio-sim did not come up"
+make_config
+stream_start "$DATA/neutral.yuyv"
+ferd_start
+event_wait face_appeared 150 || { ferd_log; fail "no face seen within 150 s"; }
+ok "face seen"
+stream_stop
+echo vivid.0 >/sys/bus/platform/drivers/vivid/unbind || fail "cannot unbind vivid.0"
+[ -e /dev/video0 ] && fail "/dev/video0 still there after the unplug"
+event_wait camera_lost 60 || { ferd_log; fail "no camera_lost event within 60 s"; }
+ok "camera_lost after the unplug"
+i=0
+until rmmod vivid 2>/dev/null; do
+  i=$((i + 1))
+  [ "$i" -gt 30 ] && fail "vivid still in use 30 s after the unplug (ferd kept the device open)"
+  sleep 1
+done
+ok "vivid unloaded (ferd released the device)"
+kill -0 "$FERD_PID" || { ferd_log; fail "ferd died after the unplug"; }
+sleep 3
+# ferd pauses while the camera is set up again: otherwise its reopen can
+# win the race and stream before the loop's timings are set (vivid comes
+# back in its default 1280×720 mode, and a streaming device refuses a new
+# mode).
+kill -STOP "$FERD_PID"
+vivid_load || { kill -CONT "$FERD_PID"; fail "vivid did not load again"; }
+kill -CONT "$FERD_PID"
+stream_start "$DATA/neutral.yuyv"
+event_wait camera_restored 60 || { ferd_log; fail "no camera_restored event within 60 s"; }
+ok "camera_restored after reload"
+# Frames flow again: a face appears after the restore.
+i=0
+until sed -n '/"camera_restored"/,$p' "$EVENTS" | grep -q '"face_appeared"'; do
+  i=$((i + 1))
+  [ "$i" -gt 120 ] && { ferd_log; fail "no face after the restore within 120 s"; }
+  sleep 1
+done
+ok "frames analysed again after the restore"
+kill -0 "$FERD_PID" || fail "ferd is not running"
+ferd_stop 30
+[ "$FERD_STATUS" = 0 ] || { ferd_log; fail "ferd exited with $FERD_STATUS"; }
+ok "daemon survived and exited cleanly"

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Boots the rig guest once and runs one scenario in it:
+#   vm.sh KERNEL_DIR SHARE_DIR SCENARIO [TIMEOUT_S]
+# KERNEL_DIR is what prepare.sh made; SHARE_DIR is mounted in the guest at
+# /rig (9p) and receives out/SCENARIO.{log,rc}. Exits with the scenario's
+# status (124 when the guest ran out of time).
+set -euo pipefail
+kdir="$1" share="$2" scenario="$3" limit="${4:-600}"
+here="$(cd "$(dirname "$0")" && pwd)"
+
+# The guest's /init travels in a second, tiny cpio appended to the cached
+# base archive (the kernel unpacks both).
+overlay="$(mktemp -d)"
+trap 'rm -rf "$overlay"' EXIT
+install -m 0755 "$here/guest/init" "$overlay/init"
+(cd "$overlay" && echo init | cpio -o -H newc --quiet | gzip -1) >"$overlay/init.cpio.gz"
+cat "$kdir/initramfs.cpio.gz" "$overlay/init.cpio.gz" >"$overlay/initrd"
+
+mkdir -p "$share/out"
+rm -f "$share/out/$scenario.rc" "$share/out/$scenario.log"
+set +e
+timeout "$limit" qemu-system-x86_64 \
+  -accel tcg -cpu "${RIG_CPU:-max}" -m 1024 -smp "${RIG_SMP:-1}" \
+  -nodefaults -display none -no-reboot \
+  -kernel "$kdir/vmlinux" -initrd "$overlay/initrd" \
+  -append "console=ttyS0 quiet mitigations=off nokaslr cryptomgr.notests panic=-1 rig.scenario=$scenario" \
+  -serial "file:$share/out/$scenario.console" \
+  -virtfs "local,path=$share,mount_tag=rig,security_model=none,id=rig" \
+  </dev/null >"$share/out/$scenario.qemu" 2>&1
+status=$?
+set -e
+if [ "$status" = 124 ]; then
+  echo "timeout" >"$share/out/$scenario.rc"
+  exit 124
+fi
+rc="$(cat "$share/out/$scenario.rc" 2>/dev/null || echo 98)"
+exit "$rc"
