@@ -9,21 +9,13 @@ set -euo pipefail
 
 data=$1 runs=$2 out=$3 total=$4; shift 4
 teachers=("$@")
-here=$(cd "$(dirname "$0")" && pwd)
-py=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1
-t0=$(date +%s)
-left() { echo $(( total - ($(date +%s) - t0) )); }
+# shellcheck source=gpu_common.sh
+. "$(dirname "$0")/gpu_common.sh"
 
-mkdir -p "$runs" "$out"
-"$py" "$here/data.py" --data "$data" --splits train val
-
-common=(--data "$data" --device "${DEVICE:-cuda}" --patience 0 --epochs 400 --threads 2
-        --width "${STUDENT_WIDTH:-1.0}" --teacher "${teachers[@]}")
+common+=(--width "${STUDENT_WIDTH:-1.0}" --teacher "${teachers[@]}")
 job() { # name, extra args...
     local name=$1; shift
-    "$py" "$here/train.py" "${common[@]}" --name "$name" --out "$runs/$name" \
-        --time-budget $(( $(left) - 20 )) "$@" >"$runs/$name.log" 2>&1
+    train_job "$name" $(( $(left) - 20 )) "$@"
 }
 # VARIANTS picks the runs (default: all three of the second sitting); SEED0
 # offsets their seeds so a later sitting's runs differ from earlier ones.
@@ -40,9 +32,6 @@ for v in $variants; do
 done
 wait || true
 
-for r in $variants; do
-    tar cf "$out/$r.tar" -C "$runs" "$r.log" "$r/best.pt" "$r/metrics.csv" "$r/history.json" "$r/args.json" \
-        2>/dev/null || true
-done
+for r in $variants; do pack_run "$r"; done
 grep -h "done:\|time budget" "$runs"/*.log || true
 echo "session: $(( $(date +%s) - t0 )) s"

@@ -17,47 +17,31 @@
 set -euo pipefail
 
 data=$1 runs=$2 out=$3 total=${4:-540}
-here=$(cd "$(dirname "$0")" && pwd)
-py=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1
-t0=$(date +%s)
-left() { echo $(( total - ($(date +%s) - t0) )); }
+# shellcheck source=gpu_common.sh
+. "$(dirname "$0")/gpu_common.sh"
 
-mkdir -p "$runs" "$out"
-# decode the dataset once (cached as .npz) rather than in every job
-"$py" "$here/data.py" --data "$data" --splits train val
-
-common=(--data "$data" --device "${DEVICE:-cuda}" --patience 0 --epochs 400 --threads 2)
 teacher_budget=$(( $(left) * 45 / 100 ))
-job() { # name, time budget, extra args...
-    local name=$1 budget=$2; shift 2
-    "$py" "$here/train.py" "${common[@]}" --name "$name" --out "$runs/$name" --time-budget "$budget" "$@" \
-        >"$runs/$name.log" 2>&1
-}
 
-job teacher_a "$teacher_budget" --stages "${TEACHER_STAGES:-64x2,128x2,256x3,512x3}" --dropout 0.4 --seed 11 &
+train_job teacher_a "$teacher_budget" --stages "${TEACHER_STAGES:-64x2,128x2,256x3,512x3}" --dropout 0.4 --seed 11 &
 pa=$!
-job teacher_b "$teacher_budget" --stages "${TEACHER_STAGES:-64x2,128x2,256x3,512x3}" --dropout 0.4 --seed 12 &
+train_job teacher_b "$teacher_budget" --stages "${TEACHER_STAGES:-64x2,128x2,256x3,512x3}" --dropout 0.4 --seed 12 &
 pb=$!
-job student_plain $(( $(left) - 25 )) --width "${STUDENT_WIDTH:-1.0}" --seed 1 &
+train_job student_plain $(( $(left) - 25 )) --width "${STUDENT_WIDTH:-1.0}" --seed 1 &
 pc=$!
-job student_strongaug $(( $(left) - 25 )) --width "${STUDENT_WIDTH:-1.0}" --seed 2 --crop-pad 6 --rotate 15 --zoom 0.15 --dropout 0.4 &
+train_job student_strongaug $(( $(left) - 25 )) --width "${STUDENT_WIDTH:-1.0}" --seed 2 --crop-pad 6 --rotate 15 --zoom 0.15 --dropout 0.4 &
 pd=$!
 wait $pa $pb || true
 grep -h "done:" "$runs"/teacher_*.log || true
 
 teachers=("$runs/teacher_a/best.pt" "$runs/teacher_b/best.pt")
-job student_kd7 $(( $(left) - 25 )) --width "${STUDENT_WIDTH:-1.0}" --seed 3 --teacher "${teachers[@]}" --kd-alpha 0.7 --kd-temp 4 &
+train_job student_kd7 $(( $(left) - 25 )) --width "${STUDENT_WIDTH:-1.0}" --seed 3 --teacher "${teachers[@]}" --kd-alpha 0.7 --kd-temp 4 &
 pe=$!
-job student_kd9 $(( $(left) - 25 )) --width "${STUDENT_WIDTH:-1.0}" --seed 4 --teacher "${teachers[@]}" --kd-alpha 0.9 --kd-temp 3 &
+train_job student_kd9 $(( $(left) - 25 )) --width "${STUDENT_WIDTH:-1.0}" --seed 4 --teacher "${teachers[@]}" --kd-alpha 0.9 --kd-temp 3 &
 pf=$!
 wait $pc $pd $pe $pf || true
 
 # pack: students whole (small), teachers as float16 weights + config
-for r in student_plain student_strongaug student_kd7 student_kd9; do
-    tar cf "$out/$r.tar" -C "$runs" "$r.log" "$r/best.pt" "$r/metrics.csv" "$r/history.json" "$r/args.json" \
-        2>/dev/null || true
-done
+for r in student_plain student_strongaug student_kd7 student_kd9; do pack_run "$r"; done
 for t in teacher_a teacher_b; do
     "$py" - "$runs/$t/best.pt" "$out/$t.fp16.pt" <<'EOF' || true
 import sys, torch
