@@ -19,11 +19,27 @@ cat "$kdir/initramfs.cpio.gz" "$overlay/init.cpio.gz" >"$overlay/initrd"
 mkdir -p "$share/out"
 rm -f "$share/out/$scenario.rc" "$share/out/$scenario.log"
 set +e
-timeout "$limit" qemu-system-x86_64 \
-  -accel tcg -cpu "${RIG_CPU:-max}" -m 1024 -smp "${RIG_SMP:-1}" \
+append="quiet mitigations=off nokaslr cryptomgr.notests panic=-1 rig.scenario=$scenario"
+case "$(cat "$kdir/arch")" in
+  x86_64)
+    qemu=(qemu-system-x86_64 -accel tcg -cpu "${RIG_CPU:-max}")
+    append="console=ttyS0 $append"
+    ;;
+  aarch64)
+    # A Raspberry Pi 4's CPU on QEMU's generic board, whose PL061 GPIO
+    # controller serves as the GPIO chip; virtio-gpu gives a framebuffer.
+    qemu=(qemu-system-aarch64 -M virt -accel tcg -cpu "${RIG_CPU:-cortex-a72}" -device virtio-gpu-pci)
+    append="console=ttyAMA0 $append"
+    ;;
+  *)
+    echo "vm.sh: $kdir/arch: unknown guest architecture" >&2
+    exit 2
+    ;;
+esac
+timeout "$limit" "${qemu[@]}" -m 1024 -smp "${RIG_SMP:-1}" \
   -nodefaults -display none -no-reboot \
-  -kernel "$kdir/vmlinux" -initrd "$overlay/initrd" \
-  -append "console=ttyS0 quiet mitigations=off nokaslr cryptomgr.notests panic=-1 rig.scenario=$scenario" \
+  -kernel "$kdir/kernel" -initrd "$overlay/initrd" \
+  -append "$append" \
   -serial "file:$share/out/$scenario.console" \
   -virtfs "local,path=$share,mount_tag=rig,security_model=none,id=rig" \
   </dev/null >"$share/out/$scenario.qemu" 2>&1

@@ -15,14 +15,8 @@ vivid_load() {
   modprobe vivid n_devs=1 node_types=0x101 vid_cap_nr=0 vid_out_nr=1 \
     num_inputs=1 input_types=0x3 num_outputs=1 output_types=0x1 ||
     { echo "vivid: modprobe failed"; return 1; }
-  v4l2-ctl -d /dev/video0 --set-dv-bt-timings index=0 >/dev/null 2>&1 ||
-    { echo "vivid: cannot set the capture timings"; return 1; }
-  v4l2-ctl -d /dev/video1 --set-dv-bt-timings index=0 >/dev/null 2>&1 ||
-    { echo "vivid: cannot set the output timings"; return 1; }
-  v4l2-ctl -d /dev/video1 --set-fmt-video-out=width=640,height=480,pixelformat=YUYV ||
-    { echo "vivid: cannot set the output format"; return 1; }
-  v4l2-ctl -d /dev/video0 -c loop_video=1 -c osd_text_mode=2 ||
-    { echo "vivid: cannot set the loop controls"; return 1; }
+  /rig/bin/vivid_loop /dev/video0 /dev/video1 640 480 ||
+    { echo "vivid: cannot set up the loop"; return 1; }
 }
 
 # Streams one raw frame file into the vivid output, looping, in the
@@ -46,8 +40,23 @@ stream_stop() {
   STREAM_PID=""
 }
 
-# gpio-sim: one chip with 8 lines, labelled "rig"; sets GPIO_CHIP (the
-# /dev node) and GPIO_SYS (its sysfs directory with sim_gpioN/value).
+# The GPIO chip under test; sets GPIO_CHIP (the /dev node) and defines
+# gpio_value LINE, which prints what the line drives: 0 or 1, or "-" when
+# it is not driven at all (the aarch64 board's unclaimed lines).
+#
+# x86_64: gpio-sim, one chip with 8 lines labelled "rig"; values read back
+# from its sysfs directory (sim_gpioN/value).
+# aarch64: the board's PL061 controller (gpiochip0, 8 lines; nothing claims
+# them while gpio-keys is not loaded); values read back through debugfs,
+# which asks the driver, which reads the controller's data register.
+gpio_setup() {
+  case "$(uname -m)" in
+    x86_64) gpio_sim_setup ;;
+    aarch64) gpio_pl061_setup ;;
+    *) echo "gpio_setup: no GPIO chip for $(uname -m)"; return 1 ;;
+  esac
+}
+
 gpio_sim_setup() {
   modprobe gpio-sim || return 1
   d=/sys/kernel/config/gpio-sim/rig
@@ -58,10 +67,26 @@ gpio_sim_setup() {
   GPIO_SYS=$(ls -d /sys/devices/platform/gpio-sim.*/gpiochip* | head -n 1)
   GPIO_CHIP=/dev/$(basename "$GPIO_SYS")
   [ -c "$GPIO_CHIP" ] || return 1
+  gpio_value() { cat "$GPIO_SYS/sim_gpio$1/value"; }
 }
 
-# The value of line $1 as the simulator sees it (0 or 1).
-gpio_value() { cat "$GPIO_SYS/sim_gpio$1/value"; }
+gpio_pl061_setup() {
+  grep -q " /sys/kernel/debug " /proc/mounts || mount -t debugfs none /sys/kernel/debug || return 1
+  # debugfs lists the chip as "gpiochip0: GPIOs 504-511, parent: amba/9030000.pl061, ..."
+  GPIO_BASE=$(sed -n 's/^gpiochip0: GPIOs \([0-9]*\)-[0-9]*, parent: .*pl061.*/\1/p' /sys/kernel/debug/gpio)
+  [ -n "$GPIO_BASE" ] || { cat /sys/kernel/debug/gpio; return 1; }
+  GPIO_CHIP=/dev/gpiochip0
+  [ -c "$GPIO_CHIP" ] || return 1
+  gpio_value() {
+    # A claimed line: " gpio-507 (                    |buzzer   ) out hi"
+    v=$(grep "^ gpio-$((GPIO_BASE + $1)) " /sys/kernel/debug/gpio)
+    case "$v" in
+      *" out hi"*) echo 1 ;;
+      *" out lo"*) echo 0 ;;
+      *) echo - ;;
+    esac
+  }
+}
 
 # Waits up to $2 seconds until line $1 reads $3; prints the seconds taken.
 gpio_wait() {

@@ -5,7 +5,7 @@
 # framebuffer is blank.
 . /rig/tests/rig/guest/lib.sh
 vivid_load || fail "vivid did not load"
-gpio_sim_setup || fail "gpio-sim did not come up"
+gpio_setup || fail "the GPIO chip did not come up"
 modprobe vfb vfb_enable=1 || fail "vfb did not load"
 [ -c /dev/fb0 ] || fail "no /dev/fb0"
 # The console must not draw on the framebuffer we read back.

@@ -7,7 +7,7 @@
 # in use.)
 . /rig/tests/rig/guest/lib.sh
 vivid_load || fail "vivid did not load"
-gpio_sim_setup || fail "gpio-sim did not come up"
+gpio_setup || fail "the GPIO chip did not come up"
 make_config
 stream_start "$DATA/neutral.yuyv"
 ferd_start

@@ -2,7 +2,7 @@
 # exits, the line reads 0 (every exit path puts outputs in a safe state).
 . /rig/tests/rig/guest/lib.sh
 vivid_load || fail "vivid did not load"
-gpio_sim_setup || fail "gpio-sim did not come up"
+gpio_setup || fail "the GPIO chip did not come up"
 make_config
 stream_start "$DATA/sad.yuyv"
 ferd_start
