@@ -82,13 +82,12 @@ else
 fi
 cp -r "$repo/models" "$share/models"
 cp -r "$here" "$share/tests/rig"
-# Frames for the camera: the demo clip itself (played by vout) and single
-# frames of it as 640×480 YUYV for v4l2-ctl to loop (cached by the clip's
-# hash).
+# Frames for the camera: the demo clip itself and single frames of it as
+# one-frame clips, all played by vout (cached by the clip's hash).
 clip="$repo/examples/demo.y4m"
 frames="$RIG_CACHE/frames-$(sha256sum "$clip" "$here/host/y4m_frames.py" | sha256sum | cut -c1-12)"
 if [ ! -d "$frames" ]; then
-  python3 "$here/host/y4m_frames.py" "$clip" "$frames.tmp" 640 480
+  python3 "$here/host/y4m_frames.py" "$clip" "$frames.tmp"
   mv "$frames.tmp" "$frames"
 fi
 cp "$frames"/* "$share/data/"

@@ -19,12 +19,10 @@ vivid_load() {
     { echo "vivid: cannot set up the loop"; return 1; }
 }
 
-# Streams one raw frame file into the vivid output, looping, in the
-# background; its pid in STREAM_PID.
+# Shows one frame ($1, a one-frame clip) on the vivid output until
+# stream_stop, in the background; its pid in STREAM_PID.
 stream_start() {
-  cp "$1" /tmp/stream.yuyv
-  v4l2-ctl -d /dev/video1 --stream-out-mmap=3 --stream-from=/tmp/stream.yuyv --stream-loop \
-    >/dev/null 2>&1 &
+  /rig/bin/vout /dev/video1 "$1" 1 >/tmp/vout.out 2>&1 &
   STREAM_PID=$!
 }
 
@@ -41,14 +39,15 @@ stream_stop() {
 }
 
 # The GPIO chip under test; sets GPIO_CHIP (the /dev node) and defines
-# gpio_value LINE, which prints what the line drives: 0 or 1, or "-" when
-# it is not driven at all (the aarch64 board's unclaimed lines).
+# gpio_value LINE, which prints the level the line is at (0 or 1).
 #
 # x86_64: gpio-sim, one chip with 8 lines labelled "rig"; values read back
 # from its sysfs directory (sim_gpioN/value).
 # aarch64: the board's PL061 controller (gpiochip0, 8 lines; nothing claims
-# them while gpio-keys is not loaded); values read back through debugfs,
-# which asks the driver, which reads the controller's data register.
+# them while gpio-keys is not loaded). Values come from the driver, which
+# reads the controller's data register: through debugfs while a program
+# holds the line, else by exporting it to sysfs for one read (export keeps
+# the line's direction and level) and unexporting it again.
 gpio_setup() {
   case "$(uname -m)" in
     x86_64) gpio_sim_setup ;;
@@ -79,16 +78,41 @@ gpio_pl061_setup() {
   [ -c "$GPIO_CHIP" ] || return 1
   gpio_value() {
     # A claimed line: " gpio-507 (                    |buzzer   ) out hi"
-    v=$(grep "^ gpio-$((GPIO_BASE + $1)) " /sys/kernel/debug/gpio)
-    case "$v" in
-      *" out hi"*) echo 1 ;;
-      *" out lo"*) echo 0 ;;
-      *) echo - ;;
+    n=$((GPIO_BASE + $1))
+    v=$(grep "^ gpio-$n " /sys/kernel/debug/gpio)
+    case "${v##*)}" in
+      *" hi"*) echo 1 ;;
+      *" lo"*) echo 0 ;;
+      *)
+        echo "$n" >/sys/class/gpio/export || return 1
+        cat "/sys/class/gpio/gpio$n/value"
+        echo "$n" >/sys/class/gpio/unexport
+        ;;
     esac
   }
 }
 
+# A framebuffer at /dev/fb0: vfb on x86_64 (640×480, 8 bpp); on aarch64
+# the virtio-gpu device's DRM framebuffer (1280×800, 32 bpp), since
+# Debian's arm64 kernel has no vfb.
+fb_setup() {
+  case "$(uname -m)" in
+    x86_64) modprobe vfb vfb_enable=1 || { echo "vfb did not load"; return 1; } ;;
+    aarch64) modprobe virtio-gpu || { echo "virtio-gpu did not load"; return 1; } ;;
+    *) echo "fb_setup: no framebuffer for $(uname -m)"; return 1 ;;
+  esac
+  i=0
+  until [ -c /dev/fb0 ]; do
+    i=$((i + 1))
+    [ "$i" -gt 50 ] && { echo "no /dev/fb0"; return 1; }
+    sleep 0.1
+  done
+}
+
 # Waits up to $2 seconds until line $1 reads $3; prints the seconds taken.
+# With ferd running, call it only once ferd has claimed its lines (the
+# `started` event): on aarch64, reading an unclaimed line exports it for a
+# moment, which would make ferd's own request of that line fail.
 gpio_wait() {
   i=0
   while [ "$i" -lt "$(($2 * 5))" ]; do

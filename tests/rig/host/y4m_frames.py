@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Cuts frames out of a mono YUV4MPEG2 clip as raw YUYV camera frames.
+"""Cuts frames out of a mono YUV4MPEG2 clip as one-frame clips.
 
-    y4m_frames.py CLIP OUTDIR WIDTH HEIGHT
+    y4m_frames.py CLIP OUTDIR
 
-Writes OUTDIR/NAME.yuyv for each frame named in FRAMES below, scaled (nearest
-neighbour) to fill WIDTH x HEIGHT, grey (U = V = 128): what the vivid output
-device takes and loops into its capture device. Standard library only.
+Writes OUTDIR/NAME.y4m for each frame named in FRAMES below: a mono
+YUV4MPEG2 clip of that one frame, which the guest's vout (host/vout.c) plays
+into vivid's output and keeps showing, looped into its capture device.
+Standard library only.
 """
 import os
 import sys
@@ -26,40 +27,25 @@ def read_frames(path):
         sys.exit(f"{path}: not a YUV4MPEG2 file")
     w = int(next(x[1:] for x in fields if x.startswith(b"W")))
     h = int(next(x[1:] for x in fields if x.startswith(b"H")))
-    mono = b"Cmono" in fields
-    size = w * h if mono else w * h * 3 // 2
+    if b"Cmono" not in fields:
+        sys.exit(f"{path}: expected a mono (Cmono) clip")
+    size = w * h
     frames, pos = [], 0
     while pos < len(rest):
         line_end = rest.index(b"\n", pos)
         start = line_end + 1
-        frames.append(rest[start : start + w * h])  # luma only
+        frames.append(rest[start : start + size])
         pos = start + size
-    return w, h, frames
-
-
-def to_yuyv(luma, w, h, ow, oh):
-    xmap = [min(w - 1, x * w // ow) for x in range(ow)]
-    rows = {}
-    out = bytearray()
-    for y in range(oh):
-        sy = min(h - 1, y * h // oh)
-        if sy not in rows:
-            src = luma[sy * w : (sy + 1) * w]
-            row = bytearray(ow * 2)
-            row[0::2] = bytes(src[x] for x in xmap)
-            row[1::2] = b"\x80" * ow
-            rows[sy] = bytes(row)
-        out += rows[sy]
-    return bytes(out)
+    return header, frames
 
 
 def main():
-    clip, outdir, ow, oh = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    w, h, frames = read_frames(clip)
+    clip, outdir = sys.argv[1], sys.argv[2]
+    header, frames = read_frames(clip)
     os.makedirs(outdir, exist_ok=True)
     for name, index in FRAMES.items():
-        with open(os.path.join(outdir, name + ".yuyv"), "wb") as f:
-            f.write(to_yuyv(frames[index], w, h, ow, oh))
+        with open(os.path.join(outdir, name + ".y4m"), "wb") as f:
+            f.write(header + b"\nFRAME\n" + frames[index])
 
 
 if __name__ == "__main__":

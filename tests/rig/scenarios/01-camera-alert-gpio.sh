@@ -12,7 +12,7 @@
 vivid_load || fail "vivid did not load"
 gpio_setup || fail "the GPIO chip did not come up"
 make_config
-[ "$(gpio_value 3)" != 1 ] || fail "line 3 is driven high before ferd starts"
+[ "$(gpio_value 3)" = 0 ] || fail "line 3 is not 0 before ferd starts"
 # `ferd cameras` lists vivid's capture node (its HDMI input offers a size
 # range, which must be printed as one, not expanded).
 "$FERD" cameras >/tmp/cameras.txt 2>&1 || { cat /tmp/cameras.txt; fail "ferd cameras failed"; }

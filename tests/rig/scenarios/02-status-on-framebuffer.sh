@@ -1,18 +1,19 @@
-# The status screen appears on vfb's /dev/fb0: ferd shows it on the
-# framebuffer and as a PNG at once; /dev/fb0 is read back while the alert
+# The status screen appears on /dev/fb0 (vfb on x86_64, virtio-gpu on
+# aarch64): ferd shows it on the framebuffer and as a PNG at once; /dev/fb0 is read back while the alert
 # banner is up and compared pixel by pixel with the PNG renderer's picture
 # on the host (02-status-on-framebuffer.check). After SIGTERM the
 # framebuffer is blank.
+# rig-arch: x86_64 aarch64
 . /rig/tests/rig/guest/lib.sh
 vivid_load || fail "vivid did not load"
 gpio_setup || fail "the GPIO chip did not come up"
-modprobe vfb vfb_enable=1 || fail "vfb did not load"
-[ -c /dev/fb0 ] || fail "no /dev/fb0"
+fb_setup || fail "no framebuffer"
 # The console must not draw on the framebuffer we read back.
 echo 0 >/sys/class/vtconsole/vtcon1/bind 2>/dev/null || true
 make_config
-stream_start "$DATA/sad.yuyv"
+stream_start "$DATA/sad.y4m"
 ferd_start --display fb:/dev/fb0 --display png:/tmp/status.png
+event_wait started 120 || { ferd_log; fail "ferd did not start within 120 s"; }
 gpio_wait 3 150 1 >/dev/null || { ferd_log; fail "no alert within 150 s"; }
 ok "alert raised"
 # Snapshot the pair while no new frame changes the picture in between.

@@ -5,11 +5,12 @@
 # camera_restored, frames are analysed again, and the daemon is still
 # running. (A plain rmmod cannot pull a device that is open: the module is
 # in use.)
+# rig-arch: x86_64 aarch64
 . /rig/tests/rig/guest/lib.sh
 vivid_load || fail "vivid did not load"
 gpio_setup || fail "the GPIO chip did not come up"
 make_config
-stream_start "$DATA/neutral.yuyv"
+stream_start "$DATA/neutral.y4m"
 ferd_start
 event_wait face_appeared 150 || { ferd_log; fail "no face seen within 150 s"; }
 ok "face seen"
@@ -34,7 +35,7 @@ sleep 3
 kill -STOP "$FERD_PID"
 vivid_load || { kill -CONT "$FERD_PID"; fail "vivid did not load again"; }
 kill -CONT "$FERD_PID"
-stream_start "$DATA/neutral.yuyv"
+stream_start "$DATA/neutral.y4m"
 event_wait camera_restored 60 || { ferd_log; fail "no camera_restored event within 60 s"; }
 ok "camera_restored after reload"
 # Frames flow again: a face appears after the restore.

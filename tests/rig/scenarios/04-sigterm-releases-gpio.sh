@@ -1,11 +1,13 @@
 # SIGTERM while the distress alert drives the buzzer line: after ferd
 # exits, the line reads 0 (every exit path puts outputs in a safe state).
+# rig-arch: x86_64 aarch64
 . /rig/tests/rig/guest/lib.sh
 vivid_load || fail "vivid did not load"
 gpio_setup || fail "the GPIO chip did not come up"
 make_config
-stream_start "$DATA/sad.yuyv"
+stream_start "$DATA/sad.y4m"
 ferd_start
+event_wait started 120 || { ferd_log; fail "ferd did not start within 120 s"; }
 gpio_wait 3 150 1 >/dev/null || { ferd_log; fail "line 3 did not go to 1 within 150 s"; }
 ok "alert active: line 3 reads 1"
 ferd_stop 30
