@@ -219,6 +219,14 @@ def load_split(path: Path | str = DEFAULT_DATA, split: str = "train", fmt: str =
     return x, y
 
 
+def fingerprint(x: np.ndarray, y: np.ndarray) -> str:
+    """SHA-256 of images and labels, in order: identifies a split's decoded contents."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(x).tobytes())
+    h.update(np.ascontiguousarray(y).tobytes())
+    return h.hexdigest()
+
+
 def class_counts(y: np.ndarray) -> np.ndarray:
     return np.bincount(y, minlength=len(LABELS))
 
