@@ -157,8 +157,11 @@ fi
 depmod -b kroot "$kabi"
 
 # 3. The base initramfs: busybox, the modules the guest loads with their
-#    dependencies, and (x86_64) v4l2-ctl with its libraries or (aarch64)
-#    the dynamic loader that ferd's libraries (in the share) need.
+#    dependencies, and the dynamic loader and C library that ferd and the
+#    host-built helpers need: on x86_64 they come with v4l2-ctl (no
+#    scenario needs it; it stays for poking at vivid by hand in a guest),
+#    on aarch64 the loader comes from the cross toolchain (ferd's libraries
+#    travel in the share, and the helpers are static).
 log "packing the initramfs"
 root="$work/root"
 mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,tmp,run,mnt,lib,lib64,usr/bin,usr/lib}
