@@ -316,13 +316,20 @@ def parse_stages(text: str) -> tuple[tuple[int, int], ...]:
     return stages
 
 
+def model_from_checkpoint(path: Path) -> tuple[FerNet, dict]:
+    """The model a training checkpoint holds (weights of any float dtype, as float32), and the
+    checkpoint."""
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    model = build_model(ck["model_config"])
+    model.load_state_dict({k: v.float() for k, v in ck["model"].items()})
+    return model, ck
+
+
 def load_teachers(paths: list[Path], device: torch.device) -> list[nn.Module]:
     """Teacher models from training checkpoints (any float dtype), frozen, in eval mode."""
     teachers = []
     for path in paths:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-        t = build_model(ck["model_config"])
-        t.load_state_dict({k: v.float() for k, v in ck["model"].items()})
+        t, ck = model_from_checkpoint(path)
         t.eval().requires_grad_(False)
         if device.type == "cuda":
             t = t.to(device, memory_format=torch.channels_last)
@@ -477,9 +484,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[train] note: --width {args.width} ignored, checkpoint has {ckpt['model_config']['width']}")
         print(f"[train] resuming from {path} after epoch {ckpt['epoch']}")
     elif args.init:
-        ick = torch.load(args.init, map_location="cpu", weights_only=False)
-        model = build_model(ick["model_config"])
-        model.load_state_dict({k: v.float() for k, v in ick["model"].items()})
+        model, ick = model_from_checkpoint(args.init)
         print(f"[train] initialised from {args.init} (val acc {ick.get('val_acc', float('nan')):.4f}); "
               f"architecture and dropout from its config {ick['model_config']}")
     else:

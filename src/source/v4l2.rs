@@ -266,11 +266,17 @@ impl Streaming {
                     f.origin = format!("{}#{}", self.path.display(), meta.sequence);
                     f
                 })
-                .map_err(|message| SourceError::Format {
-                    path: self.path.clone(),
-                    message: format!("frame {}: {message}", meta.sequence),
-                }),
+                .map_err(|message| frame_error(&self.path, meta.sequence, message)),
         )
+    }
+}
+
+/// The error for a driver buffer that does not convert into a frame: the
+/// device and the driver's frame number, so the log says which one was bad.
+fn frame_error(device: &Path, sequence: u32, message: String) -> SourceError {
+    SourceError::Format {
+        path: device.to_path_buf(),
+        message: format!("frame {sequence}: {message}"),
     }
 }
 
@@ -472,7 +478,7 @@ mod tests {
     /// A camera whose driver hands out the given MJPEG buffers, decoded
     /// the way `Streaming` decodes them.
     struct MjpegCamera(Vec<Vec<u8>>);
-    struct MjpegStream(std::vec::IntoIter<Vec<u8>>, u64);
+    struct MjpegStream(std::vec::IntoIter<Vec<u8>>, u32);
 
     impl Connect for MjpegCamera {
         type Stream = MjpegStream;
@@ -488,10 +494,10 @@ mod tests {
         fn next_frame(&mut self) -> Option<Result<Frame, SourceError>> {
             let buf = self.0.next()?;
             self.1 += 1;
-            Some(mjpeg_to_frame(&buf).map_err(|message| SourceError::Format {
-                path: PathBuf::from("/dev/video7"),
-                message: format!("frame {}: {message}", self.1),
-            }))
+            Some(
+                mjpeg_to_frame(&buf)
+                    .map_err(|message| frame_error(Path::new("/dev/video7"), self.1, message)),
+            )
         }
         fn interval(&self) -> Option<Duration> {
             None

@@ -43,7 +43,6 @@ for p in "${host_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
 
-# The kernel ABI that linux-image-amd64 points at right now.
 # For a foreign guest, apt works on a private state (package lists for
 # that architecture only) under the cache, with the host's sources.
 apt_opts=()
@@ -62,18 +61,21 @@ apt_update() {
     need_update=0
   fi
 }
+# The kernel ABI that linux-image-$deb_arch points at right now.
+kernel_abi() {
+  apt-cache "${apt_opts[@]}" depends "linux-image-$deb_arch" 2>/dev/null |
+    awk '/Depends: linux-image-[0-9]/{sub("linux-image-","",$2); print $2; exit}'
+}
 kabi=""
 if [ -n "${RIG_KERNEL:-}" ]; then
   kabi="$RIG_KERNEL"
 else
   # Look up without an update first (fast, works offline when cached);
   # refresh the lists when apt knows nothing yet.
-  kabi="$(apt-cache "${apt_opts[@]}" depends "linux-image-$deb_arch" 2>/dev/null |
-    awk '/Depends: linux-image-[0-9]/{sub("linux-image-","",$2); print $2; exit}')" || true
+  kabi="$(kernel_abi)" || true
   if [ -z "$kabi" ] || [ ! -f "$cache/$kabi-$(sha256sum "$0" | cut -c1-12)/ready" ]; then
     apt_update
-    kabi="$(apt-cache "${apt_opts[@]}" depends "linux-image-$deb_arch" |
-      awk '/Depends: linux-image-[0-9]/{sub("linux-image-","",$2); print $2; exit}')"
+    kabi="$(kernel_abi)"
   fi
 fi
 [ -n "$kabi" ] || { log "cannot find the kernel version of linux-image-$deb_arch"; exit 1; }

@@ -44,13 +44,8 @@ case "$RIG_ARCH" in
   *) echo "rig: RIG_ARCH=$RIG_ARCH: expected x86_64 or aarch64" >&2; exit 2 ;;
 esac
 if [ -z "${RIG_FERD:-}" ]; then
-  if [ -n "$triple" ]; then
-    (cd "$repo" && cargo build --release --quiet --target "$triple")
-    RIG_FERD="$target/$triple/release/ferd"
-  else
-    (cd "$repo" && cargo build --release --quiet)
-    RIG_FERD="$target/release/ferd"
-  fi
+  (cd "$repo" && cargo build --release --quiet ${triple:+--target "$triple"})
+  RIG_FERD="$target/${triple:+$triple/}release/ferd"
 fi
 
 # 3. The share the guest mounts at /rig: ferd and its libraries, the

@@ -2,8 +2,8 @@
 # YUYV by vout, slowed to one frame every 2 seconds since inference under
 # emulation takes several seconds a frame) and loops into /dev/video0; ferd
 # captures it, and the distress alert (the face looks sad, fearful and
-# angry from clip frame 15 to 54) drives the buzzer line: read
-# back it goes to 1, and back to 0 once the face smiles.
+# angry from clip frame 15 to 54) drives the buzzer line: read back, it
+# goes to 1, and back to 0 once the face smiles.
 #
 # Runs on both guests: x86_64 (gpio-sim line 3) and aarch64 (Cortex-A72,
 # the board's PL061 line 3).

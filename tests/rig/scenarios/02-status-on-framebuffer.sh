@@ -1,8 +1,8 @@
 # The status screen appears on /dev/fb0 (vfb on x86_64, virtio-gpu on
-# aarch64): ferd shows it on the framebuffer and as a PNG at once; /dev/fb0 is read back while the alert
-# banner is up and compared pixel by pixel with the PNG renderer's picture
-# on the host (02-status-on-framebuffer.check). After SIGTERM the
-# framebuffer is blank.
+# aarch64): ferd shows it on the framebuffer and as a PNG at once; /dev/fb0
+# is read back while the alert banner is up and compared pixel by pixel
+# with the PNG renderer's picture on the host
+# (02-status-on-framebuffer.check). After SIGTERM the framebuffer is blank.
 # rig-arch: x86_64 aarch64
 . /rig/tests/rig/guest/lib.sh
 vivid_load || fail "vivid did not load"
