@@ -267,9 +267,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--time-budget", type=float, default=0.0,
                     help="seconds: time 20 training steps and one evaluation first, then train for as "
                          "many epochs as fit (at most --epochs); the number chosen is printed and "
-                         "recorded, so the run equals one with that --epochs")
+                         "recorded, so the run equals one with that --epochs. With --resume: the epoch "
+                         "count is re-timed so that the rest of the run fits, from the epoch times "
+                         "recorded so far (a run split over several sittings of fixed length)")
     ap.add_argument("--dropout", type=float, default=0.3)
-    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="epochs of the schedule (default 40; a resumed run keeps its own)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     ap.add_argument("--weight-decay", type=float, default=0.05)
@@ -283,6 +286,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rotate", type=float, default=10.0, help="max rotation, degrees")
     ap.add_argument("--zoom", type=float, default=0.1, help="max relative zoom")
     ap.add_argument("--erase-p", type=float, default=0.5)
+    ap.add_argument("--mixup", type=float, default=0.0,
+                    help="mixup: blend every batch with a shuffled copy of itself, weight ~ Beta(a, a); "
+                         "the loss mixes the two labels, and teachers see the blended images (0: off)")
     ap.add_argument("--patience", type=int, default=10, help="early stop after N epochs w/o improvement (0: off)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
@@ -298,6 +304,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="resume from <out>/last.pt (or the given checkpoint)")
     ap.add_argument("--bench", type=int, default=0, help="time N training batches, print s/epoch, exit")
     args = ap.parse_args(argv)
+    if args.epochs is None and not args.resume:
+        args.epochs = 40
     if args.name is None:
         args.name = f"w{args.width:g}-e{args.epochs}"
     if args.out is None:
@@ -341,18 +349,26 @@ def load_teachers(paths: list[Path], device: torch.device) -> list[nn.Module]:
 
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, criterion: nn.Module, xb: torch.Tensor,
                yb: torch.Tensor, lr: float, teachers: list[nn.Module], args: argparse.Namespace,
-               soft: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               soft: torch.Tensor | None = None,
+               mix: tuple[torch.Tensor, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step on an augmented batch; returns (loss, logits), still on the device.
 
     Distillation targets come from ``teachers`` run on the batch, or from ``soft`` (the
-    precomputed ensemble probabilities of the batch's images, see soft_targets.py)."""
+    precomputed ensemble probabilities of the batch's images, see soft_targets.py). ``mix`` is
+    ``(perm, lam)`` of mixup: ``xb`` is already blended, the labels (and ``soft``) are blended here."""
     for g in opt.param_groups:
         g["lr"] = lr
     if xb.device.type == "cuda":
         xb = xb.contiguous(memory_format=torch.channels_last)
     with autocast(xb.device):
         logits = model(xb).float()
-        loss = criterion(logits, yb)
+        if mix is not None:
+            perm, lam = mix
+            loss = lam * criterion(logits, yb) + (1 - lam) * criterion(logits, yb[perm])
+            if soft is not None:
+                soft = lam * soft + (1 - lam) * soft[perm]
+        else:
+            loss = criterion(logits, yb)
         if teachers or soft is not None:
             temp = args.kd_temp
             if soft is not None:
@@ -390,7 +406,7 @@ def choose_epochs(model: nn.Module, criterion: nn.Module, teachers: list[nn.Modu
     sync()
     eval_s = time.perf_counter() - t1
     epoch_s = step_s * steps_per_epoch + eval_s
-    epochs = max(1, min(args.epochs, int(remaining_s / (epoch_s * 1.1))))
+    epochs = max(1, min(args.epochs or 400, int(remaining_s / (epoch_s * 1.1))))
     print(f"[train] time budget: {step_s * 1e3:.1f} ms/step, eval {eval_s:.1f} s -> ~{epoch_s:.1f} s/epoch; "
           f"{remaining_s:.0f} s left -> {epochs} epochs", flush=True)
     del probe, popt
@@ -508,6 +524,16 @@ def main(argv: list[str] | None = None) -> int:
             swa_n = ckpt["swa_n"]
         opt.load_state_dict(ckpt["optimizer"])
         start_epoch, step, history = ckpt["epoch"], ckpt["step"], ckpt["history"]
+        if args.time_budget and history and not args.bench and start_epoch < ckpt["args"]["epochs"]:
+            # re-timed from this run's own recorded epochs (the same jobs beside it, the same device)
+            recent = sorted(r["train_s"] + r["eval_s"] for r in history[-5:])
+            epoch_s = recent[len(recent) // 2]
+            fit = int((args.time_budget - (time.perf_counter() - t_start)) / (epoch_s * 1.05))
+            args.epochs = min(args.epochs or 400, start_epoch + max(1, fit))
+            print(f"[train] time budget: {epoch_s:.1f} s/epoch recorded, {fit} more epochs fit")
+        elif args.epochs is None or args.time_budget:
+            # a finished run stays finished; --epochs re-times only when given without a budget
+            args.epochs = ckpt["args"]["epochs"]
         if ckpt["args"]["epochs"] != args.epochs:
             print(f"[train] note: schedule re-timed from {ckpt['args']['epochs']} to {args.epochs} epochs "
                   f"at step {step}")
@@ -538,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         # data order and augmentation of epoch e depend only on (seed, e)
         torch.manual_seed(args.seed * 100003 + epoch)
         perm = torch.from_numpy(np.random.default_rng([args.seed, epoch]).permutation(len(ytr))).to(device)
+        mix_rng = np.random.default_rng([args.seed, epoch, 1])
         model.train()
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
@@ -548,8 +575,14 @@ def main(argv: list[str] | None = None) -> int:
             xb, flip = augment(to_input(xtr_t[idx]), args)
             yb = ytr_t[idx]
             sb = torch.where(flip[:, None], soft_flip[idx], soft[idx]) if soft is not None else None
+            mix = None
+            if args.mixup > 0:
+                lam = float(mix_rng.beta(args.mixup, args.mixup))
+                mperm = torch.randperm(len(yb), device=device)
+                xb = lam * xb + (1 - lam) * xb[mperm]
+                mix = (mperm, lam)
             lr = lr_at(step, total_steps, steps_per_epoch, args)
-            loss, logits = train_step(model, opt, criterion, xb, yb, lr, teachers, args, sb)
+            loss, logits = train_step(model, opt, criterion, xb, yb, lr, teachers, args, sb, mix)
             step += 1
             # summed on the device: no host synchronisation per step
             loss_acc = loss_acc + loss * len(yb)
