@@ -12,9 +12,11 @@ import os
 import sys
 
 # Frames of examples/demo.y4m (see examples/demo.txt: 5 fps, the first face
-# is neutral 0-2 s, sad/fear/angry 3-10 s, happy 11-16 s). Chosen where both
-# the quick and the distilled expression model agree clearly: frame 2 has
-# a distress mass (angry + fear + sad) of 0.04-0.07, frame 42 of 0.88-0.94.
+# is neutral 0-2 s, sad/fear/angry 3-10 s, happy 11-16 s). With the shipped
+# model, frame 2 (a neutral face) has a distress mass (angry + fear + sad)
+# of 0.06 and frame 42 (an angry face; "sad" names the distress frame) of
+# 0.80 (`ferd detect --json` on the frames; rerun when the model or the
+# demo changes).
 FRAMES = {"neutral": 2, "sad": 42}
 
 
