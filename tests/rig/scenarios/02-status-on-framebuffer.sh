@@ -11,7 +11,7 @@ fb_setup || fail "no framebuffer"
 # The console must not draw on the framebuffer we read back.
 echo 0 >/sys/class/vtconsole/vtcon1/bind 2>/dev/null || true
 make_config
-stream_start "$DATA/sad.y4m"
+stream_start "$DATA/distress.y4m"
 ferd_start --display fb:/dev/fb0 --display png:/tmp/status.png
 event_wait started 120 || { ferd_log; fail "ferd did not start within 120 s"; }
 gpio_wait 3 150 1 >/dev/null || { ferd_log; fail "no alert within 150 s"; }

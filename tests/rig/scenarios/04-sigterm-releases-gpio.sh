@@ -5,7 +5,7 @@
 vivid_load || fail "vivid did not load"
 gpio_setup || fail "the GPIO chip did not come up"
 make_config
-stream_start "$DATA/sad.y4m"
+stream_start "$DATA/distress.y4m"
 ferd_start
 event_wait started 120 || { ferd_log; fail "ferd did not start within 120 s"; }
 gpio_wait 3 150 1 >/dev/null || { ferd_log; fail "line 3 did not go to 1 within 150 s"; }
