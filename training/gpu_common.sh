@@ -14,11 +14,12 @@ mkdir -p "$runs" "$out"
 
 common=(--data "$data" --device "${DEVICE:-cuda}" --patience 0 --epochs 400 --threads 2)
 
-# train_job NAME BUDGET_SECONDS [train.py args...]: one run, its log in RUNS/NAME.log
+# train_job NAME BUDGET_SECONDS [train.py args...]: one run, its log appended to RUNS/NAME.log;
+# with JOB_TIMEOUT=S set, stopped after S seconds (last.pt keeps every finished epoch)
 train_job() {
     local name=$1 budget=$2; shift 2
-    "$py" "$here/train.py" "${common[@]}" --name "$name" --out "$runs/$name" --time-budget "$budget" "$@" \
-        >"$runs/$name.log" 2>&1
+    ${JOB_TIMEOUT:+timeout "$JOB_TIMEOUT"} "$py" "$here/train.py" "${common[@]}" --name "$name" \
+        --out "$runs/$name" --time-budget "$budget" "$@" >>"$runs/$name.log" 2>&1
 }
 
 # pack_run NAME: the run's best checkpoint, metrics, arguments and log as OUT/NAME.tar

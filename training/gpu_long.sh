@@ -36,13 +36,12 @@ common+=(--width "${STUDENT_WIDTH:-1.0}" --teacher "${teachers[@]}")
 strong=(--crop-pad 6 --rotate 15 --zoom 0.15 --dropout 0.4)
 kd=(--kd-alpha 0.9 --kd-temp 3)
 
-# job NAME [train.py args...]: one run, appended to RUNS/NAME.log, stopped when the sitting ends
+# job NAME [train.py args...]: one run (gpu_common.sh's train_job), stopped when the sitting ends
 job() {
     local name=$1; shift
     local budget=$plan resume=()
     if [ -n "${RESUME:-}" ]; then budget=$(( $(left) - 15 )); resume=(--resume); fi
-    timeout $(( $(left) - 10 )) "$py" "$here/train.py" "${common[@]}" --name "$name" --out "$runs/$name" \
-        --time-budget "$budget" "${resume[@]}" "$@" >>"$runs/$name.log" 2>&1 || true
+    JOB_TIMEOUT=$(( $(left) - 10 )) train_job "$name" "$budget" "${resume[@]}" "$@" || true
 }
 variants=${VARIANTS:-long_strong long_plain long_mixup long_init long_pure}
 for v in $variants; do

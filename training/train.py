@@ -406,11 +406,21 @@ def choose_epochs(model: nn.Module, criterion: nn.Module, teachers: list[nn.Modu
     sync()
     eval_s = time.perf_counter() - t1
     epoch_s = step_s * steps_per_epoch + eval_s
-    epochs = max(1, min(args.epochs or 400, int(remaining_s / (epoch_s * 1.1))))
+    epochs = max(1, min(args.epochs, int(remaining_s / (epoch_s * 1.1))))
     print(f"[train] time budget: {step_s * 1e3:.1f} ms/step, eval {eval_s:.1f} s -> ~{epoch_s:.1f} s/epoch; "
           f"{remaining_s:.0f} s left -> {epochs} epochs", flush=True)
     del probe, popt
     return epochs
+
+
+def retime_epochs(history: list[dict], start_epoch: int, remaining_s: float) -> int:
+    """The epoch count of a resumed run whose rest fits in ``remaining_s``, timed from the median
+    of its last recorded epochs (the same jobs beside it, the same device)."""
+    recent = sorted(r["train_s"] + r["eval_s"] for r in history[-5:])
+    epoch_s = recent[len(recent) // 2]
+    fit = max(1, int(remaining_s / (epoch_s * 1.05)))
+    print(f"[train] time budget: {epoch_s:.1f} s/epoch recorded, {fit} more epochs fit", flush=True)
+    return start_epoch + fit
 
 
 def load_soft_targets(path: Path, x: np.ndarray, y: np.ndarray,
@@ -525,12 +535,8 @@ def main(argv: list[str] | None = None) -> int:
         opt.load_state_dict(ckpt["optimizer"])
         start_epoch, step, history = ckpt["epoch"], ckpt["step"], ckpt["history"]
         if args.time_budget and history and not args.bench and start_epoch < ckpt["args"]["epochs"]:
-            # re-timed from this run's own recorded epochs (the same jobs beside it, the same device)
-            recent = sorted(r["train_s"] + r["eval_s"] for r in history[-5:])
-            epoch_s = recent[len(recent) // 2]
-            fit = int((args.time_budget - (time.perf_counter() - t_start)) / (epoch_s * 1.05))
-            args.epochs = min(args.epochs or 400, start_epoch + max(1, fit))
-            print(f"[train] time budget: {epoch_s:.1f} s/epoch recorded, {fit} more epochs fit")
+            fit = retime_epochs(history, start_epoch, args.time_budget - (time.perf_counter() - t_start))
+            args.epochs = min(args.epochs, fit) if args.epochs else fit
         elif args.epochs is None or args.time_budget:
             # a finished run stays finished; --epochs re-times only when given without a budget
             args.epochs = ckpt["args"]["epochs"]
