@@ -19,12 +19,23 @@ use crate::expression::Expression;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read at all.
-    #[error("cannot read config {path}: {source}")]
+    #[error("cannot read config {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (shown in the message, so not a `source()`: each
+        /// cause is printed once).
+        error: std::io::Error,
+    },
+    /// A model named in the config is in none of the places ferd looks.
+    #[error("{key} = {name:?}: no such model manifest; looked for {}", list_paths(.tried))]
+    ModelNotFound {
+        /// The config key (`detector.model`, ...).
+        key: String,
+        /// The path as written.
+        name: PathBuf,
+        /// Every place tried, in order.
+        tried: Vec<PathBuf>,
     },
     /// The TOML is malformed, has an unknown key, a wrong type or an
     /// out-of-range value.
@@ -71,6 +82,9 @@ pub struct Config {
     /// GPIO outputs (buzzers, LEDs, relays).
     #[serde(default, rename = "gpio")]
     pub gpio: Vec<GpioConfig>,
+    /// When ferd counts itself unable to see.
+    #[serde(default)]
+    pub health: HealthConfig,
     /// The directory that relative paths are resolved against (the config
     /// file's own directory); not a key in the file.
     #[serde(skip)]
@@ -210,24 +224,86 @@ impl Default for TrackerConfig {
     }
 }
 
-/// `[[rule]]`: one named alert.
+/// `[[rule]]`: one named alert: a [`Condition`] and its timing.
+///
+/// The file form is flat (`name`, the condition's keys, `hold`, ...), so
+/// the table is read as a [`RawRule`] and checked into this.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawRule")]
 pub struct RuleConfig {
     /// Alert name used in events and on the display.
     pub name: RuleName,
-    /// The expressions whose summed smoothed probability is tested.
-    pub expressions: ExpressionSet,
-    /// The summed probability must be at least this.
-    pub min_probability: Probability,
-    /// ...for at least this long before the alert is raised.
+    /// What must hold on some tracked face.
+    pub condition: Condition,
+    /// The condition must hold at least this long before the alert is
+    /// raised.
     pub hold: Seconds,
     /// The alert clears once the condition has been false this long.
-    #[serde(default = "default_clear_after")]
     pub clear_after: Seconds,
     /// After clearing, the alert cannot be raised again for this long.
-    #[serde(default)]
     pub cooldown: Seconds,
+}
+
+/// What a rule tests, one variant per kind of cue.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    /// `condition = "expressions"` (the default): the summed smoothed
+    /// probability of `expressions` on some track reaches
+    /// `min_probability`.
+    Expressions {
+        /// The expressions whose probabilities are summed.
+        expressions: ExpressionSet,
+        /// The sum must be at least this.
+        min_probability: Probability,
+    },
+}
+
+/// The kinds of [`Condition`], as named by a rule's `condition` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConditionKind {
+    /// [`Condition::Expressions`].
+    Expressions,
+}
+
+/// A `[[rule]]` table as written: every key any condition kind takes.
+/// Each kind's own keys are required for it and refused for the others.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    name: RuleName,
+    condition: Option<ConditionKind>,
+    expressions: Option<ExpressionSet>,
+    min_probability: Option<Probability>,
+    hold: Seconds,
+    #[serde(default = "default_clear_after")]
+    clear_after: Seconds,
+    #[serde(default)]
+    cooldown: Seconds,
+}
+
+impl TryFrom<RawRule> for RuleConfig {
+    type Error = String;
+
+    fn try_from(raw: RawRule) -> Result<RuleConfig, String> {
+        let name = raw.name;
+        let missing = |key: &str| format!("rule {:?}: missing key `rule.{key}`", name.0);
+        let condition = match raw.condition.unwrap_or(ConditionKind::Expressions) {
+            ConditionKind::Expressions => Condition::Expressions {
+                expressions: raw.expressions.ok_or_else(|| missing("expressions"))?,
+                min_probability: raw
+                    .min_probability
+                    .ok_or_else(|| missing("min_probability"))?,
+            },
+        };
+        Ok(RuleConfig {
+            name,
+            condition,
+            hold: raw.hold,
+            clear_after: raw.clear_after,
+            cooldown: raw.cooldown,
+        })
+    }
 }
 
 fn default_clear_after() -> Seconds {
@@ -254,6 +330,25 @@ impl Default for EventsConfig {
     }
 }
 
+/// `[health]`: the degraded state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Analysis failing on every frame for this long (frame time), or no
+    /// frame at all from a live camera for this long (wall time), makes
+    /// ferd degraded: alerts cleared, heartbeat off, tell-tale on,
+    /// watchdog starved.
+    pub degraded_after: PositiveSeconds,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            degraded_after: PositiveSeconds(2.0),
+        }
+    }
+}
+
 /// `[[gpio]]`: one output line.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -273,6 +368,10 @@ pub struct GpioConfig {
     /// Instead of alerts: active while frames are being analysed.
     #[serde(default)]
     pub heartbeat: bool,
+    /// Instead of alerts: active while ferd is degraded or its analysis
+    /// loop has stopped reporting (a "system unavailable" tell-tale).
+    #[serde(default)]
+    pub degraded: bool,
     /// How an active output behaves.
     #[serde(default)]
     pub pattern: PatternConfig,
@@ -319,6 +418,10 @@ pub struct Fraction(pub f32);
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Default)]
 pub struct Seconds(pub f64);
 
+/// A finite number of seconds above 0 and at most 3600.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct PositiveSeconds(pub f64);
+
 /// A whole number ≥ 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PositiveU32(pub u32);
@@ -364,6 +467,18 @@ impl<'de> Deserialize<'de> for Seconds {
             )));
         }
         Ok(Seconds(v))
+    }
+}
+
+impl<'de> Deserialize<'de> for PositiveSeconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if !v.is_finite() || v <= 0.0 || v > 3600.0 {
+            return Err(serde::de::Error::custom(format!(
+                "must be a number of seconds above 0 and at most 3600, got {v}"
+            )));
+        }
+        Ok(PositiveSeconds(v))
     }
 }
 
@@ -416,9 +531,9 @@ impl fmt::Display for RuleName {
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = read_bounded(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         Config::parse(&text, path, &base)
@@ -466,6 +581,47 @@ impl Config {
         }
     }
 
+    /// Finds a model manifest named by config key `key`. An absolute path
+    /// is taken as it is. A relative one is looked up next to the config
+    /// file, then by file name in [`PACKAGED_MODELS`] (where the `.deb`
+    /// puts them, so a user's own config anywhere finds them), then in
+    /// `models/` next to the ferd binary (an unpacked release). The error
+    /// lists every place tried.
+    pub fn find_model(&self, key: &str, p: &Path) -> Result<PathBuf, ConfigError> {
+        let mut tried = vec![self.resolve(p)];
+        if !p.is_absolute() {
+            if let Some(name) = p.file_name() {
+                tried.push(Path::new(PACKAGED_MODELS).join(name));
+                if let Some(dir) = std::env::current_exe()
+                    .ok()
+                    .and_then(|exe| exe.parent().map(Path::to_path_buf))
+                {
+                    tried.push(dir.join("models").join(name));
+                }
+            }
+        }
+        tried.dedup();
+        match tried.iter().find(|c| c.is_file()) {
+            Some(found) => Ok(found.clone()),
+            None => Err(ConfigError::ModelNotFound {
+                key: key.to_string(),
+                name: p.to_path_buf(),
+                tried,
+            }),
+        }
+    }
+
+    /// The detector manifest ([`Config::find_model`] of `detector.model`).
+    pub fn detector_model(&self) -> Result<PathBuf, ConfigError> {
+        self.find_model("detector.model", &self.detector.model)
+    }
+
+    /// The expression manifest ([`Config::find_model`] of
+    /// `classifier.model`).
+    pub fn classifier_model(&self) -> Result<PathBuf, ConfigError> {
+        self.find_model("classifier.model", &self.classifier.model)
+    }
+
     /// Rule names key the alert state and the events, so they must be
     /// unique. This is the one check that spans several values; the error
     /// points at the second occurrence.
@@ -493,7 +649,8 @@ impl Config {
 }
 
 impl Config {
-    /// Each output follows either alerts that exist or the heartbeat.
+    /// Each output follows one thing: alerts that exist, the heartbeat or
+    /// the degraded state.
     fn check_gpio(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
         let invalid = |needle: &str, message: String| {
             let offset = text.find(needle).unwrap_or(0);
@@ -507,11 +664,15 @@ impl Config {
         };
         for g in &self.gpio {
             let name = &g.name.0;
-            if g.heartbeat != g.alerts.is_empty() {
+            let roles = usize::from(!g.alerts.is_empty())
+                + usize::from(g.heartbeat)
+                + usize::from(g.degraded);
+            if roles != 1 {
                 return Err(invalid(
                     &format!("\"{name}\""),
                     format!(
-                        "gpio output {name:?}: set either `gpio.alerts` or `gpio.heartbeat = true`"
+                        "gpio output {name:?}: set exactly one of `gpio.alerts`, \
+                         `gpio.heartbeat = true` or `gpio.degraded = true`"
                     ),
                 ));
             }
@@ -529,6 +690,53 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Where the `.deb` installs the models (README, "Install on a Raspberry
+/// Pi"); [`Config::find_model`] looks here.
+pub const PACKAGED_MODELS: &str = "/usr/share/ferd/models";
+
+/// The largest config file read: far above any real one (the annotated
+/// example is 4 KiB), small enough that a wrong path (a device, a log)
+/// cannot exhaust memory.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Reads a config file, refusing anything but a regular file of at most
+/// [`MAX_CONFIG_BYTES`].
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} bytes, more than the {MAX_CONFIG_BYTES} a config may have",
+                meta.len()
+            ),
+        ));
+    }
+    let mut text = String::new();
+    // `take`: the file may grow between the stat and the read.
+    file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("more than the {MAX_CONFIG_BYTES} bytes a config may have"),
+        ));
+    }
+    Ok(text)
+}
+
+fn list_paths(paths: &[PathBuf]) -> String {
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    names.join(", ")
 }
 
 /// The dotted key (`table.key`) of the `key = value` line holding `offset`.
@@ -586,7 +794,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.rules.len(), 1);
         assert_eq!(c.rules[0].name.0, "distress");
-        assert_eq!(c.rules[0].expressions.0.len(), 3);
+        assert!(matches!(
+            &c.rules[0].condition,
+            Condition::Expressions { expressions, .. } if expressions.0.len() == 3
+        ));
         assert_eq!(c.rules[0].hold, Seconds(3.0));
     }
 
@@ -660,13 +871,101 @@ mod tests {
             "{err}"
         );
         let err = parse(&format!("{rule}{gpio}")).unwrap_err().to_string();
-        assert!(err.contains("either"), "{err}");
+        assert!(err.contains("exactly one of"), "{err}");
+        let err = parse(&format!("{rule}{gpio}heartbeat = true\ndegraded = true\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exactly one of"), "{err}");
+        let ok = parse(&format!("{rule}{gpio}degraded = true\n")).unwrap();
+        assert!(ok.gpio[0].degraded);
         let err = parse(&format!(
             "{rule}{gpio}heartbeat = true\npattern = \"wobble\"\n"
         ))
         .unwrap_err()
         .to_string();
         assert!(err.contains("wobble"), "{err}");
+    }
+
+    #[test]
+    fn rule_condition_kind_defaults_to_expressions_and_checks_its_keys() {
+        let c = parse(
+            "[[rule]]\nname = \"a\"\ncondition = \"expressions\"\nexpressions = [\"sad\"]\n\
+             min_probability = 0.5\nhold = 1\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            c.rules[0].condition,
+            Condition::Expressions { min_probability: Probability(p), .. } if p == 0.5
+        ));
+        let err = parse("[[rule]]\nname = \"a\"\nexpressions = [\"sad\"]\nhold = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("test.toml:1:1:") && err.contains("`rule.min_probability`"),
+            "{err}"
+        );
+        let err = parse("[[rule]]\nname = \"a\"\ncondition = \"yawn\"\nhold = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("test.toml:3:") && err.contains("yawn"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn health_timeout_must_be_positive() {
+        assert_eq!(parse("").unwrap().health.degraded_after.0, 2.0);
+        let err = parse("[health]\ndegraded_after = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("test.toml:2:18: key `health.degraded_after`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn models_are_found_next_to_the_config_else_the_error_lists_where_ferd_looked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("m")).unwrap();
+        std::fs::write(dir.path().join("m/x.toml"), "").unwrap();
+        let mut c = parse("").unwrap();
+        c.base_dir = dir.path().to_path_buf();
+        assert_eq!(
+            c.find_model("detector.model", Path::new("m/x.toml"))
+                .unwrap(),
+            dir.path().join("m/x.toml")
+        );
+        let err = c
+            .find_model("detector.model", Path::new("m/nope-404.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("detector.model = \"m/nope-404.toml\""),
+            "{err}"
+        );
+        assert!(
+            err.contains(&dir.path().join("m/nope-404.toml").display().to_string()),
+            "{err}"
+        );
+        assert!(
+            err.contains("/usr/share/ferd/models/nope-404.toml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn config_that_is_not_a_regular_file_is_refused() {
+        let err = Config::load(Path::new("/dev/zero")).unwrap_err();
+        let msg = format!("{:#}", anyhow::Error::new(err).context("loading"));
+        assert_eq!(
+            msg,
+            "loading: cannot read config /dev/zero: not a regular file"
+        );
+        let err = Config::load(Path::new("/nonexistent/ferd.toml")).unwrap_err();
+        let msg = format!("{:#}", anyhow::Error::new(err));
+        assert_eq!(msg.matches("No such file").count(), 1, "{msg}");
     }
 
     #[test]

@@ -69,8 +69,24 @@ pub enum EventKind {
         alert: String,
         /// Seconds it was active.
         duration: f64,
-        /// `condition` or `shutdown`.
+        /// `condition`, `shutdown`, `camera_lost`, `degraded` or `error`.
         reason: &'static str,
+    },
+    /// ferd cannot see: analysis has failed for `health.degraded_after`,
+    /// no frame came for that long, or the camera is lost. Every alert is
+    /// cleared and every track lost with it.
+    Degraded {
+        /// `analysis_failed`, `no_frames` or `camera_lost`.
+        reason: &'static str,
+        /// The last error seen.
+        error: String,
+    },
+    /// ferd sees again after `degraded`.
+    Recovered {
+        /// The `reason` of the `degraded` event this ends.
+        reason: &'static str,
+        /// Seconds it was degraded (frame time).
+        duration: f64,
     },
     /// The camera stopped delivering frames (unplugged, driver unloaded);
     /// ferd keeps running and reopens it with backoff.
@@ -93,6 +109,8 @@ pub enum EventKind {
         frames: u64,
         /// Frames or files skipped because they could not be read.
         skipped: u64,
+        /// Frames read but not analysed because a model failed on them.
+        failed: u64,
         /// Faces detected over all frames.
         faces: u64,
         /// Tracks created.

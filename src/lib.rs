@@ -1,7 +1,8 @@
 //! ferd: facial-expression recognition for small Linux boards.
 //!
-//! The library holds every pipeline stage; the `ferd` binary is a thin
-//! command line over it. One frame flows one way:
+//! The library holds every pipeline stage and the daemon's wiring
+//! ([`daemon`]); the `ferd` binary only parses arguments. One frame flows
+//! one way:
 //!
 //! ```text
 //! source ─► frame ─► vision (detector, classifier) ─► track ─► rules ─► sink
@@ -11,7 +12,9 @@
 
 #![warn(missing_docs)]
 
+pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod eval;
 pub mod events;
 pub mod expression;

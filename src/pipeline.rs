@@ -1,12 +1,24 @@
 //! The analysis loop: frames in, events and display updates out.
 //!
 //! [`Pipeline`] holds every stage after the source and processes one frame
-//! at a time: detect + classify ([`Analyzer`]), track, evaluate rules, then
-//! hand events to the sinks and the state to the display. [`run`] drives it
-//! from a [`FrameSource`], either frame by frame (files, as fast as
-//! possible, nothing dropped: deterministic) or in real time through a
-//! one-slot [`Mailbox`], where a capture thread always leaves only the
-//! newest frame, so a slow model drops frames instead of building latency.
+//! at a time: analyse ([`Analyze`]: detect + classify), track, evaluate
+//! rules, then hand events to the sinks (JSON lines, GPIO, ...) and the
+//! state to the display. Nothing flows back: sinks only receive.
+//!
+//! It also keeps ferd's health. A frame the analyser fails on is counted
+//! (`failed`); failures lasting `health.degraded_after` (frame time), a
+//! live source that delivers nothing for that long (wall time), or a lost
+//! camera make ferd **degraded**: a `degraded` event, every track lost and
+//! every alert cleared, a heartbeat output off and a tell-tale output on
+//! (sink/gpio.rs), and the watchdog starved ([`Watchdog`]). The first
+//! analysed frame after it (or the camera's return) is `recovered`.
+//!
+//! [`run`] drives it from a [`FrameSource`], in one of three [`Pace`]s:
+//! frame by frame (file replays: as fast as possible, nothing dropped,
+//! deterministic), or through a one-slot [`Mailbox`] filled by a capture
+//! thread that always leaves only the newest frame (live cameras, and
+//! replays at the clip's own rate), so a slow model drops frames instead of
+//! building latency.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,20 +29,22 @@ use crate::config::Config;
 use crate::events::{box_array, seconds, Event, EventKind, ProbMap};
 use crate::expression::Expression;
 use crate::frame::Frame;
-use crate::rules::{AlertChange, ClearReason, Rules};
+use crate::rules::{AlertChange, ClearReason, Cue, Rules};
 use crate::sink::{Display, EventSink, StatusScreen};
 use crate::source::{FrameSource, SourceEvent};
 use crate::track::{TrackChange, Tracker};
-use crate::vision::Analyzer;
+use crate::vision::{Analyze, Observation};
 
 /// Counters of one run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Summary {
     /// Frames analysed.
     pub frames: u64,
-    /// Items the source could not deliver, or frames the models failed on.
+    /// Items the source could not deliver.
     pub skipped: u64,
-    /// Frames dropped by the real-time mailbox because analysis was busy.
+    /// Frames the analyser failed on.
+    pub failed: u64,
+    /// Frames dropped by the mailbox because analysis was busy.
     pub dropped: u64,
     /// Faces detected over all frames.
     pub faces: u64,
@@ -40,9 +54,72 @@ pub struct Summary {
     pub sink_errors: u64,
 }
 
+/// Why ferd is degraded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DegradedReason {
+    /// The analyser failed on every frame for `health.degraded_after`.
+    AnalysisFailed,
+    /// A live source delivered no frame for `health.degraded_after`.
+    NoFrames,
+    /// The camera is gone (the source is reopening it).
+    CameraLost,
+}
+
+impl DegradedReason {
+    /// Name used in events.
+    pub fn name(self) -> &'static str {
+        match self {
+            DegradedReason::AnalysisFailed => "analysis_failed",
+            DegradedReason::NoFrames => "no_frames",
+            DegradedReason::CameraLost => "camera_lost",
+        }
+    }
+
+    /// The reason given to the alerts it clears (a lost camera keeps its
+    /// own name, as before the degraded state existed).
+    fn clear_reason(self) -> ClearReason {
+        match self {
+            DegradedReason::CameraLost => ClearReason::CameraLost,
+            DegradedReason::AnalysisFailed | DegradedReason::NoFrames => ClearReason::Degraded,
+        }
+    }
+}
+
+/// What the health decision rests on.
+#[derive(Debug)]
+struct Health {
+    degraded_after: Duration,
+    camera_lost: bool,
+    /// Frame time of the first failed frame of the current run of failures.
+    failing_since: Option<Duration>,
+    /// A live source has delivered nothing for `degraded_after`.
+    stalled: bool,
+    last_error: String,
+    /// Degraded now: why, and since when (frame time).
+    degraded: Option<(DegradedReason, Duration)>,
+}
+
+impl Health {
+    /// What the state should be at frame time `t`.
+    fn wanted(&self, t: Duration) -> Option<DegradedReason> {
+        if self.camera_lost {
+            Some(DegradedReason::CameraLost)
+        } else if self
+            .failing_since
+            .is_some_and(|since| t.saturating_sub(since) >= self.degraded_after)
+        {
+            Some(DegradedReason::AnalysisFailed)
+        } else if self.stalled {
+            Some(DegradedReason::NoFrames)
+        } else {
+            None
+        }
+    }
+}
+
 /// Every stage after the source.
 pub struct Pipeline {
-    analyzer: Analyzer,
+    analyzer: Box<dyn Analyze + Send>,
     tracker: Tracker,
     rules: Rules,
     sinks: Vec<Box<dyn EventSink + Send>>,
@@ -53,25 +130,16 @@ pub struct Pipeline {
     summary: Summary,
     last_time: Duration,
     last_frame: u64,
+    observations: Vec<Observation>,
     track_changes: Vec<TrackChange>,
     alert_changes: Vec<AlertChange>,
-    camera_lost: bool,
-}
-
-/// Why [`run`] calls its `alive` callback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
-    /// A frame was analysed.
-    Frame,
-    /// The camera is gone and the source keeps trying to reopen it: the
-    /// daemon is alive, but sees nothing.
-    Reconnecting,
+    health: Health,
 }
 
 impl Pipeline {
-    /// Builds the pipeline from loaded models, a config and outputs.
+    /// Builds the pipeline from an analyser, a config and outputs.
     pub fn new(
-        analyzer: Analyzer,
+        analyzer: Box<dyn Analyze + Send>,
         config: &Config,
         sinks: Vec<Box<dyn EventSink + Send>>,
         display: Option<Box<dyn Display + Send>>,
@@ -88,9 +156,17 @@ impl Pipeline {
             summary: Summary::default(),
             last_time: Duration::ZERO,
             last_frame: 0,
+            observations: Vec::new(),
             track_changes: Vec::new(),
             alert_changes: Vec::new(),
-            camera_lost: false,
+            health: Health {
+                degraded_after: Duration::from_secs_f64(config.health.degraded_after.0),
+                camera_lost: false,
+                failing_since: None,
+                stalled: false,
+                last_error: String::new(),
+                degraded: None,
+            },
         }
     }
 
@@ -104,9 +180,14 @@ impl Pipeline {
         self.rules.active()
     }
 
+    /// Why ferd is degraded, if it is.
+    pub fn degraded(&self) -> Option<DegradedReason> {
+        self.health.degraded.map(|(reason, _)| reason)
+    }
+
     /// Announces the start of a run.
     pub fn start(&mut self, source: &str) {
-        let model = self.analyzer.classifier.model().manifest.model.name.clone();
+        let model = self.analyzer.model_name().to_string();
         self.emit(EventKind::Started {
             source: source.to_string(),
             model,
@@ -125,39 +206,60 @@ impl Pipeline {
         }
     }
 
-    /// Analyses one frame and emits what changed.
-    pub fn process(&mut self, frame: &Frame) {
+    /// Analyses one frame and emits what changed. Returns whether the
+    /// frame was analysed (the watchdog is fed only then).
+    pub fn process(&mut self, frame: &Frame) -> bool {
         let t = frame.timestamp;
         self.last_time = t;
         self.last_frame = frame.sequence;
-        let observations = match self.analyzer.analyze(frame) {
-            Ok(o) => o,
+        let mut observations = std::mem::take(&mut self.observations);
+        let analysed = match self.analyzer.analyze_into(frame, &mut observations) {
+            Ok(()) => {
+                self.health.failing_since = None;
+                self.health.stalled = false;
+                self.update_health();
+                self.observe(t, &observations);
+                true
+            }
             Err(e) => {
-                self.skip(&format_args!("{}: {e}", frame.origin));
-                return;
+                self.summary.failed += 1;
+                let n = self.summary.failed;
+                if n <= 10 || n % 100 == 0 {
+                    log::warn!("analysis failed ({n} frames so far): {}: {e}", frame.origin);
+                }
+                self.health.failing_since.get_or_insert(t);
+                self.health.last_error = format!("{}: {e}", frame.origin);
+                self.update_health();
+                false
             }
         };
+        self.observations = observations;
+        self.update_display();
+        self.flush();
+        analysed
+    }
+
+    /// Tracks, expression reports and rules for the observations of the
+    /// frame at `t`.
+    fn observe(&mut self, t: Duration, observations: &[Observation]) {
         self.summary.frames += 1;
         self.summary.faces += observations.len() as u64;
 
         self.track_changes.clear();
         self.tracker
-            .update(t, &observations, &mut self.track_changes);
+            .update(t, observations, &mut self.track_changes);
         let changes = std::mem::take(&mut self.track_changes);
         for c in &changes {
-            match *c {
-                TrackChange::Appeared { id } => {
-                    self.summary.tracks += 1;
-                    if let Some(track) = self.tracker.tracks().iter().find(|tr| tr.id == id) {
-                        let kind = EventKind::FaceAppeared {
-                            track: id,
-                            bbox: box_array(&track.bbox),
-                            score: crate::events::round(track.score, 1e4),
-                        };
-                        self.emit(kind);
-                    }
+            if let TrackChange::Appeared { id } = *c {
+                self.summary.tracks += 1;
+                if let Some(track) = self.tracker.tracks().iter().find(|tr| tr.id == id) {
+                    let kind = EventKind::FaceAppeared {
+                        track: id,
+                        bbox: box_array(&track.bbox),
+                        score: crate::events::round(track.score, 1e4),
+                    };
+                    self.emit(kind);
                 }
-                TrackChange::Lost { .. } => {}
             }
         }
         self.report_expressions(t);
@@ -176,45 +278,86 @@ impl Pipeline {
         self.rules
             .update(t, self.tracker.tracks(), &mut self.alert_changes);
         self.emit_alert_changes();
-        self.update_display();
-        self.flush();
     }
 
-    /// Whether the source reported its camera lost and not yet restored.
-    pub fn camera_lost(&self) -> bool {
-        self.camera_lost
+    /// A live source has delivered no frame for `elapsed` (wall time):
+    /// past `health.degraded_after`, ferd is degraded (`no_frames`) until
+    /// the next analysed frame.
+    pub fn idle(&mut self, elapsed: Duration) {
+        if elapsed >= self.health.degraded_after && !self.health.stalled {
+            self.health.stalled = true;
+            self.health.last_error = format!(
+                "no frame from the source for {:.1} s",
+                elapsed.as_secs_f64()
+            );
+            self.update_health();
+            self.update_display();
+            self.flush();
+        }
     }
 
-    /// Reports a change of the source's device. `camera_lost` also loses
-    /// every track and clears every active alert (reason `camera_lost`):
-    /// nothing is known about the faces any more, and an alarm must not
-    /// stay on while the camera is away.
+    /// Reports a change of the source's device. `camera_lost` makes ferd
+    /// degraded: every track is lost and every alert cleared (reason
+    /// `camera_lost`), since nothing is known about the faces any more and
+    /// an alarm must not stay on while the camera is away.
     pub fn source_event(&mut self, event: SourceEvent) {
         match event {
             SourceEvent::Lost { device, error } => {
-                self.camera_lost = true;
+                self.health.camera_lost = true;
+                // A run of failures does not span the loss.
+                self.health.failing_since = None;
+                self.health.last_error = format!("{device}: {error}");
                 self.emit(EventKind::CameraLost { device, error });
-                self.end_tracks_and_alerts(ClearReason::CameraLost);
-                self.update_display();
             }
             SourceEvent::Restored { device, offline } => {
-                self.camera_lost = false;
+                self.health.camera_lost = false;
+                self.health.stalled = false;
                 self.emit(EventKind::CameraRestored {
                     device,
                     offline: seconds(offline),
                 });
             }
         }
+        self.update_health();
+        self.update_display();
         self.flush();
     }
 
-    /// Ends the run: every track is lost, every alert cleared.
-    pub fn finish(&mut self) -> Summary {
-        self.end_tracks_and_alerts(ClearReason::Shutdown);
+    /// Enters or leaves the degraded state as the health facts say.
+    fn update_health(&mut self) {
+        let wanted = self.health.wanted(self.last_time);
+        match (self.health.degraded, wanted) {
+            (None, Some(reason)) => {
+                self.health.degraded = Some((reason, self.last_time));
+                log::error!("degraded ({}): {}", reason.name(), self.health.last_error);
+                let error = self.health.last_error.clone();
+                self.emit(EventKind::Degraded {
+                    reason: reason.name(),
+                    error,
+                });
+                self.end_tracks_and_alerts(reason.clear_reason());
+            }
+            (Some((reason, since)), None) => {
+                self.health.degraded = None;
+                log::info!("recovered from {}", reason.name());
+                self.emit(EventKind::Recovered {
+                    reason: reason.name(),
+                    duration: seconds(self.last_time.saturating_sub(since)),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// Ends the run: every track is lost, every alert cleared for
+    /// `reason` (`shutdown`, or `error` when the run failed).
+    pub fn finish(&mut self, reason: ClearReason) -> Summary {
+        self.end_tracks_and_alerts(reason);
         let s = self.summary;
         self.emit(EventKind::Status {
             frames: s.frames,
             skipped: s.skipped,
+            failed: s.failed,
             faces: s.faces,
             tracks: s.tracks,
         });
@@ -228,7 +371,6 @@ impl Pipeline {
         self.flush();
         self.summary
     }
-
     /// Loses every track (`face_lost`) and clears every active alert.
     fn end_tracks_and_alerts(&mut self, reason: ClearReason) {
         self.track_changes.clear();
@@ -284,22 +426,23 @@ impl Pipeline {
         let changes = std::mem::take(&mut self.alert_changes);
         for c in &changes {
             let kind = match c {
-                AlertChange::Raised {
-                    alert,
-                    track,
-                    expression,
-                    probability,
-                } => {
-                    log::info!(
-                        "alert {alert} raised (track {track}, {expression} {probability:.2})"
-                    );
-                    EventKind::AlertRaised {
-                        alert: alert.clone(),
-                        track: *track,
-                        expression: *expression,
-                        probability: crate::events::round(*probability, 1e4),
+                AlertChange::Raised { alert, found } => match found.cue {
+                    Cue::Expression {
+                        expression,
+                        probability,
+                    } => {
+                        log::info!(
+                            "alert {alert} raised (track {}, {expression} {probability:.2})",
+                            found.track
+                        );
+                        EventKind::AlertRaised {
+                            alert: alert.clone(),
+                            track: found.track,
+                            expression,
+                            probability: crate::events::round(probability, 1e4),
+                        }
                     }
-                }
+                },
                 AlertChange::Cleared {
                     alert,
                     duration,
@@ -467,32 +610,64 @@ impl<T, E> Mailbox<T, E> {
         }
     }
 
+    /// Whether `close` was called.
+    pub fn is_closed(&self) -> bool {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).closed
+    }
+
     /// How many items were replaced before being taken.
     pub fn dropped(&self) -> u64 {
         self.replaced.load(Ordering::Relaxed)
     }
 }
 
-/// How often the analysis loop checks in while the camera is away.
-const RECONNECT_TICK: Duration = Duration::from_secs(1);
+/// How [`run`] takes frames from its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Every frame in order, as fast as analysis goes (file replays:
+    /// deterministic).
+    Replay,
+    /// A capture thread replays the source at its own frame rate into a
+    /// one-slot mailbox, as a camera would (`--realtime`).
+    Realtime,
+    /// A capture thread reads a live camera, which paces itself, into a
+    /// one-slot mailbox: analysis always takes the newest frame, and the
+    /// frames it had no time for are dropped and counted.
+    Live,
+}
+
+/// Told when the pipeline is really working: after every analysed frame,
+/// and never while ferd is degraded. The service watchdog hangs on it.
+pub trait Watchdog {
+    /// A frame was analysed and ferd is not degraded.
+    fn alive(&mut self);
+}
+
+/// Why a run ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The capture thread panicked: frames stopped, outputs were made safe.
+    #[error("the capture thread failed: {0}")]
+    CapturePanicked(String),
+    /// The capture thread could not be started.
+    #[error("cannot start the capture thread: {0}")]
+    CaptureThread(std::io::Error),
+}
 
 /// Runs the pipeline over a source until it ends or `stop` is set.
 ///
-/// With `realtime`, a capture thread paces the source at its own frame
-/// rate and hands frames over through a [`Mailbox`]; otherwise every frame
-/// is analysed in order. Source events (`camera_lost`, `camera_restored`)
-/// are never dropped. `alive` is called after every analysed frame, and
-/// about every second while the camera is lost and being reopened (the
-/// service watchdog and the GPIO outputs hang on it).
+/// Source events (`camera_lost`, `camera_restored`) are never dropped.
+/// Every exit path, an error included, ends with [`Pipeline::finish`]:
+/// tracks lost, alerts cleared, a `status` event.
 pub fn run(
     mut source: Box<dyn FrameSource + Send>,
     pipeline: &mut Pipeline,
-    realtime: bool,
+    pace: Pace,
     stop: &Arc<AtomicBool>,
-    alive: &mut dyn FnMut(&Pipeline, Progress),
-) -> Summary {
+    watchdog: &mut dyn Watchdog,
+) -> Result<Summary, RunError> {
     pipeline.start(&source.describe());
-    if !realtime {
+    if pace == Pace::Replay {
         while !stop.load(Ordering::Relaxed) {
             let item = source.next_frame();
             while let Some(e) = source.take_event() {
@@ -501,18 +676,14 @@ pub fn run(
             match item {
                 None => break,
                 Some(Ok(frame)) => {
-                    pipeline.process(&frame);
-                    alive(pipeline, Progress::Frame);
-                }
-                Some(Err(e)) => {
-                    pipeline.skip(&e);
-                    if pipeline.camera_lost() {
-                        alive(pipeline, Progress::Reconnecting);
+                    if pipeline.process(&frame) && pipeline.degraded().is_none() {
+                        watchdog.alive();
                     }
                 }
+                Some(Err(e)) => pipeline.skip(&e),
             }
         }
-        return pipeline.finish();
+        return Ok(pipeline.finish(ClearReason::Shutdown));
     }
 
     let mailbox = Arc::new(Mailbox::<Frame, SourceEvent>::default());
@@ -523,75 +694,519 @@ pub fn run(
         let stop = Arc::clone(stop);
         std::thread::Builder::new()
             .name("capture".into())
-            .spawn(move || {
-                let interval = source.frame_interval().unwrap_or(Duration::from_secs(1));
-                let start = Instant::now();
-                let mut due = Duration::ZERO;
-                while !stop.load(Ordering::Relaxed) {
-                    let item = source.next_frame();
-                    while let Some(e) = source.take_event() {
-                        mailbox.post(e);
-                    }
-                    match item {
-                        None => break,
-                        Some(Ok(frame)) => {
-                            if let Some(wait) = due.checked_sub(start.elapsed()) {
-                                std::thread::sleep(wait);
-                            }
-                            mailbox.put(frame);
-                        }
-                        Some(Err(e)) => {
-                            let n = skipped.fetch_add(1, Ordering::Relaxed) + 1;
-                            if n <= 10 || n % 100 == 0 {
-                                log::warn!("skipped ({n} so far): {e}");
-                            }
-                        }
-                    }
-                    due += interval;
-                }
-                mailbox.close();
-            })
+            .spawn(move || capture(source.as_mut(), pace, &mailbox, &skipped, &stop))
     };
-    match capture {
-        Ok(handle) => {
-            loop {
-                match mailbox.take_timeout(RECONNECT_TICK) {
-                    Ok(Delivery::Item(frame)) => {
-                        pipeline.process(&frame);
-                        alive(pipeline, Progress::Frame);
-                    }
-                    Ok(Delivery::Event(e)) => {
-                        pipeline.source_event(e);
-                        if pipeline.camera_lost() {
-                            alive(pipeline, Progress::Reconnecting);
-                        }
-                    }
-                    Err(true) => {
-                        if pipeline.camera_lost() {
-                            alive(pipeline, Progress::Reconnecting);
-                        }
-                    }
-                    Err(false) => break,
-                }
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-            }
-            mailbox.close();
-            if handle.join().is_err() {
-                log::error!("capture thread panicked");
-            }
+    let handle = match capture {
+        Ok(handle) => handle,
+        Err(e) => {
+            pipeline.finish(ClearReason::Error);
+            return Err(RunError::CaptureThread(e));
         }
-        Err(e) => log::error!("cannot start the capture thread: {e}"),
+    };
+    // Wake at least four times per `degraded_after` to notice a source
+    // that has gone quiet.
+    let tick = (pipeline.health.degraded_after / 4)
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut last_delivery = Instant::now();
+    loop {
+        match mailbox.take_timeout(tick) {
+            Ok(Delivery::Item(frame)) => {
+                last_delivery = Instant::now();
+                if pipeline.process(&frame) && pipeline.degraded().is_none() {
+                    watchdog.alive();
+                }
+            }
+            Ok(Delivery::Event(e)) => {
+                last_delivery = Instant::now();
+                pipeline.source_event(e);
+            }
+            Err(true) => pipeline.idle(last_delivery.elapsed()),
+            Err(false) => break,
+        }
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
     }
+    mailbox.close();
+    let joined = handle.join();
     pipeline.summary.skipped += skipped.load(Ordering::Relaxed);
     pipeline.summary.dropped = mailbox.dropped();
-    pipeline.finish()
+    match joined {
+        Ok(()) => Ok(pipeline.finish(ClearReason::Shutdown)),
+        Err(panic) => {
+            pipeline.finish(ClearReason::Error);
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panicked".to_string());
+            Err(RunError::CapturePanicked(message))
+        }
+    }
+}
+
+/// Closes the mailbox when dropped, so the analysis loop ends even when
+/// the capture thread unwinds from a panic.
+struct CloseOnDrop<'a>(&'a Mailbox<Frame, SourceEvent>);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// The capture thread: reads the source into the mailbox until it ends,
+/// `stop` is set or the analysis loop closes the mailbox.
+fn capture(
+    source: &mut (dyn FrameSource + Send),
+    pace: Pace,
+    mailbox: &Mailbox<Frame, SourceEvent>,
+    skipped: &AtomicU64,
+    stop: &AtomicBool,
+) {
+    let _close = CloseOnDrop(mailbox);
+    // A replay sleeps until each frame is due; a camera blocks until its
+    // next frame anyway.
+    let interval = match pace {
+        Pace::Realtime => source.frame_interval().unwrap_or(Duration::from_secs(1)),
+        Pace::Replay | Pace::Live => Duration::ZERO,
+    };
+    let start = Instant::now();
+    let mut due = Duration::ZERO;
+    while !stop.load(Ordering::Relaxed) && !mailbox.is_closed() {
+        let item = source.next_frame();
+        while let Some(e) = source.take_event() {
+            mailbox.post(e);
+        }
+        match item {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+                mailbox.put(frame);
+            }
+            Some(Err(e)) => {
+                let n = skipped.fetch_add(1, Ordering::Relaxed) + 1;
+                if n <= 10 || n % 100 == 0 {
+                    log::warn!("skipped ({n} so far): {e}");
+                }
+            }
+        }
+        due += interval;
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::events::Event;
+    use crate::expression::Probs;
+    use crate::frame::PixelFormat;
+    use crate::sink::gpio::{GpioOutputs, GpioSink, GpioState};
+    use crate::sink::SinkError;
+    use crate::source::SourceError;
+    use crate::vision::{BBox, Face, ModelError};
+    use std::sync::mpsc;
+
+    /// What the fake analyser sees in frame `n`: `Some(p)`, one face with
+    /// probability `p` of sad; `None`, a failure.
+    type Plan = fn(u64) -> Option<f32>;
+
+    struct FakeAnalyzer(Plan);
+
+    impl Analyze for FakeAnalyzer {
+        fn model_name(&self) -> &str {
+            "fake"
+        }
+
+        fn analyze_into(
+            &mut self,
+            frame: &Frame,
+            out: &mut Vec<Observation>,
+        ) -> Result<(), ModelError> {
+            out.clear();
+            let Some(sad) = (self.0)(frame.sequence) else {
+                return Err(ModelError::Shape {
+                    path: "fake.onnx".into(),
+                    message: "injected failure".into(),
+                });
+            };
+            let mut p = [0.0; 7];
+            p[Expression::Sad.index()] = sad;
+            p[Expression::Neutral.index()] = 1.0 - sad;
+            out.push(Observation {
+                face: Face {
+                    bbox: BBox {
+                        x: 10.0,
+                        y: 10.0,
+                        w: 40.0,
+                        h: 40.0,
+                    },
+                    score: 0.99,
+                    landmarks: [[0.0; 2]; 5],
+                },
+                probs: Probs(p),
+            });
+            Ok(())
+        }
+    }
+
+    /// Every event, in order.
+    #[derive(Clone, Default)]
+    struct Record(Arc<Mutex<Vec<Event>>>);
+
+    impl EventSink for Record {
+        fn emit(&mut self, event: &Event) -> Result<(), SinkError> {
+            self.0.lock().unwrap().push(event.clone());
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    impl Record {
+        /// `"T type detail"` per event, T in tenths of a second.
+        fn lines(&self) -> Vec<String> {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    let t = e.frame_time.as_millis() / 100;
+                    let detail = match &e.kind {
+                        EventKind::AlertRaised { alert, .. } => alert.clone(),
+                        EventKind::AlertCleared { alert, reason, .. } => {
+                            format!("{alert} {reason}")
+                        }
+                        EventKind::Degraded { reason, .. } => reason.to_string(),
+                        EventKind::Recovered { reason, .. } => reason.to_string(),
+                        _ => String::new(),
+                    };
+                    let json = e.to_json();
+                    let ty = json.split('"').nth(5).unwrap_or("?").to_string();
+                    format!("{t} {ty} {detail}").trim_end().to_string()
+                })
+                .collect()
+        }
+    }
+
+    /// A pin that keeps its last physical level where tests can read it.
+    #[derive(Clone, Default)]
+    struct Line(Arc<Mutex<bool>>);
+
+    impl embedded_hal::digital::ErrorType for Line {
+        type Error = core::convert::Infallible;
+    }
+
+    impl embedded_hal::digital::OutputPin for Line {
+        fn set_low(&mut self) -> Result<(), Self::Error> {
+            *self.0.lock().unwrap() = false;
+            Ok(())
+        }
+        fn set_high(&mut self) -> Result<(), Self::Error> {
+            *self.0.lock().unwrap() = true;
+            Ok(())
+        }
+    }
+
+    /// Three outputs: the distress buzzer, a heartbeat and a tell-tale.
+    struct Outputs {
+        outputs: GpioOutputs<Line>,
+        shared: Arc<Mutex<GpioState>>,
+        lines: [Line; 3],
+    }
+
+    impl Outputs {
+        /// Applies the published state as the driver thread would, and
+        /// reads the lines back: (buzzer, heartbeat, tell-tale).
+        fn read(&mut self) -> (bool, bool, bool) {
+            let state = self.shared.lock().unwrap().clone();
+            let stale = state.stale(Duration::from_secs(60));
+            self.outputs.apply(Duration::ZERO, &state, stale).unwrap();
+            let l = |i: usize| *self.lines[i].0.lock().unwrap();
+            (l(0), l(1), l(2))
+        }
+    }
+
+    const CONFIG: &str = "[[rule]]\nname = \"distress\"\nexpressions = [\"sad\"]\n\
+        min_probability = 0.6\nhold = 0.5\nclear_after = 0.5\n\
+        [[gpio]]\nname = \"buzzer\"\nchip = \"/dev/gpiochip0\"\nline = 1\nalerts = [\"distress\"]\n\
+        [[gpio]]\nname = \"alive\"\nchip = \"/dev/gpiochip0\"\nline = 2\nheartbeat = true\n\
+        [[gpio]]\nname = \"unavailable\"\nchip = \"/dev/gpiochip0\"\nline = 3\ndegraded = true\n";
+
+    fn pipeline(plan: Plan, extra: &str) -> (Pipeline, Record, Outputs) {
+        let config = Config::parse(
+            &format!("{CONFIG}{extra}"),
+            std::path::Path::new("test.toml"),
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let record = Record::default();
+        let shared = Arc::new(Mutex::new(GpioState::default()));
+        let lines: [Line; 3] = Default::default();
+        let outputs = GpioOutputs::new(
+            config
+                .gpio
+                .iter()
+                .cloned()
+                .zip(lines.iter().cloned())
+                .collect(),
+        )
+        .unwrap();
+        let gpio = GpioSink::new(&config.gpio, Arc::clone(&shared));
+        let p = Pipeline::new(
+            Box::new(FakeAnalyzer(plan)),
+            &config,
+            vec![Box::new(record.clone()), Box::new(gpio)],
+            None,
+        );
+        (
+            p,
+            record,
+            Outputs {
+                outputs,
+                shared,
+                lines,
+            },
+        )
+    }
+
+    /// Frame `n` of a 10 fps stream.
+    fn frame(n: u64) -> Frame {
+        let mut f = Frame::new(4, 4, PixelFormat::Grey, vec![0; 16]);
+        f.sequence = n;
+        f.timestamp = Duration::from_millis(100 * n);
+        f
+    }
+
+    /// Sad from 0 s, analysis failing from 1 s to 4 s, sad again after.
+    fn fails_for_three_seconds(n: u64) -> Option<f32> {
+        (!(10..40).contains(&n)).then_some(0.9)
+    }
+
+    #[test]
+    fn failing_analysis_degrades_clears_alerts_and_recovers() {
+        let (mut p, record, mut out) = pipeline(fails_for_three_seconds, "");
+        let mut levels = Vec::new();
+        for n in 0..60 {
+            p.process(&frame(n));
+            levels.push(out.read());
+        }
+        // Raised at 0.5 s: buzzer on, heartbeat on, tell-tale off.
+        assert_eq!(levels[9], (true, true, false));
+        // Still within degraded_after (2 s) of the first failure at 1 s:
+        // nothing changes yet.
+        assert_eq!(levels[29], (true, true, false));
+        // 2 s of failures: degraded.
+        assert_eq!(p.summary().failed, 30);
+        assert_eq!(levels[30], (false, false, true));
+        assert_eq!(levels[39], (false, false, true));
+        // The first analysed frame recovers; the alert rises again 0.5 s on.
+        assert_eq!(levels[40], (false, true, false));
+        assert_eq!(levels[45], (true, true, false));
+        // Before the first publication ferd is not watching.
+        let (_, _, mut fresh) = pipeline(fails_for_three_seconds, "");
+        assert_eq!(fresh.read(), (false, false, true));
+        assert_eq!(
+            record.lines(),
+            [
+                "0 face_appeared",
+                "0 expression",
+                "5 alert_raised distress",
+                "30 degraded analysis_failed",
+                "30 face_lost",
+                "30 alert_cleared distress degraded",
+                "40 recovered analysis_failed",
+                "40 face_appeared",
+                "40 expression",
+                "45 alert_raised distress",
+            ]
+        );
+        p.finish(ClearReason::Shutdown);
+        assert_eq!(out.read(), (false, true, false));
+    }
+
+    #[test]
+    fn brief_failures_are_counted_without_degrading() {
+        fn flaky(n: u64) -> Option<f32> {
+            (n % 3 != 0 || n == 0).then_some(0.9)
+        }
+        let (mut p, record, mut out) = pipeline(flaky, "[health]\ndegraded_after = 0.5\n");
+        for n in 0..60 {
+            p.process(&frame(n));
+        }
+        assert_eq!(p.summary().failed, 19);
+        assert_eq!(p.degraded(), None);
+        assert_eq!(out.read(), (true, true, false));
+        assert!(!record.lines().iter().any(|l| l.contains("degraded")));
+    }
+
+    #[test]
+    fn watchdog_is_fed_only_for_analysed_frames_while_not_degraded() {
+        struct Count(u64);
+        impl Watchdog for Count {
+            fn alive(&mut self) {
+                self.0 += 1;
+            }
+        }
+        let (mut p, _, _) = pipeline(fails_for_three_seconds, "");
+        let source = Script::new((0..60).map(|n| Step::Frame(frame(n))).collect());
+        let mut dog = Count(0);
+        let stop = Arc::new(AtomicBool::new(false));
+        let summary = run(Box::new(source), &mut p, Pace::Replay, &stop, &mut dog).unwrap();
+        assert_eq!((summary.frames, summary.failed), (30, 30));
+        assert_eq!(dog.0, 30, "pinged for the 30 analysed frames only");
+    }
+
+    #[test]
+    fn lost_camera_degrades_and_clears_until_restored() {
+        let (mut p, record, mut out) = pipeline(|_| Some(0.9), "");
+        for n in 0..10 {
+            p.process(&frame(n));
+        }
+        assert_eq!(out.read(), (true, true, false));
+        p.source_event(SourceEvent::Lost {
+            device: "/dev/video0".into(),
+            error: "No such device".into(),
+        });
+        assert_eq!(p.degraded(), Some(DegradedReason::CameraLost));
+        assert_eq!(p.active_alerts().count(), 0);
+        assert_eq!(out.read(), (false, false, true));
+        p.source_event(SourceEvent::Restored {
+            device: "/dev/video0".into(),
+            offline: Duration::from_secs(3),
+        });
+        assert_eq!(p.degraded(), None);
+        p.process(&frame(40));
+        assert_eq!(out.read(), (false, true, false));
+        let lines = record.lines();
+        assert_eq!(
+            lines[3..9],
+            [
+                "9 camera_lost",
+                "9 degraded camera_lost",
+                "9 face_lost",
+                "9 alert_cleared distress camera_lost",
+                "9 camera_restored",
+                "9 recovered camera_lost",
+            ]
+        );
+    }
+
+    #[test]
+    fn expression_events_repeat_at_the_interval() {
+        let (mut p, record, _) = pipeline(|_| Some(0.3), "[events]\nexpression_interval = 1.0\n");
+        for n in 0..30 {
+            p.process(&frame(n));
+        }
+        let expressions: Vec<String> = record
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains("expression"))
+            .collect();
+        assert_eq!(
+            expressions,
+            ["0 expression", "10 expression", "20 expression"]
+        );
+    }
+
+    #[test]
+    fn silent_source_degrades_after_the_timeout() {
+        let (mut p, record, mut out) = pipeline(|_| Some(0.9), "");
+        for n in 0..10 {
+            p.process(&frame(n));
+        }
+        p.idle(Duration::from_millis(1500));
+        assert_eq!(p.degraded(), None);
+        p.idle(Duration::from_millis(2100));
+        assert_eq!(p.degraded(), Some(DegradedReason::NoFrames));
+        assert_eq!(out.read(), (false, false, true));
+        p.process(&frame(40));
+        assert_eq!(p.degraded(), None);
+        let lines = record.lines();
+        assert!(
+            lines.contains(&"9 alert_cleared distress degraded".to_string()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"40 recovered no_frames".to_string()),
+            "{lines:?}"
+        );
+    }
+
+    /// One step of a scripted source.
+    enum Step {
+        Frame(Frame),
+        Panic,
+    }
+
+    struct Script(VecDeque<Step>);
+
+    impl Script {
+        fn new(steps: Vec<Step>) -> Script {
+            Script(steps.into())
+        }
+    }
+
+    impl FrameSource for Script {
+        fn next_frame(&mut self) -> Option<Result<Frame, SourceError>> {
+            match self.0.pop_front()? {
+                Step::Frame(f) => Some(Ok(f)),
+                Step::Panic => panic!("driver bug"),
+            }
+        }
+        fn frame_interval(&self) -> Option<Duration> {
+            Some(Duration::from_millis(1))
+        }
+        fn describe(&self) -> String {
+            "script".into()
+        }
+    }
+
+    #[test]
+    fn capture_thread_panic_ends_the_run_with_an_error_and_safe_outputs() {
+        let (done_tx, done_rx) = mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            let (mut p, record, mut out) = pipeline(|_| Some(0.9), "");
+            let mut steps: Vec<Step> = (0..10).map(|n| Step::Frame(frame(n))).collect();
+            steps.push(Step::Panic);
+            struct Quiet;
+            impl Watchdog for Quiet {
+                fn alive(&mut self) {}
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            let result = run(
+                Box::new(Script::new(steps)),
+                &mut p,
+                Pace::Realtime,
+                &stop,
+                &mut Quiet,
+            );
+            done_tx.send(()).unwrap();
+            (result, record.lines(), out.read())
+        });
+        // Before the fix the analysis loop waited forever.
+        done_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the run ends after the capture thread panics");
+        let (result, lines, levels) = worker.join().unwrap();
+        let err = result.unwrap_err().to_string();
+        assert_eq!(err, "the capture thread failed: driver bug");
+        // Frames may have been dropped by the mailbox, but the run ends
+        // with every alert cleared for the error.
+        let tail: Vec<&str> = lines.iter().rev().take(2).map(String::as_str).collect();
+        assert!(tail[0].ends_with("status"), "{lines:?}");
+        if lines.iter().any(|l| l.contains("alert_raised")) {
+            assert!(
+                tail[1].ends_with("alert_cleared distress error"),
+                "{lines:?}"
+            );
+        }
+        assert!(!levels.0, "buzzer off");
+    }
 
     #[test]
     fn mailbox_keeps_only_the_newest() {

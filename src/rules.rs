@@ -1,9 +1,13 @@
-//! Alert rules: turning tracked expressions into alerts that rise and clear.
+//! Alert rules: turning tracked faces into alerts that rise and clear.
 //!
-//! A rule's condition holds in a frame when some track's smoothed
-//! probability mass over the rule's expression set (the sum of the set's
-//! probabilities) reaches `min_probability`. Each rule is a small state
-//! machine driven by frame timestamps:
+//! A rule is a [`Condition`] evaluated on the tracks of every analysed
+//! frame, plus the timing that turns it into an alert. Conditions are a
+//! type with one variant per kind of cue, so that new kinds (eye closure,
+//! PERCLOS, yawns, looking away, absence) are new variants beside
+//! [`Condition::Expressions`]: a track's smoothed probability mass over an
+//! expression set (the sum of the set's probabilities) reaching
+//! `min_probability`. Each rule is a small state machine driven by frame
+//! timestamps:
 //!
 //! ```text
 //! Idle ──cond──► Pending ──cond held ≥ hold──► Active ──¬cond for ≥ clear_after──► Cooldown ──cooldown over──► Idle
@@ -13,7 +17,7 @@
 
 use std::time::Duration;
 
-use crate::config::RuleConfig;
+use crate::config::{Condition, RuleConfig};
 use crate::expression::Expression;
 use crate::track::Track;
 
@@ -26,6 +30,11 @@ pub enum ClearReason {
     Shutdown,
     /// The camera stopped delivering frames (unplugged, driver gone).
     CameraLost,
+    /// Analysis failed for longer than `health.degraded_after`: ferd
+    /// cannot see, so no alert may stay on.
+    Degraded,
+    /// The run ended on an error (a failed capture thread).
+    Error,
 }
 
 impl ClearReason {
@@ -35,6 +44,8 @@ impl ClearReason {
             ClearReason::Condition => "condition",
             ClearReason::Shutdown => "shutdown",
             ClearReason::CameraLost => "camera_lost",
+            ClearReason::Degraded => "degraded",
+            ClearReason::Error => "error",
         }
     }
 }
@@ -46,12 +57,8 @@ pub enum AlertChange {
     Raised {
         /// Rule name.
         alert: String,
-        /// The track that met the condition.
-        track: u64,
-        /// The most probable expression of the set on that track.
-        expression: Expression,
-        /// The set's probability mass on that track.
-        probability: f32,
+        /// What met the condition.
+        found: Match,
     },
     /// The alert became inactive.
     Cleared {
@@ -91,27 +98,66 @@ pub struct Rules {
     rules: Vec<Rule>,
 }
 
-/// The best track for a rule: (track id, probability mass, top expression
-/// of the set).
-fn best_match(cfg: &RuleConfig, tracks: &[Track]) -> Option<(u64, f32, Expression)> {
-    let mut best: Option<(u64, f32, Expression)> = None;
-    // Every live track counts, including one missed by the detector in
-    // this frame: a flickering detection must not restart the hold.
-    for t in tracks {
-        let mut mass = 0.0;
-        let mut top = (Expression::Neutral, -1.0);
-        for &e in &cfg.expressions.0 {
-            let p = t.probs.get(e);
-            mass += p;
-            if p > top.1 {
-                top = (e, p);
+/// Where and how a condition holds in one frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Match {
+    /// The track that meets the condition (the strongest, if several do).
+    pub track: u64,
+    /// What was seen on it.
+    pub cue: Cue,
+}
+
+/// The evidence of a [`Match`], one variant per kind of [`Condition`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cue {
+    /// [`Condition::Expressions`] held.
+    Expression {
+        /// The most probable expression of the set on the track.
+        expression: Expression,
+        /// The set's probability mass on the track.
+        probability: f32,
+    },
+}
+
+impl Condition {
+    /// Evaluates the condition on the live tracks of one frame: the
+    /// strongest match, if any.
+    pub fn evaluate(&self, tracks: &[Track]) -> Option<Match> {
+        match self {
+            Condition::Expressions {
+                expressions,
+                min_probability,
+            } => {
+                let mut best: Option<Match> = None;
+                let mut best_mass = f32::NEG_INFINITY;
+                // Every live track counts, including one missed by the
+                // detector in this frame: a flickering detection must not
+                // restart the hold.
+                for t in tracks {
+                    let mut mass = 0.0;
+                    let mut top = (Expression::Neutral, -1.0);
+                    for &e in &expressions.0 {
+                        let p = t.probs.get(e);
+                        mass += p;
+                        if p > top.1 {
+                            top = (e, p);
+                        }
+                    }
+                    if mass >= min_probability.0 && mass > best_mass {
+                        best_mass = mass;
+                        best = Some(Match {
+                            track: t.id,
+                            cue: Cue::Expression {
+                                expression: top.0,
+                                probability: mass,
+                            },
+                        });
+                    }
+                }
+                best
             }
         }
-        if mass >= cfg.min_probability.0 && best.is_none_or(|b| mass > b.1) {
-            best = Some((t.id, mass, top.0));
-        }
     }
-    best
 }
 
 impl Rules {
@@ -140,7 +186,7 @@ impl Rules {
     pub fn update(&mut self, t: Duration, tracks: &[Track], changes: &mut Vec<AlertChange>) {
         for rule in &mut self.rules {
             let cfg = &rule.cfg;
-            let m = best_match(cfg, tracks);
+            let m = cfg.condition.evaluate(tracks);
             let hold = Duration::from_secs_f64(cfg.hold.0);
             let clear_after = Duration::from_secs_f64(cfg.clear_after.0);
             if let Phase::Cooldown { until } = rule.phase {
@@ -149,18 +195,15 @@ impl Rules {
                 }
             }
             rule.phase = match (rule.phase, m) {
-                (Phase::Idle, Some(_)) | (Phase::Pending { .. }, Some(_)) => {
+                (Phase::Idle, Some(found)) | (Phase::Pending { .. }, Some(found)) => {
                     let since = match rule.phase {
                         Phase::Pending { since } => since,
                         _ => t,
                     };
                     if t.saturating_sub(since) >= hold {
-                        let (track, probability, expression) = m.expect("matched above");
                         changes.push(AlertChange::Raised {
                             alert: cfg.name.0.clone(),
-                            track,
-                            expression,
-                            probability,
+                            found,
                         });
                         Phase::Active {
                             since: t,
@@ -229,10 +272,12 @@ mod tests {
     fn rule(hold: f64, clear_after: f64, cooldown: f64) -> RuleConfig {
         RuleConfig {
             name: RuleName("distress".into()),
-            expressions: ExpressionSet(
-                [Expression::Angry, Expression::Fear, Expression::Sad].into(),
-            ),
-            min_probability: Probability(0.6),
+            condition: Condition::Expressions {
+                expressions: ExpressionSet(
+                    [Expression::Angry, Expression::Fear, Expression::Sad].into(),
+                ),
+                min_probability: Probability(0.6),
+            },
             hold: Seconds(hold),
             clear_after: Seconds(clear_after),
             cooldown: Seconds(cooldown),
@@ -284,8 +329,13 @@ mod tests {
         assert!(matches!(
             &ch[0].1,
             AlertChange::Raised {
-                track: 7,
-                expression: Expression::Sad,
+                found: Match {
+                    track: 7,
+                    cue: Cue::Expression {
+                        expression: Expression::Sad,
+                        ..
+                    }
+                },
                 ..
             }
         ));

@@ -71,6 +71,29 @@ impl Notifier {
     }
 }
 
+/// Sets up logging to stderr at `RUST_LOG` (default `info`): under the
+/// journal with syslog priority prefixes and no timestamps (the journal
+/// adds its own), elsewhere plain lines.
+pub fn init_logging() {
+    use std::io::Write;
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if stderr_is_journal() {
+        logger.format(|f, record| {
+            writeln!(
+                f,
+                "<{}>{}: {}",
+                syslog_priority(record.level()),
+                record.target(),
+                record.args()
+            )
+        });
+    } else {
+        logger.format_timestamp(None);
+    }
+    logger.init();
+}
+
 /// Whether stderr goes to the journal (`JOURNAL_STREAM` names its device
 /// and inode), in which case log lines carry `<N>` syslog priority prefixes
 /// instead of timestamps.

@@ -1,14 +1,26 @@
-//! GPIO outputs: buzzers, LEDs and relays driven by alerts, and an optional
-//! "healthy" heartbeat line.
+//! GPIO outputs: buzzers, LEDs and relays driven by alerts, a "healthy"
+//! heartbeat line and a "system unavailable" tell-tale.
+//!
+//! The pipeline sees GPIO as one more event sink: [`GpioSink`] reads the
+//! alert and health events it is given and, at each flush (once per
+//! processed frame), publishes what each output should show into a shared
+//! [`GpioState`]. A [`GpioDriver`] thread applies that state to the lines
+//! every 20 ms, so blink timing does not depend on the frame rate.
 //!
 //! Each output is an `embedded-hal` [`OutputPin`]; on Linux it is a line of
 //! a GPIO character device requested through `linux-embedded-hal` (feature
 //! `gpio`). Levels are computed from logical states and inverted here for
 //! active-low wiring, so the kernel request is a plain output.
 //!
-//! Safety rule: an alarm is never stuck. [`GpioOutputs::safe_state`] drives
-//! every output inactive; it runs on every exit path, including `Drop`
-//! (so a panic that unwinds through the owner releases the buzzer too).
+//! Safety rule: an alarm is never stuck.
+//! - While ferd is degraded, or when the analysis loop has published
+//!   nothing for `health.degraded_after` (hung in a model, say), alert
+//!   outputs are inactive, the heartbeat is off and the tell-tale on.
+//! - [`GpioOutputs::safe_state`] drives every alert and heartbeat output
+//!   inactive and the tell-tale active (a stopped ferd is an unavailable
+//!   system; the kernel leaves a released line at its last level); it runs
+//!   at start, on every exit path, and in `Drop` (so a panic that unwinds
+//!   through the owner releases the buzzer too).
 
 use std::time::Duration;
 
@@ -19,6 +31,8 @@ use std::time::Instant;
 use embedded_hal::digital::OutputPin;
 
 pub use crate::config::{GpioConfig, PatternConfig};
+use crate::events::{Event, EventKind};
+use crate::sink::events::{EventSink, SinkError};
 
 /// A GPIO failure, naming the output and the device.
 #[derive(Debug, thiserror::Error)]
@@ -35,10 +49,26 @@ pub struct GpioError {
 }
 
 /// What an output follows.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Role {
-    Alerts(Vec<String>),
+    /// Active while any of its alerts is (which ones: [`GpioSink`]).
+    Alerts,
+    /// Active while frames are analysed and ferd is not degraded.
     Heartbeat,
+    /// Active while ferd is degraded or silent.
+    Degraded,
+}
+
+impl Role {
+    fn of(cfg: &GpioConfig) -> Role {
+        if cfg.heartbeat {
+            Role::Heartbeat
+        } else if cfg.degraded {
+            Role::Degraded
+        } else {
+            Role::Alerts
+        }
+    }
 }
 
 /// One driven line.
@@ -62,11 +92,7 @@ impl<P: OutputPin> GpioOutputs<P> {
     pub fn new(pins: Vec<(GpioConfig, P)>) -> Result<GpioOutputs<P>, GpioError> {
         let mut outputs = Vec::with_capacity(pins.len());
         for (cfg, pin) in pins {
-            let role = if cfg.heartbeat {
-                Role::Heartbeat
-            } else {
-                Role::Alerts(cfg.alerts.iter().map(|a| a.0.clone()).collect())
-            };
+            let role = Role::of(&cfg);
             outputs.push(Output {
                 cfg,
                 role,
@@ -80,19 +106,21 @@ impl<P: OutputPin> GpioOutputs<P> {
         Ok(g)
     }
 
-    /// Applies the current state at monotonic time `now`: which alerts are
-    /// active and whether the pipeline is healthy.
-    pub fn update(
+    /// Applies `state` at monotonic time `now`. `stale`: the analysis
+    /// loop has not published for too long, which counts as degraded.
+    pub fn apply(
         &mut self,
         now: Duration,
-        active_alerts: &[&str],
-        healthy: bool,
+        state: &GpioState,
+        stale: bool,
     ) -> Result<(), GpioError> {
+        let unavailable = state.degraded || stale;
         let mut first_err = None;
-        for o in &mut self.outputs {
-            let wanted = match &o.role {
-                Role::Heartbeat => healthy,
-                Role::Alerts(names) => names.iter().any(|n| active_alerts.contains(&n.as_str())),
+        for (i, o) in self.outputs.iter_mut().enumerate() {
+            let wanted = match o.role {
+                Role::Alerts => !unavailable && state.alerts.get(i).copied().unwrap_or(false),
+                Role::Heartbeat => !unavailable,
+                Role::Degraded => unavailable,
             };
             let level = if wanted {
                 let since = *o.active_since.get_or_insert(now);
@@ -117,13 +145,15 @@ impl<P: OutputPin> GpioOutputs<P> {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Drives every output inactive. Tries all of them even if one fails.
+    /// Drives every alert and heartbeat output inactive, and every
+    /// tell-tale active (ferd is not watching). Tries all of them even if
+    /// one fails.
     pub fn safe_state(&mut self) -> Result<(), GpioError> {
         let mut first_err = None;
         for o in &mut self.outputs {
             o.active_since = None;
             o.level = None; // force the write
-            if let Err(e) = set(o, false) {
+            if let Err(e) = set(o, o.role == Role::Degraded) {
                 first_err.get_or_insert(e);
             }
         }
@@ -167,18 +197,90 @@ impl<P: OutputPin> Drop for GpioOutputs<P> {
     }
 }
 
-/// What the outputs follow, published by the analysis loop.
-#[derive(Debug, Clone, Default)]
+/// What the outputs should show, published by [`GpioSink`] at each flush.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct GpioState {
-    /// Names of the active alerts.
-    pub alerts: Vec<String>,
-    /// When the last frame was analysed.
-    pub last_frame: Option<Instant>,
+    /// Per output, in config order: whether an alert it follows is active.
+    pub alerts: Vec<bool>,
+    /// ferd is degraded.
+    pub degraded: bool,
+    /// When the analysis loop last published; `None` before it first does.
+    pub published: Option<Instant>,
 }
 
-/// The pipeline counts as healthy while its last analysed frame is at most
-/// this old.
-pub const HEALTHY_WITHIN: Duration = Duration::from_secs(2);
+impl GpioState {
+    /// Whether the analysis loop has been silent for more than
+    /// `stale_after` (or never published).
+    pub fn stale(&self, stale_after: Duration) -> bool {
+        self.published.is_none_or(|t| t.elapsed() > stale_after)
+    }
+}
+
+/// The pipeline's end of the GPIO outputs: an [`EventSink`] that turns
+/// alert and health events into a [`GpioState`] for the driver thread.
+pub struct GpioSink {
+    /// Per output: the alerts it follows.
+    follows: Vec<Vec<String>>,
+    /// Names of the alerts active now.
+    active: Vec<String>,
+    state: GpioState,
+    shared: Arc<Mutex<GpioState>>,
+}
+
+impl GpioSink {
+    /// A sink for the outputs of `configs` (in the same order as the
+    /// [`GpioOutputs`] built from them), publishing into `shared`.
+    pub fn new(configs: &[GpioConfig], shared: Arc<Mutex<GpioState>>) -> GpioSink {
+        GpioSink {
+            follows: configs
+                .iter()
+                .map(|c| c.alerts.iter().map(|a| a.0.clone()).collect())
+                .collect(),
+            active: Vec::new(),
+            state: GpioState {
+                alerts: vec![false; configs.len()],
+                degraded: false,
+                published: None,
+            },
+            shared,
+        }
+    }
+
+    fn refresh_alerts(&mut self) {
+        for (wanted, follows) in self.state.alerts.iter_mut().zip(&self.follows) {
+            *wanted = follows.iter().any(|f| self.active.contains(f));
+        }
+    }
+}
+
+impl EventSink for GpioSink {
+    fn emit(&mut self, event: &Event) -> Result<(), SinkError> {
+        match &event.kind {
+            EventKind::AlertRaised { alert, .. } => {
+                if !self.active.contains(alert) {
+                    self.active.push(alert.clone());
+                }
+                self.refresh_alerts();
+            }
+            EventKind::AlertCleared { alert, .. } => {
+                self.active.retain(|a| a != alert);
+                self.refresh_alerts();
+            }
+            EventKind::Degraded { .. } => self.state.degraded = true,
+            EventKind::Recovered { .. } => self.state.degraded = false,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        self.state.published = Some(Instant::now());
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        // clone_from reuses the vector: no allocation per frame.
+        shared.clone_from(&self.state);
+        Ok(())
+    }
+}
 
 /// How often the driver thread refreshes the lines (blink resolution).
 const TICK: Duration = Duration::from_millis(20);
@@ -193,10 +295,12 @@ pub struct GpioDriver {
 }
 
 impl GpioDriver {
-    /// Starts driving `outputs`.
+    /// Starts driving `outputs` from `state`; a state not published for
+    /// `stale_after` counts as degraded.
     pub fn spawn<P: OutputPin + Send + 'static>(
         mut outputs: GpioOutputs<P>,
         state: Arc<Mutex<GpioState>>,
+        stale_after: Duration,
     ) -> std::io::Result<GpioDriver> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
@@ -205,14 +309,13 @@ impl GpioDriver {
             .spawn(move || {
                 let start = Instant::now();
                 let mut failing = false;
+                let mut now = GpioState::default();
                 while !flag.load(Ordering::Relaxed) {
-                    let (alerts, healthy) = {
-                        let s = state.lock().unwrap_or_else(|p| p.into_inner());
-                        let healthy = s.last_frame.is_some_and(|t| t.elapsed() <= HEALTHY_WITHIN);
-                        (s.alerts.clone(), healthy)
-                    };
-                    let names: Vec<&str> = alerts.iter().map(String::as_str).collect();
-                    match outputs.update(start.elapsed(), &names, healthy) {
+                    // Copied out so that the lock is not held over device
+                    // writes.
+                    now.clone_from(&state.lock().unwrap_or_else(|p| p.into_inner()));
+                    let stale = now.stale(stale_after);
+                    match outputs.apply(start.elapsed(), &now, stale) {
                         Ok(()) => failing = false,
                         Err(e) if !failing => {
                             log::error!("{e}");
@@ -307,6 +410,36 @@ mod tests {
         Duration::from_millis(v)
     }
 
+    /// A state with the outputs' alert flags and health.
+    fn state(alerts: &[bool], degraded: bool) -> GpioState {
+        GpioState {
+            alerts: alerts.to_vec(),
+            degraded,
+            published: Some(Instant::now()),
+        }
+    }
+
+    fn event(kind: EventKind) -> Event {
+        Event::new(kind, Duration::ZERO, 0)
+    }
+
+    fn raised(alert: &str) -> Event {
+        event(EventKind::AlertRaised {
+            alert: alert.into(),
+            track: 1,
+            expression: crate::expression::Expression::Sad,
+            probability: 0.9,
+        })
+    }
+
+    fn cleared(alert: &str) -> Event {
+        event(EventKind::AlertCleared {
+            alert: alert.into(),
+            duration: 1.0,
+            reason: "condition",
+        })
+    }
+
     #[test]
     fn steady_output_follows_its_alert_and_respects_active_low() {
         let probe = Probe::default();
@@ -315,11 +448,10 @@ mod tests {
             probe.clone(),
         )])
         .unwrap();
-        g.update(ms(0), &[], true).unwrap();
-        g.update(ms(10), &["smile"], true).unwrap();
-        g.update(ms(20), &["distress"], true).unwrap();
-        g.update(ms(30), &["distress"], true).unwrap();
-        g.update(ms(40), &[], true).unwrap();
+        g.apply(ms(0), &state(&[false], false), false).unwrap();
+        g.apply(ms(20), &state(&[true], false), false).unwrap();
+        g.apply(ms(30), &state(&[true], false), false).unwrap();
+        g.apply(ms(40), &state(&[false], false), false).unwrap();
         // Initial safe state (high = inactive for active-low), then on (low), then off.
         assert_eq!(*probe.0.borrow(), vec![true, false, true]);
     }
@@ -334,7 +466,8 @@ mod tests {
         .unwrap();
         let mut levels = Vec::new();
         for t in (0..600).step_by(50) {
-            g.update(ms(1000 + t), &["a"], true).unwrap();
+            g.apply(ms(1000 + t), &state(&[true], false), false)
+                .unwrap();
             levels.push(g.levels()[0].1.unwrap());
         }
         assert_eq!(
@@ -344,12 +477,74 @@ mod tests {
     }
 
     #[test]
-    fn heartbeat_follows_health() {
-        let probe = Probe::default();
-        let mut g = GpioOutputs::new(vec![(cfg("heartbeat = true"), probe.clone())]).unwrap();
-        g.update(ms(0), &[], true).unwrap();
-        g.update(ms(10), &["x"], false).unwrap();
-        assert_eq!(*probe.0.borrow(), vec![false, true, false]);
+    fn heartbeat_and_tell_tale_follow_health_and_silence() {
+        let beat = Probe::default();
+        let tell = Probe::default();
+        let alarm = Probe::default();
+        let mut g = GpioOutputs::new(vec![
+            (cfg("heartbeat = true"), beat.clone()),
+            (cfg("degraded = true"), tell.clone()),
+            (cfg("alerts = [\"a\"]"), alarm.clone()),
+        ])
+        .unwrap();
+        let levels = |g: &GpioOutputs<Probe>| -> Vec<bool> {
+            g.levels().iter().map(|l| l.1.unwrap()).collect()
+        };
+        g.apply(ms(0), &state(&[false, false, true], false), false)
+            .unwrap();
+        assert_eq!(levels(&g), [true, false, true]);
+        // Degraded: no alarm even if the state still had one.
+        g.apply(ms(10), &state(&[false, false, true], true), false)
+            .unwrap();
+        assert_eq!(levels(&g), [false, true, false]);
+        // Healthy state, but published too long ago: the same.
+        g.apply(ms(20), &state(&[false, false, true], false), true)
+            .unwrap();
+        assert_eq!(levels(&g), [false, true, false]);
+        // Stopped: only the tell-tale on.
+        g.apply(ms(30), &state(&[false, false, true], false), false)
+            .unwrap();
+        g.safe_state().unwrap();
+        assert_eq!(levels(&g), [false, true, false]);
+        // Never published.
+        assert!(GpioState::default().stale(Duration::from_secs(3600)));
+        assert!(!state(&[], false).stale(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn sink_turns_alert_and_health_events_into_state() {
+        let shared = Arc::new(Mutex::new(GpioState::default()));
+        let configs = [
+            cfg("alerts = [\"a\", \"b\"]"),
+            cfg("alerts = [\"b\"]"),
+            cfg("degraded = true"),
+        ];
+        let mut sink = GpioSink::new(&configs, Arc::clone(&shared));
+        let published = || shared.lock().unwrap().clone();
+        sink.emit(&raised("a")).unwrap();
+        assert!(published().published.is_none(), "published only at flush");
+        sink.flush().unwrap();
+        assert_eq!(published().alerts, [true, false, false]);
+        sink.emit(&raised("b")).unwrap();
+        sink.emit(&cleared("a")).unwrap();
+        sink.flush().unwrap();
+        assert_eq!(published().alerts, [true, true, false]);
+        sink.emit(&cleared("b")).unwrap();
+        sink.emit(&event(EventKind::Degraded {
+            reason: "analysis_failed",
+            error: "x".into(),
+        }))
+        .unwrap();
+        sink.flush().unwrap();
+        let s = published();
+        assert_eq!((s.alerts.as_slice(), s.degraded), (&[false; 3][..], true));
+        sink.emit(&event(EventKind::Recovered {
+            reason: "analysis_failed",
+            duration: 2.0,
+        }))
+        .unwrap();
+        sink.flush().unwrap();
+        assert!(!published().degraded);
     }
 
     #[test]
@@ -357,7 +552,7 @@ mod tests {
         let probe = Probe::default();
         {
             let mut g = GpioOutputs::new(vec![(cfg("alerts = [\"a\"]"), probe.clone())]).unwrap();
-            g.update(ms(0), &["a"], true).unwrap();
+            g.apply(ms(0), &state(&[true], false), false).unwrap();
         }
         assert_eq!(*probe.0.borrow(), vec![false, true, false]);
     }
@@ -368,7 +563,7 @@ mod tests {
         let p = probe.clone();
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
             let mut g = GpioOutputs::new(vec![(cfg("alerts = [\"a\"]"), p)]).unwrap();
-            g.update(ms(0), &["a"], true).unwrap();
+            g.apply(ms(0), &state(&[true], false), false).unwrap();
             panic!("analysis failed");
         }));
         assert!(r.is_err());

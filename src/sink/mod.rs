@@ -9,4 +9,5 @@ pub mod png;
 pub mod ssd1306;
 
 pub use display::{Display, Fanout, StatusScreen};
-pub use events::{EventSink, JsonLines};
+pub use events::{EventSink, JsonLines, SinkError};
+pub use gpio::GpioSink;

@@ -1,4 +1,10 @@
 //! The vision stages: finding faces and classifying their expressions.
+//!
+//! [`Analyze`] is the seam between the pipeline and these stages: the
+//! pipeline hands it a frame and gets observations back, so it runs the
+//! same with the real models ([`Analyzer`]) or a fake in tests. A further
+//! stage (a face mesh, loaded only when a rule needs it) joins behind the
+//! same trait by adding to [`Observation`].
 
 pub mod classifier;
 pub mod detector;
@@ -23,6 +29,18 @@ pub struct Observation {
     pub probs: Probs,
 }
 
+/// One frame in, the faces seen in it out.
+pub trait Analyze {
+    /// The expression model's name, for the `started` event.
+    fn model_name(&self) -> &str;
+
+    /// Finds and describes every face of `frame` into `out` (cleared
+    /// first, so its allocation is reused frame after frame). An error
+    /// means this frame could not be analysed; the next one may be.
+    fn analyze_into(&mut self, frame: &Frame, out: &mut Vec<Observation>)
+        -> Result<(), ModelError>;
+}
+
 /// Detector and classifier together: one frame in, observations out.
 pub struct Analyzer {
     /// The face detector.
@@ -32,19 +50,10 @@ pub struct Analyzer {
 }
 
 impl Analyzer {
-    /// Loads both models named in the config.
-    pub fn load(config: &Config) -> Result<Analyzer, ModelError> {
-        Ok(Analyzer {
-            detector: Detector::load(&config.resolve(&config.detector.model), &config.detector)?,
-            classifier: Classifier::load(
-                &config.resolve(&config.classifier.model),
-                &config.classifier,
-            )?,
-        })
-    }
-
-    /// Loads the models from explicit manifest paths.
-    pub fn load_from(
+    /// Loads the models from their manifests (found with
+    /// [`Config::detector_model`] and [`Config::classifier_model`]), with
+    /// the config's settings.
+    pub fn load(
         detector: &Path,
         classifier: &Path,
         config: &Config,
@@ -57,12 +66,31 @@ impl Analyzer {
 
     /// Finds and classifies every face of a frame.
     pub fn analyze(&self, frame: &Frame) -> Result<Vec<Observation>, ModelError> {
-        let faces = self.detector.detect(frame)?;
-        let mut out = Vec::with_capacity(faces.len());
-        for face in faces {
+        let mut out = Vec::new();
+        self.observe(frame, &mut out)?;
+        Ok(out)
+    }
+
+    fn observe(&self, frame: &Frame, out: &mut Vec<Observation>) -> Result<(), ModelError> {
+        out.clear();
+        for face in self.detector.detect(frame)? {
             let probs = self.classifier.classify_face(frame, &face)?;
             out.push(Observation { face, probs });
         }
-        Ok(out)
+        Ok(())
+    }
+}
+
+impl Analyze for Analyzer {
+    fn model_name(&self) -> &str {
+        &self.classifier.model().manifest.model.name
+    }
+
+    fn analyze_into(
+        &mut self,
+        frame: &Frame,
+        out: &mut Vec<Observation>,
+    ) -> Result<(), ModelError> {
+        self.observe(frame, out)
     }
 }

@@ -1,0 +1,210 @@
+//! The one-shot commands: `detect`, `eval`, `check-config` and `cameras`.
+//! Each writes its report to stdout and returns whether everything it was
+//! given could be processed (the exit status).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::Config;
+use crate::events::{box_array, round, ProbMap};
+use crate::source::{self, FrameSource, ImageSource};
+
+/// The config of `--config`, or the built-in defaults (models looked up
+/// from the current directory, see [`Config::find_model`]).
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    Ok(match path {
+        Some(p) => Config::load(p)?,
+        None => Config::defaults(Path::new(".")),
+    })
+}
+
+/// `ferd check-config`: validates a config, the model manifests it names
+/// and its display spec, without loading networks or touching hardware.
+pub fn check_config(file: &Path) -> Result<bool> {
+    let config = Config::load(file)?;
+    // Model manifests are part of the configuration's promise: check they
+    // parse and name files that exist, without loading the networks.
+    for path in [config.detector_model()?, config.classifier_model()?] {
+        let manifest = crate::vision::Manifest::load(&path)?;
+        let file = path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(&manifest.model.file);
+        if !file.is_file() {
+            bail!(
+                "{}: model file {} does not exist",
+                path.display(),
+                file.display()
+            );
+        }
+    }
+    if let Some(spec) = &config.display.output {
+        crate::daemon::parse_display(spec)?;
+    }
+    println!("{}: ok ({} rules)", file.display(), config.rules.len());
+    Ok(true)
+}
+
+/// `ferd detect`: faces and expressions of images, as text or JSON lines.
+pub fn detect(inputs: &[PathBuf], json: bool, config: Option<&Path>) -> Result<bool> {
+    let config = load_config(config)?;
+    let analyzer = crate::daemon::load_analyzer(&config)?;
+    let mut failed = 0;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for input in inputs {
+        let mut src: Box<dyn FrameSource> = if input.is_dir() {
+            match ImageSource::from_dir(input) {
+                Ok(s) => Box::new(s),
+                Err(e) => {
+                    log::error!("{e}");
+                    failed += 1;
+                    continue;
+                }
+            }
+        } else {
+            Box::new(ImageSource::from_paths(vec![input.clone()]))
+        };
+        while let Some(item) = src.next_frame() {
+            let frame = match item {
+                Ok(f) => f,
+                Err(e) => {
+                    log::error!("{e}");
+                    if json {
+                        let path = match &e {
+                            source::SourceError::Io { path, .. }
+                            | source::SourceError::Format { path, .. } => path,
+                        };
+                        let line = serde_json::json!({"image": path, "error": e.to_string()});
+                        writeln!(out, "{line}")?;
+                    }
+                    failed += 1;
+                    continue;
+                }
+            };
+            let observations = analyzer
+                .analyze(&frame)
+                .with_context(|| format!("analysing {}", frame.origin))?;
+            if json {
+                let faces: Vec<_> = observations
+                    .iter()
+                    .map(|o| {
+                        serde_json::json!({
+                            "box": box_array(&o.face.bbox),
+                            "score": round(o.face.score, 1e4),
+                            "expression": o.probs.top().0,
+                            "probs": ProbMap(o.probs),
+                        })
+                    })
+                    .collect();
+                let line = serde_json::json!({"image": frame.origin, "faces": faces});
+                writeln!(out, "{line}")?;
+            } else {
+                writeln!(
+                    out,
+                    "{}: {} face{} ({}×{})",
+                    frame.origin,
+                    observations.len(),
+                    if observations.len() == 1 { "" } else { "s" },
+                    frame.width,
+                    frame.height
+                )?;
+                for (i, o) in observations.iter().enumerate() {
+                    let [x, y, w, h] = box_array(&o.face.bbox);
+                    let (e, p) = o.probs.top();
+                    let mut ranked: Vec<_> = crate::expression::Expression::ALL
+                        .iter()
+                        .map(|&e| (e, o.probs.get(e)))
+                        .collect();
+                    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+                    let rest: Vec<String> = ranked[1..4]
+                        .iter()
+                        .map(|(e, p)| format!("{e} {:.0}%", p * 100.0))
+                        .collect();
+                    writeln!(
+                        out,
+                        "  face {}: box x={x} y={y} w={w} h={h} score {:.2}: {e} {:.0}% ({})",
+                        i + 1,
+                        o.face.score,
+                        p * 100.0,
+                        rest.join(", ")
+                    )?;
+                }
+            }
+        }
+    }
+    out.flush()?;
+    if failed > 0 {
+        log::error!("{failed} input(s) could not be read");
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// `ferd eval`: the expression model's accuracy on a labelled folder.
+pub fn eval(data: &Path, model: &Path, json: bool) -> Result<bool> {
+    use std::io::IsTerminal;
+    let config = Config::defaults(Path::new("."));
+    let model = &config.find_model("--model", model)?;
+    let classifier = crate::vision::Classifier::load(model, &config.classifier)?;
+    let samples = crate::eval::list_dataset(data)?;
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(samples.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let result = crate::eval::evaluate(&classifier, &samples, || bar.inc(1))?;
+    bar.finish_and_clear();
+    let name = &classifier.model().manifest.model.name;
+    let mut out = std::io::stdout().lock();
+    // The JSON summary comes first so that the last line is always the
+    // `accuracy:` line scripts look for.
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&result.summary(name, data))?
+        )?;
+    }
+    writeln!(out, "model: {name} ({})", model.display())?;
+    writeln!(
+        out,
+        "data: {} ({} images, {} skipped)",
+        data.display(),
+        result.confusion.total(),
+        result.skipped.len()
+    )?;
+    write!(out, "{}", result.confusion.report())?;
+    Ok(result.skipped.is_empty())
+}
+
+/// `ferd cameras`: V4L2 capture devices with their formats and sizes.
+#[cfg(feature = "v4l2")]
+pub fn cameras() -> Result<bool> {
+    let found = crate::source::v4l2::list_cameras();
+    if found.is_empty() {
+        println!("no /dev/video* devices");
+    }
+    for c in found {
+        println!("{c}");
+    }
+    Ok(true)
+}
+
+#[cfg(not(feature = "v4l2"))]
+pub fn cameras() -> Result<bool> {
+    bail!("this ferd was built without the `v4l2` feature")
+}
+
+/// `ferd run`: the daemon ([`crate::daemon::run`]); false if events were
+/// lost.
+pub fn run(options: &crate::daemon::RunOptions) -> Result<bool> {
+    let summary = crate::daemon::run(options)?;
+    if summary.sink_errors > 0 {
+        log::error!("{} events could not be written", summary.sink_errors);
+        return Ok(false);
+    }
+    Ok(true)
+}

@@ -1,0 +1,356 @@
+//! The daemon: wiring a configuration into a running pipeline.
+//!
+//! Everything `ferd run` does lives here, so that every way of running the
+//! pipeline (the command line, a benchmark, a config reload) drives the
+//! same code: the source, sink, display and GPIO factories, signals,
+//! systemd notification and [`pipeline::run`].
+//!
+//! Start-up order matters for safety: outputs are opened before the
+//! pipeline runs, so a wrong GPIO chip or display is a start-up error, and
+//! the GPIO driver is dropped last, after [`Pipeline::finish`] has cleared
+//! every alert, on every exit path.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::{Config, ConfigError};
+use crate::pipeline::{self, Pace, Pipeline, RunError, Summary, Watchdog};
+use crate::sink::display::DisplayError;
+use crate::sink::gpio::{GpioError, GpioSink, GpioState};
+use crate::sink::png::PngDisplay;
+use crate::sink::{Display, EventSink, Fanout, JsonLines, SinkError};
+use crate::source::{self, FrameSource, SourceError};
+use crate::vision::{Analyzer, ModelError};
+
+/// Why the daemon could not start or ended early. Each variant names its
+/// file or device through the error it wraps.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The configuration is invalid or a model cannot be found.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A model could not be loaded.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The input could not be opened.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The event output could not be opened.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// A display could not be opened.
+    #[error(transparent)]
+    Display(#[from] DisplayError),
+    /// A GPIO line could not be requested.
+    #[error(transparent)]
+    Gpio(#[from] GpioError),
+    /// The run ended on an error (outputs were made safe first).
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// A display spec is malformed.
+    #[error("display {spec:?}: {message}")]
+    DisplaySpec {
+        /// The spec as given.
+        spec: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The config asks for something this build leaves out.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Neither `--source`, `[source] path` nor `[camera]`.
+    #[error("no input: give --source, or set [source] path or a [camera] in {0}")]
+    NoInput(PathBuf),
+    /// A thread or signal handler could not be set up.
+    #[error("{what}: {error}")]
+    Setup {
+        /// What was being set up.
+        what: &'static str,
+        /// The OS error.
+        error: std::io::Error,
+    },
+}
+
+/// What `ferd run` was asked for on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The configuration file.
+    pub config: PathBuf,
+    /// `--source`: overrides `[source] path` and `[camera]`.
+    pub source: Option<PathBuf>,
+    /// `--display` specs: override `[display] output`.
+    pub displays: Vec<String>,
+    /// `--realtime`: replay files at their own frame rate.
+    pub realtime: bool,
+}
+
+/// A display spec: `png:PATH`, `fb:/dev/fbN` or `ssd1306:/dev/i2c-N[@ADDR]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisplaySpec<'a> {
+    /// A PNG file, rewritten when the picture changes.
+    Png(&'a str),
+    /// A Linux framebuffer device.
+    Framebuffer(&'a str),
+    /// An SSD1306 panel: bus and optional address.
+    Ssd1306(&'a str),
+}
+
+/// Parses a display spec without touching any device.
+pub fn parse_display(spec: &str) -> Result<DisplaySpec<'_>, DaemonError> {
+    let bad = |message: String| DaemonError::DisplaySpec {
+        spec: spec.to_string(),
+        message,
+    };
+    match spec.split_once(':') {
+        Some(("png", path)) if !path.is_empty() => Ok(DisplaySpec::Png(path)),
+        Some(("fb", path)) if !path.is_empty() => Ok(DisplaySpec::Framebuffer(path)),
+        Some(("ssd1306", target)) => {
+            check_ssd1306(target).map_err(bad)?;
+            Ok(DisplaySpec::Ssd1306(target))
+        }
+        _ => Err(bad(
+            "expected png:PATH, fb:/dev/fbN or ssd1306:/dev/i2c-N[@0x3c]".into(),
+        )),
+    }
+}
+
+#[cfg(feature = "ssd1306")]
+fn check_ssd1306(target: &str) -> Result<(), String> {
+    crate::sink::ssd1306::parse_target(target).map(|_| ())
+}
+
+#[cfg(not(feature = "ssd1306"))]
+fn check_ssd1306(_target: &str) -> Result<(), String> {
+    Err("this ferd was built without the `ssd1306` feature".into())
+}
+
+/// Opens the display a spec names.
+pub fn open_display(spec: &str) -> Result<Box<dyn Display + Send>, DaemonError> {
+    Ok(match parse_display(spec)? {
+        DisplaySpec::Png(path) => Box::new(PngDisplay::new(PathBuf::from(path))),
+        DisplaySpec::Framebuffer(path) => {
+            Box::new(crate::sink::framebuffer::FbDisplay::open(Path::new(path))?)
+        }
+        DisplaySpec::Ssd1306(target) => open_ssd1306(target)?,
+    })
+}
+
+#[cfg(feature = "ssd1306")]
+fn open_ssd1306(target: &str) -> Result<Box<dyn Display + Send>, DaemonError> {
+    let (path, address) =
+        crate::sink::ssd1306::parse_target(target).map_err(|message| DaemonError::DisplaySpec {
+            spec: format!("ssd1306:{target}"),
+            message,
+        })?;
+    Ok(Box::new(crate::sink::ssd1306::open(
+        Path::new(path),
+        address,
+    )?))
+}
+
+#[cfg(not(feature = "ssd1306"))]
+fn open_ssd1306(_target: &str) -> Result<Box<dyn Display + Send>, DaemonError> {
+    Err(DaemonError::Unsupported(
+        "this ferd was built without the `ssd1306` feature".into(),
+    ))
+}
+
+/// The displays of a run: `specs` if any, else `[display] output`; several
+/// show the same screen.
+pub fn open_displays(
+    config: &Config,
+    specs: &[String],
+) -> Result<Option<Box<dyn Display + Send>>, DaemonError> {
+    let specs: Vec<&str> = if specs.is_empty() {
+        config.display.output.iter().map(String::as_str).collect()
+    } else {
+        specs.iter().map(String::as_str).collect()
+    };
+    let mut displays = specs
+        .into_iter()
+        .map(open_display)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(match displays.len() {
+        0 => None,
+        1 => displays.pop(),
+        _ => Some(Box::new(Fanout(displays))),
+    })
+}
+
+/// The JSON-lines event output of `[events] output`.
+pub fn open_events(config: &Config) -> Result<Box<dyn EventSink + Send>, DaemonError> {
+    Ok(if config.events.output == "-" {
+        Box::new(JsonLines::stdout())
+    } else {
+        Box::new(JsonLines::append(
+            config.resolve(Path::new(&config.events.output)),
+        )?)
+    })
+}
+
+/// The GPIO outputs: the sink the pipeline feeds and the thread that
+/// drives the lines (which makes them safe when dropped). `None` without
+/// `[[gpio]]` outputs.
+#[cfg(feature = "gpio")]
+pub fn open_gpio(
+    config: &Config,
+) -> Result<Option<(GpioSink, crate::sink::gpio::GpioDriver)>, DaemonError> {
+    if config.gpio.is_empty() {
+        return Ok(None);
+    }
+    let outputs = crate::sink::gpio::open(&config.gpio)?;
+    let shared = Arc::new(Mutex::new(GpioState::default()));
+    let sink = GpioSink::new(&config.gpio, Arc::clone(&shared));
+    let stale_after = Duration::from_secs_f64(config.health.degraded_after.0);
+    let driver =
+        crate::sink::gpio::GpioDriver::spawn(outputs, shared, stale_after).map_err(|error| {
+            DaemonError::Setup {
+                what: "starting the gpio thread",
+                error,
+            }
+        })?;
+    Ok(Some((sink, driver)))
+}
+
+/// The GPIO outputs (this build has none).
+#[cfg(not(feature = "gpio"))]
+pub fn open_gpio(config: &Config) -> Result<Option<(GpioSink, ())>, DaemonError> {
+    if !config.gpio.is_empty() {
+        return Err(DaemonError::Unsupported(
+            "this ferd was built without the `gpio` feature, but the config has [[gpio]] outputs"
+                .into(),
+        ));
+    }
+    Ok(None)
+}
+
+/// An open input: the source, its name for events, and how to pace it.
+pub struct Input {
+    /// The frames.
+    pub source: Box<dyn FrameSource + Send>,
+    /// The file or device, for logs.
+    pub name: String,
+    /// A camera is always `Live`; files replay frame by frame, or at their
+    /// own rate with `realtime`.
+    pub pace: Pace,
+}
+
+/// The input: `source`, else `[source] path`, else `[camera]`.
+pub fn open_input(
+    config: &Config,
+    config_path: &Path,
+    source: Option<&Path>,
+    realtime: bool,
+) -> Result<Input, DaemonError> {
+    let path = source
+        .map(Path::to_path_buf)
+        .or_else(|| config.source.path.as_ref().map(|p| config.resolve(p)));
+    if let Some(p) = path {
+        return Ok(Input {
+            source: source::open(&p)?,
+            name: p.display().to_string(),
+            pace: if realtime || config.source.realtime {
+                Pace::Realtime
+            } else {
+                Pace::Replay
+            },
+        });
+    }
+    match &config.camera {
+        Some(cam) => open_camera(cam),
+        None => Err(DaemonError::NoInput(config_path.to_path_buf())),
+    }
+}
+
+#[cfg(feature = "v4l2")]
+fn open_camera(cam: &crate::config::CameraConfig) -> Result<Input, DaemonError> {
+    Ok(Input {
+        source: Box::new(crate::source::v4l2::V4l2Source::open_camera(cam)?),
+        name: cam.device.display().to_string(),
+        pace: Pace::Live,
+    })
+}
+
+#[cfg(not(feature = "v4l2"))]
+fn open_camera(_cam: &crate::config::CameraConfig) -> Result<Input, DaemonError> {
+    Err(DaemonError::Unsupported(
+        "this ferd was built without the `v4l2` feature, but the config has a [camera]".into(),
+    ))
+}
+
+/// The models of a config, found with [`Config::find_model`].
+pub fn load_analyzer(config: &Config) -> Result<Analyzer, DaemonError> {
+    Ok(Analyzer::load(
+        &config.detector_model()?,
+        &config.classifier_model()?,
+        config,
+    )?)
+}
+
+/// Runs the daemon as `ferd run` does, until the input ends or SIGINT or
+/// SIGTERM. Returns the run's counters; events that could not be written
+/// are in `sink_errors`.
+pub fn run(options: &RunOptions) -> Result<Summary, DaemonError> {
+    let config = Config::load(&options.config)?;
+    let display = open_displays(&config, &options.displays)?;
+    let events = open_events(&config)?;
+    let analyzer = load_analyzer(&config)?;
+    let input = open_input(
+        &config,
+        &options.config,
+        options.source.as_deref(),
+        options.realtime,
+    )?;
+    log::info!("source: {}", input.source.describe());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(|error| {
+            DaemonError::Setup {
+                what: "installing signal handlers",
+                error,
+            }
+        })?;
+    }
+    let mut sinks = vec![events];
+    // The driver outlives the pipeline (declared first, dropped last):
+    // its drop drives every line inactive, on every exit path.
+    let gpio = open_gpio(&config)?;
+    let _driver = gpio.map(|(sink, driver)| {
+        sinks.push(Box::new(sink));
+        driver
+    });
+    let mut pipeline = Pipeline::new(Box::new(analyzer), &config, sinks, display);
+    let mut notifier = crate::systemd::Notifier::from_env();
+    if let Some(w) = notifier.watchdog() {
+        log::info!("watchdog: {} s", w.as_secs_f64());
+    }
+    notifier.ready(&format!("analysing {}", input.name));
+    let result = pipeline::run(
+        input.source,
+        &mut pipeline,
+        input.pace,
+        &stop,
+        &mut notifier,
+    );
+    notifier.stopping();
+    let summary = pipeline.summary();
+    log::info!(
+        "{} frames analysed, {} failed, {} skipped, {} dropped, {} faces, {} tracks",
+        summary.frames,
+        summary.failed,
+        summary.skipped,
+        summary.dropped,
+        summary.faces,
+        summary.tracks
+    );
+    Ok(result?)
+}
+
+impl Watchdog for crate::systemd::Notifier {
+    fn alive(&mut self) {
+        crate::systemd::Notifier::alive(self);
+    }
+}
