@@ -111,7 +111,7 @@ pub fn parse_display(spec: &str) -> Result<DisplaySpec<'_>, DaemonError> {
             Ok(DisplaySpec::Ssd1306(target))
         }
         _ => Err(bad(
-            "expected png:PATH, fb:/dev/fbN or ssd1306:/dev/i2c-N[@0x3c]".into(),
+            "unknown display: expected png:PATH, fb:/dev/fbN or ssd1306:/dev/i2c-N[@0x3c]".into(),
         )),
     }
 }
