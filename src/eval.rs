@@ -15,16 +15,17 @@ use crate::source::{decode_image, SourceError};
 use crate::vision::classifier::Crop;
 use crate::vision::{Classifier, ModelError};
 
-/// Why a dataset could not be evaluated.
+/// Why a dataset could not be evaluated. Causes are part of the message,
+/// never also `source()`, so that anyhow's `{:#}` prints each once.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
     /// The folder or one of its class folders could not be listed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The folder.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error; shown in the message, not chained.
+        error: std::io::Error,
     },
     /// No class folder with images was found.
     #[error("{0}: no images in class folders named after the expressions (angry/, disgust/, ..., neutral/)")]
@@ -44,11 +45,13 @@ pub struct Sample {
 }
 
 /// Lists `DIR/<label>/*.{jpg,jpeg,png}`, sorted; folders that are not an
-/// expression name are logged and ignored.
+/// expression name are logged and ignored. Files are chosen by name: one
+/// that is not a regular image file is skipped with its reason by
+/// [`evaluate`], without being opened.
 pub fn list_dataset(dir: &Path) -> Result<Vec<Sample>, EvalError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| EvalError::Io { path, source }
+        move |error| EvalError::Io { path, error }
     };
     let mut samples = Vec::new();
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -268,6 +271,17 @@ mod tests {
         assert_eq!(c.precision(Expression::Sad), 0.5);
         assert_eq!(c.macro_recall(), (2.0 / 3.0 + 1.0) / 2.0);
         assert!(c.report().ends_with("accuracy: 0.7500\n"));
+    }
+
+    #[test]
+    fn a_wrapped_listing_error_prints_its_cause_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nowhere");
+        let io = std::fs::read_dir(&missing).unwrap_err().to_string();
+        let err = list_dataset(&missing).unwrap_err();
+        let chain = format!("{:#}", anyhow::Error::new(err).context("evaluating"));
+        assert_eq!(chain.matches(&io).count(), 1, "{chain}");
+        assert!(chain.contains("nowhere"), "{chain}");
     }
 
     #[test]

@@ -19,13 +19,21 @@ pub enum PixelFormat {
 }
 
 impl PixelFormat {
-    /// Bytes a `width` × `height` buffer of this format takes.
-    pub fn buffer_len(self, width: u32, height: u32) -> usize {
-        let (w, h) = (width as usize, height as usize);
+    /// Bytes a `width` × `height` buffer of this format takes; `None` when
+    /// that does not fit in `usize` (sides from a file header or a driver
+    /// can be anything up to `u32::MAX`, and the Pi's 32-bit userland has a
+    /// 4 GiB `usize`).
+    pub fn buffer_len(self, width: u32, height: u32) -> Option<usize> {
+        let w = usize::try_from(width).ok()?;
+        let h = usize::try_from(height).ok()?;
+        let pixels = w.checked_mul(h)?;
         match self {
-            PixelFormat::Grey => w * h,
-            PixelFormat::Rgb => w * h * 3,
-            PixelFormat::I420 => w * h + 2 * w.div_ceil(2) * h.div_ceil(2),
+            PixelFormat::Grey => Some(pixels),
+            PixelFormat::Rgb => pixels.checked_mul(3),
+            PixelFormat::I420 => {
+                let chroma = w.div_ceil(2).checked_mul(h.div_ceil(2))?;
+                pixels.checked_add(chroma.checked_mul(2)?)
+            }
         }
     }
 }
@@ -53,16 +61,39 @@ impl Frame {
     /// Builds a frame, checking that `data` has the right length.
     ///
     /// # Panics
-    /// If `data.len()` is not `format.buffer_len(width, height)` or a side
-    /// is 0; sources are expected to have checked their input already.
+    /// If [`Frame::try_new`] would refuse it; for buffers the program built
+    /// itself (tests, drawings). Anything read from a file or a device goes
+    /// through [`Frame::try_new`].
     pub fn new(width: u32, height: u32, format: PixelFormat, data: Vec<u8>) -> Frame {
-        assert!(width > 0 && height > 0, "frame with a zero side");
-        assert_eq!(
-            data.len(),
-            format.buffer_len(width, height),
-            "frame buffer size does not match its dimensions"
-        );
-        Frame {
+        match Frame::try_new(width, height, format, data) {
+            Ok(f) => f,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Builds a frame, or says why `data` cannot be a `width` × `height`
+    /// frame of `format`: a zero side, a size that overflows, or a buffer
+    /// of the wrong length. Sources use this so that a bad header or driver
+    /// buffer is an error for that item, never a panic.
+    pub fn try_new(
+        width: u32,
+        height: u32,
+        format: PixelFormat,
+        data: Vec<u8>,
+    ) -> Result<Frame, String> {
+        if width == 0 || height == 0 {
+            return Err(format!("frame with a zero side ({width}×{height})"));
+        }
+        let expected = format.buffer_len(width, height).ok_or_else(|| {
+            format!("a {width}×{height} {format:?} frame is too large to address")
+        })?;
+        if data.len() != expected {
+            return Err(format!(
+                "frame buffer of {} bytes does not match {width}×{height} {format:?} ({expected} bytes)",
+                data.len()
+            ));
+        }
+        Ok(Frame {
             width,
             height,
             format,
@@ -70,10 +101,11 @@ impl Frame {
             timestamp: Duration::ZERO,
             sequence: 0,
             origin: String::new(),
-        }
+        })
     }
 
-    /// Luma (BT.601) of pixel `(x, y)`; coordinates must be inside.
+    /// Luma (BT.601) of pixel `(x, y)`; coordinates must be inside (the
+    /// bilinear samplers clamp them there), or this panics.
     #[inline]
     pub fn luma(&self, x: u32, y: u32) -> f32 {
         let i = y as usize * self.width as usize + x as usize;
@@ -89,7 +121,8 @@ impl Frame {
         }
     }
 
-    /// R, G, B of pixel `(x, y)`; coordinates must be inside.
+    /// R, G, B of pixel `(x, y)`; coordinates must be inside (the bilinear
+    /// samplers clamp them there), or this panics.
     #[inline]
     pub fn rgb(&self, x: u32, y: u32) -> [f32; 3] {
         let i = y as usize * self.width as usize + x as usize;
@@ -141,6 +174,8 @@ impl Frame {
     }
 
     fn neighbours(&self, x: f32, y: f32) -> (u32, u32, u32, u32, f32, f32) {
+        // Sides are ≥ 1 (checked by `try_new`), so these do not wrap; a NaN
+        // position survives `clamp` but `as u32` turns it into 0, inside.
         let max_x = (self.width - 1) as f32;
         let max_y = (self.height - 1) as f32;
         let x = x.clamp(0.0, max_x);
@@ -191,6 +226,36 @@ mod tests {
         assert_eq!(f.luma_bilinear(0.5, 0.0), 50.0);
         assert_eq!(f.luma_bilinear(-3.0, 0.0), 0.0);
         assert_eq!(f.luma_bilinear(9.0, 9.0), 100.0);
+    }
+
+    #[test]
+    fn sizes_that_overflow_or_mismatch_are_errors_not_panics() {
+        assert_eq!(PixelFormat::I420.buffer_len(3, 3), Some(9 + 2 * 4));
+        assert_eq!(PixelFormat::Rgb.buffer_len(u32::MAX, u32::MAX), None);
+        let err = Frame::try_new(2, 2, PixelFormat::Grey, vec![0; 3]).unwrap_err();
+        assert!(err.contains("3 bytes") && err.contains("2×2"), "{err}");
+        assert!(Frame::try_new(0, 2, PixelFormat::Grey, vec![])
+            .unwrap_err()
+            .contains("zero side"));
+        assert!(Frame::try_new(u32::MAX, u32::MAX, PixelFormat::Rgb, vec![]).is_err());
+    }
+
+    #[test]
+    fn one_pixel_wide_i420_samples_safely() {
+        // 1×3 I420: 3 luma, then one U and one V per two lines (2 each).
+        let f = Frame::new(
+            1,
+            3,
+            PixelFormat::I420,
+            vec![16, 126, 235, 128, 128, 128, 128],
+        );
+        for y in 0..3 {
+            let [r, g, b] = f.rgb(0, y);
+            assert!(r == g && g == b, "{r} {g} {b}");
+        }
+        assert_eq!(f.rgb_bilinear(5.0, 9.0), f.rgb(0, 2));
+        // A NaN position (from a wild detection) samples inside, no panic.
+        let _ = f.luma_bilinear(f32::NAN, f32::NAN);
     }
 
     #[test]

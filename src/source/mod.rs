@@ -14,24 +14,33 @@ mod y4m;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use files::{decode_image, jpeg_is_complete, ImageSource, MAX_IMAGE_SIDE};
+pub use files::{
+    check_regular_file, decode_image, jpeg_is_complete, read_regular_file, ImageSource,
+    MAX_IMAGE_FILE_BYTES, MAX_IMAGE_SIDE,
+};
 pub use y4m::{header_line, parse_header, Y4mHeader, Y4mSource};
 
 use crate::frame::Frame;
 
 /// Why a source or one of its items failed; always names the file.
-#[derive(Debug, thiserror::Error)]
+///
+/// The cause is part of the message (sources, the pipeline and `ferd
+/// detect --json` print it with `{e}`) and is therefore not also exposed as
+/// [`std::error::Error::source`]: a chain printer such as anyhow's `{:#}`
+/// would print it twice. The `Io` variant's field keeps the name `source`
+/// for the code that builds it (src/source/reconnect.rs); thiserror would
+/// make a field of that name the error's source, so `Display` and `Error`
+/// are written out below instead of derived.
+#[derive(Debug)]
 pub enum SourceError {
     /// The path could not be opened or read.
-    #[error("{path}: {source}")]
     Io {
         /// The file or directory.
         path: PathBuf,
-        /// The I/O error.
+        /// The I/O error; shown in the message, not chained.
         source: std::io::Error,
     },
     /// The content is not what the format requires.
-    #[error("{path}: {message}")]
     Format {
         /// The file.
         path: PathBuf,
@@ -39,6 +48,18 @@ pub enum SourceError {
         message: String,
     },
 }
+
+impl std::fmt::Display for SourceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            SourceError::Format { path, message } => write!(f, "{}: {message}", path.display()),
+        }
+    }
+}
+
+/// No `source()`: the cause is already in the message (see [`SourceError`]).
+impl std::error::Error for SourceError {}
 
 /// A change in a live source's device, reported between frames.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +103,14 @@ pub trait FrameSource {
 
 /// Opens a file-based source by looking at the path: a directory of images,
 /// a `.y4m` clip, or a single image.
+///
+/// A single image must be a regular file of at most
+/// [`MAX_IMAGE_FILE_BYTES`]; a FIFO, a device or a socket is refused here,
+/// before it is opened (opening a FIFO blocks until a writer comes, and
+/// `/dev/zero` never ends). A `.y4m` clip may be a pipe or a device (an
+/// encoder writing into a FIFO is a normal way to feed one): it is read one
+/// header line of at most 1 KiB and one frame of the header's size at a
+/// time, so whatever the other end writes, memory stays bounded.
 pub fn open(path: &Path) -> Result<Box<dyn FrameSource + Send>, SourceError> {
     let meta = std::fs::metadata(path).map_err(|source| SourceError::Io {
         path: path.to_path_buf(),
@@ -97,6 +126,69 @@ pub fn open(path: &Path) -> Result<Box<dyn FrameSource + Send>, SourceError> {
     if is_y4m {
         Ok(Box::new(Y4mSource::open(path)?))
     } else {
+        check_regular_file(&meta, MAX_IMAGE_FILE_BYTES).map_err(|source| SourceError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(Box::new(ImageSource::from_paths(vec![path.to_path_buf()])))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrapped_source_error_prints_its_cause_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.png");
+        let err = match open(&missing) {
+            Err(e) => e,
+            Ok(_) => panic!("opened a missing file"),
+        };
+        let io = std::fs::metadata(&missing).unwrap_err().to_string();
+        let chain = format!(
+            "{:#}",
+            anyhow::Error::new(err).context("opening the source")
+        );
+        assert_eq!(chain.matches(&io).count(), 1, "{chain}");
+        assert!(chain.contains("missing.png"), "{chain}");
+    }
+
+    #[test]
+    fn a_fifo_or_device_is_refused_without_opening_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe.png");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo has no other inputs.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Opening the FIFO for reading would block forever (no writer): the
+        // test finishing at all shows it is refused before `open(2)`.
+        for path in [fifo.as_path(), Path::new("/dev/zero")] {
+            let err = match open(path) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{} accepted", path.display()),
+            };
+            assert!(
+                err.contains(&path.display().to_string()) && err.contains("not a regular file"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_oversized_still_is_refused_before_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.jpg");
+        // Sparse: no disk space, no reading, just a size.
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_IMAGE_FILE_BYTES + 1)
+            .unwrap();
+        let err = match open(&big) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted"),
+        };
+        assert!(err.contains("big.jpg") && err.contains("limit"), "{err}");
     }
 }

@@ -143,7 +143,11 @@ impl Streaming {
                 })?,
             f => f,
         };
-        let code = fourcc(wanted).expect("auto resolved above");
+        let Some(code) = fourcc(wanted) else {
+            // Unreachable: `Auto` was resolved to an entry of PREFERENCE
+            // above, and every other format has a FourCC.
+            return Err(fmt_err("no capture format chosen".into()));
+        };
         if !offered.contains(&code) {
             return Err(fmt_err(format!(
                 "cannot capture {code}; it offers: {}",
@@ -162,6 +166,20 @@ impl Streaming {
                 "asked for {code}, driver gave {}; it offers: {}",
                 got.fourcc,
                 list()
+            )));
+        }
+        // The driver's answer is what the buffers will be converted by:
+        // refuse a size no frame could have, once, rather than every frame.
+        if got.width == 0
+            || got.height == 0
+            || got.width > super::MAX_IMAGE_SIDE
+            || got.height > super::MAX_IMAGE_SIDE
+        {
+            return Err(fmt_err(format!(
+                "driver gave a frame size of {}×{}, outside 1..={}",
+                got.width,
+                got.height,
+                super::MAX_IMAGE_SIDE
             )));
         }
         if (got.width, got.height) != (cfg.width.0, cfg.height.0) {
@@ -199,6 +217,7 @@ impl Streaming {
                 1.0 / i.as_secs_f64()
             ))
         );
+        // fps ≥ 1 (the config's PositiveU32), so this is at most a second.
         let wanted_interval = Duration::from_secs_f64(1.0 / f64::from(cfg.fps.0));
         let min_gap = decimation(interval, wanted_interval);
         if min_gap.is_some() {
@@ -239,6 +258,8 @@ impl Streaming {
                     }))
                 }
             };
+            // Both parts clamped to ≥ 0; even at i64::MAX each, the sum
+            // (9.2e18 s + 9.2e12 s) is inside Duration's u64 seconds.
             let ts = Duration::from_secs(meta.timestamp.sec.max(0) as u64)
                 + Duration::from_micros(meta.timestamp.usec.max(0) as u64);
             if let (Some(gap), Some(last)) = (self.min_gap, self.last_kept) {
@@ -247,7 +268,11 @@ impl Streaming {
                 }
             }
             self.last_kept = Some(ts);
-            let used = (meta.bytesused as usize).min(buf.len());
+            // `bytesused` is the driver's word; never trust it past the
+            // mapped buffer.
+            let used = usize::try_from(meta.bytesused)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
             break (&buf[..used], meta, ts);
         };
         let sequence = self.next_sequence;
@@ -355,57 +380,102 @@ fn describe_device(path: &Path) -> String {
     s
 }
 
-/// Packed YUYV (Y0 U Y1 V) to a planar I420 frame: luma kept, chroma
-/// taken from every other line.
-pub fn yuyv_to_frame(data: &[u8], width: u32, height: u32, stride: u32) -> Result<Frame, String> {
-    let (w, h) = (width as usize, height as usize);
-    let stride = (stride as usize).max(w * 2);
-    if w == 0 || h == 0 || data.len() < stride * (h - 1) + w * 2 {
-        return Err(format!(
-            "short YUYV buffer: {} bytes for {width}×{height}",
+/// The byte layout of a driver buffer: where line `y` starts and how many
+/// bytes of it hold pixels. The driver's `stride` (bytes per line) is used
+/// when it is at least a line's pixels, which it must be; a smaller one
+/// (0 means "packed" to some drivers) is taken as packed. Every size comes
+/// from the driver, so the arithmetic is checked and the buffer must hold
+/// the last line's pixels, not a whole last stride (drivers may cut it).
+fn line_layout(
+    what: &str,
+    data: &[u8],
+    width: u32,
+    height: u32,
+    stride: u32,
+    line_bytes: Option<usize>,
+) -> Result<(usize, usize), String> {
+    let short = || {
+        format!(
+            "short {what} buffer: {} bytes for {width}×{height} (stride {stride})",
             data.len()
+        )
+    };
+    if width == 0 || height == 0 {
+        return Err(format!("{what} frame with a zero side ({width}×{height})"));
+    }
+    if width > super::MAX_IMAGE_SIDE || height > super::MAX_IMAGE_SIDE {
+        return Err(format!(
+            "{what} frame of {width}×{height} is larger than {0}×{0}",
+            super::MAX_IMAGE_SIDE
         ));
     }
+    let line = line_bytes.ok_or_else(short)?;
+    let stride = usize::try_from(stride).map_err(|_| short())?.max(line);
+    let needed = stride
+        .checked_mul(height as usize - 1)
+        .and_then(|n| n.checked_add(line))
+        .ok_or_else(short)?;
+    if data.len() < needed {
+        return Err(short());
+    }
+    Ok((stride, line))
+}
+
+/// Packed YUYV (Y0 U Y1 V) to a planar I420 frame: luma kept, chroma
+/// taken from every other line.
+///
+/// A line holds `width × 2` bytes (V4L2's minimum bytes per line for
+/// YUYV). With an odd width, 1 included, the line ends after the last
+/// pixel's Y and U, so that pixel's chroma pair is incomplete: it takes its
+/// left neighbour's chroma, or neutral grey in a 1-pixel-wide frame.
+pub fn yuyv_to_frame(data: &[u8], width: u32, height: u32, stride: u32) -> Result<Frame, String> {
+    let (w, h) = (width as usize, height as usize);
+    let (stride, line) = line_layout("YUYV", data, width, height, stride, w.checked_mul(2))?;
+    // Sides are ≤ MAX_IMAGE_SIDE once `line_layout` accepts them, so the
+    // products below cannot overflow.
     let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
     let mut out = vec![0u8; w * h + 2 * cw * ch];
     let (y_plane, chroma) = out.split_at_mut(w * h);
     let (u_plane, v_plane) = chroma.split_at_mut(cw * ch);
     for y in 0..h {
-        let row = &data[y * stride..y * stride + w * 2];
+        // In bounds: `line_layout` checked stride * (h - 1) + line ≤ len.
+        let row = &data[y * stride..y * stride + line];
         for x in 0..w {
             y_plane[y * w + x] = row[x * 2];
         }
         if y % 2 == 0 {
+            let base = (y / 2) * cw;
             for cx in 0..cw {
-                let pair = (cx * 4).min(row.len() - 4);
-                u_plane[(y / 2) * cw + cx] = row[pair + 1];
-                v_plane[(y / 2) * cw + cx] = row[pair + 3];
+                let (u, v) = match row.get(cx * 4..cx * 4 + 4) {
+                    Some(group) => (group[1], group[3]),
+                    None if cx > 0 => (u_plane[base + cx - 1], v_plane[base + cx - 1]),
+                    None => (128, 128),
+                };
+                u_plane[base + cx] = u;
+                v_plane[base + cx] = v;
             }
         }
     }
-    Ok(Frame::new(width, height, PixelFormat::I420, out))
+    Frame::try_new(width, height, PixelFormat::I420, out)
 }
 
 /// 8-bit grey with a line stride to a grey frame.
 pub fn grey_to_frame(data: &[u8], width: u32, height: u32, stride: u32) -> Result<Frame, String> {
     let (w, h) = (width as usize, height as usize);
-    let stride = (stride as usize).max(w);
-    if w == 0 || h == 0 || data.len() < stride * (h - 1) + w {
-        return Err(format!(
-            "short GREY buffer: {} bytes for {width}×{height}",
-            data.len()
-        ));
-    }
+    let (stride, line) = line_layout("GREY", data, width, height, stride, Some(w))?;
     let mut out = Vec::with_capacity(w * h);
     for y in 0..h {
-        out.extend_from_slice(&data[y * stride..y * stride + w]);
+        // In bounds: `line_layout` checked stride * (h - 1) + line ≤ len.
+        out.extend_from_slice(&data[y * stride..y * stride + line]);
     }
-    Ok(Frame::new(width, height, PixelFormat::Grey, out))
+    Frame::try_new(width, height, PixelFormat::Grey, out)
 }
 
 /// Decodes one MJPEG frame. UVC cameras send truncated or corrupt frames
 /// now and then; those are errors (the caller counts and skips them), never
-/// half-grey pictures.
+/// half-grey pictures. The JPEG header's size is checked against
+/// [`MAX_IMAGE_SIDE`](super::MAX_IMAGE_SIDE) before any pixel buffer is
+/// allocated, as for a still image.
 pub fn mjpeg_to_frame(data: &[u8]) -> Result<Frame, String> {
     if data.len() < 4 || data[..2] != [0xFF, 0xD8] {
         return Err("corrupt MJPEG frame: no JPEG start marker".into());
@@ -413,17 +483,8 @@ pub fn mjpeg_to_frame(data: &[u8]) -> Result<Frame, String> {
     if !super::jpeg_is_complete(data) {
         return Err("truncated MJPEG frame: no end-of-image marker".into());
     }
-    let img = image::load_from_memory_with_format(data, image::ImageFormat::Jpeg)
-        .map_err(|e| format!("corrupt MJPEG frame: {e}"))?;
-    let (w, h) = (img.width(), img.height());
-    if w > super::MAX_IMAGE_SIDE || h > super::MAX_IMAGE_SIDE {
-        return Err(format!("MJPEG frame of {w}×{h} is too large"));
-    }
-    Ok(if img.color().has_color() {
-        Frame::new(w, h, PixelFormat::Rgb, img.into_rgb8().into_raw())
-    } else {
-        Frame::new(w, h, PixelFormat::Grey, img.into_luma8().into_raw())
-    })
+    super::files::decode_bytes(data, Some(image::ImageFormat::Jpeg))
+        .map_err(|e| format!("corrupt MJPEG frame: {e}"))
 }
 
 #[cfg(test)]
@@ -443,6 +504,64 @@ mod tests {
         assert_eq!(&f.data[8..10], &[100, 101]); // U from line 0
         assert_eq!(&f.data[10..12], &[200, 201]); // V from line 0
         assert!(yuyv_to_frame(&data[..15], 4, 2, 10).is_err());
+    }
+
+    #[test]
+    fn odd_and_one_pixel_wide_yuyv_converts() {
+        // 1×3, two bytes a line (Y U): luma kept, neutral chroma. This
+        // indexed out of bounds (a line shorter than one Y U Y V group).
+        let data = [10, 100, 20, 101, 30, 102];
+        let f = yuyv_to_frame(&data, 1, 3, 2).unwrap();
+        assert_eq!(f.data, vec![10, 20, 30, 128, 128, 128, 128]);
+        // Stride 0 ("packed") is taken as packed.
+        assert_eq!(yuyv_to_frame(&data, 1, 3, 0).unwrap().data, f.data);
+        // 3×1 in 6 bytes: the last pixel reuses its neighbour's chroma.
+        let f = yuyv_to_frame(&[1, 50, 2, 60, 3, 51], 3, 1, 6).unwrap();
+        assert_eq!(f.data, vec![1, 2, 3, 50, 50, 60, 60]);
+        assert!(yuyv_to_frame(&data[..5], 1, 3, 2).is_err());
+    }
+
+    #[test]
+    fn driver_sizes_never_index_out_of_bounds() {
+        let data = [0u8; 64];
+        for (w, h, stride) in [
+            (0, 4, 8),
+            (4, 0, 8),
+            (u32::MAX, 2, 8),
+            (4, u32::MAX, 8),
+            (4, 4, u32::MAX),
+            (4, 20, 8),
+            (40, 2, 0),
+        ] {
+            assert!(
+                yuyv_to_frame(&data, w, h, stride).is_err(),
+                "{w}×{h} {stride}"
+            );
+            assert!(
+                grey_to_frame(&data, w, h, stride).is_err(),
+                "{w}×{h} {stride}"
+            );
+        }
+        // The last line needs only its pixels, not a whole stride.
+        assert!(grey_to_frame(&data[..8 * 7 + 4], 4, 8, 8).is_ok());
+    }
+
+    #[test]
+    fn mjpeg_header_claiming_a_huge_frame_is_refused() {
+        let mut jpeg = Vec::new();
+        image::GrayImage::from_pixel(16, 8, image::Luma([9]))
+            .write_to(
+                &mut std::io::Cursor::new(&mut jpeg),
+                image::ImageFormat::Jpeg,
+            )
+            .unwrap();
+        // The baseline frame header (FF C0): length, precision, then the
+        // height and width, big-endian.
+        let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        jpeg[sof + 5..sof + 7].copy_from_slice(&60000u16.to_be_bytes());
+        jpeg[sof + 7..sof + 9].copy_from_slice(&60000u16.to_be_bytes());
+        let err = mjpeg_to_frame(&jpeg).unwrap_err();
+        assert!(err.contains("60000×60000"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! Raw video in the YUV4MPEG2 (`.y4m`) format: 4:2:0 (any chroma siting)
 //! and mono. Recorded clips replay frame-exactly, so the whole pipeline can
 //! be tested deterministically without a camera.
+//!
+//! The input may be a regular file or a pipe: it is read one line of at
+//! most 1 KiB and one frame of the header's size (at most
+//! [`MAX_IMAGE_SIDE`] squared, 1.5 bytes a pixel) at a time, so memory is
+//! bounded whatever the file holds or however long it goes on.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -12,6 +17,13 @@ use crate::frame::{Frame, PixelFormat};
 
 /// Longest header or frame line accepted; real headers are < 100 bytes.
 const MAX_LINE: usize = 1024;
+
+/// Latest frame time accepted, in seconds (about 136 years). Far beyond
+/// any recording, and small enough that the pipeline's arithmetic on
+/// timestamps (adding rule holds and intervals of up to a day) cannot
+/// overflow; a header rate like `F1:4294967295` reaches it at its second
+/// frame.
+const MAX_FRAME_TIME_S: f64 = u32::MAX as f64;
 
 /// The parsed stream header.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +43,8 @@ pub struct Y4mSource {
     path: PathBuf,
     reader: BufReader<File>,
     header: Y4mHeader,
+    /// Bytes of one frame, from the header.
+    frame_len: usize,
     next: u64,
     done: bool,
 }
@@ -51,10 +65,23 @@ impl Y4mSource {
             path: path.to_path_buf(),
             message,
         })?;
+        // `parse_header` bounds the sides, so this fits even a 32-bit
+        // `usize`; checked all the same, as the sides come from the file.
+        let frame_len = header
+            .format
+            .buffer_len(header.width, header.height)
+            .ok_or_else(|| SourceError::Format {
+                path: path.to_path_buf(),
+                message: format!(
+                    "frame size {}×{} is too large to address",
+                    header.width, header.height
+                ),
+            })?;
         Ok(Y4mSource {
             path: path.to_path_buf(),
             reader,
             header,
+            frame_len,
             next: 0,
             done: false,
         })
@@ -75,8 +102,15 @@ impl Y4mSource {
                 truncate(&line)
             )));
         }
-        let h = &self.header;
-        let len = h.format.buffer_len(h.width, h.height);
+        let (num, den) = self.header.rate;
+        let secs = self.next as f64 * den as f64 / num as f64;
+        if secs > MAX_FRAME_TIME_S {
+            return Err(self.format_err(format!(
+                "frame {} would be at {secs:.0} s (frame rate {num}:{den}), beyond the {MAX_FRAME_TIME_S:.0} s ferd accepts",
+                self.next
+            )));
+        }
+        let len = self.frame_len;
         let mut data = vec![0u8; len];
         let mut filled = 0;
         while filled < len {
@@ -97,10 +131,13 @@ impl Y4mSource {
                 }
             }
         }
-        let mut frame = Frame::new(h.width, h.height, h.format, data);
+        let h = &self.header;
+        let mut frame = Frame::try_new(h.width, h.height, h.format, data)
+            .map_err(|message| self.format_err(message))?;
         frame.sequence = self.next;
-        let (num, den) = h.rate;
-        frame.timestamp = Duration::from_secs_f64(self.next as f64 * den as f64 / num as f64);
+        // Finite, ≥ 0 and below `MAX_FRAME_TIME_S` (checked above), so
+        // `from_secs_f64` cannot panic.
+        frame.timestamp = Duration::from_secs_f64(secs);
         frame.origin = format!("{}#{}", self.path.display(), self.next);
         Ok(Some(frame))
     }
@@ -138,6 +175,8 @@ impl FrameSource for Y4mSource {
 
     fn frame_interval(&self) -> Option<Duration> {
         let (num, den) = self.header.rate;
+        // At most u32::MAX seconds (num ≥ 1, checked by `parse_header`),
+        // well inside what `from_secs_f64` takes.
         Some(Duration::from_secs_f64(den as f64 / num as f64))
     }
 
@@ -180,6 +219,15 @@ fn read_line(r: &mut impl BufRead, path: &Path) -> Result<Option<String>, Source
         }));
     }
     buf.pop();
+    // The format is ASCII; refusing anything else here also keeps the
+    // byte-offset slicing of the parsers on character boundaries.
+    if let Some(at) = buf.iter().position(|b| !b.is_ascii()) {
+        return Err(err(format!(
+            "header line is not ASCII (byte {:#04x} at column {})",
+            buf[at],
+            at + 1
+        )));
+    }
     String::from_utf8(buf)
         .map(Some)
         .map_err(|_| err("header line is not ASCII".into()))
@@ -194,6 +242,9 @@ fn truncate(s: &str) -> &str {
 
 /// Parses the `YUV4MPEG2 W.. H.. F.. C..` stream header.
 pub fn parse_header(line: &str) -> Result<Y4mHeader, String> {
+    if !line.is_ascii() {
+        return Err(format!("header is not ASCII: {:?}", truncate(line)));
+    }
     let mut parts = line.split(' ');
     if parts.next() != Some("YUV4MPEG2") {
         return Err(format!(
@@ -205,6 +256,8 @@ pub fn parse_header(line: &str) -> Result<Y4mHeader, String> {
     // The format's default colour space is 4:2:0.
     let mut format = PixelFormat::I420;
     for p in parts.filter(|p| !p.is_empty()) {
+        // `p` is ASCII and not empty (both checked above): index 1 is a
+        // character boundary inside it.
         let (tag, value) = p.split_at(1);
         match tag {
             "W" => {
@@ -331,6 +384,50 @@ mod tests {
         assert!(parse_header("YUV4MPEG2 W20000 H4 F25:1")
             .unwrap_err()
             .contains("outside"));
+    }
+
+    #[test]
+    fn non_ascii_headers_are_errors_naming_the_file() {
+        // "W" followed by "é" used to split inside the character and panic.
+        for header in ["YUV4MPEG2 W4 H4 F25:1 é\n", "YUV4MPEG2 é4 H4 F25:1\n"] {
+            let f = clip(header, &[]);
+            let err = match Y4mSource::open(f.path()) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{header:?} accepted"),
+            };
+            let name = f.path().file_name().unwrap().to_str().unwrap();
+            assert!(err.contains(name) && err.contains("not ASCII"), "{err}");
+            assert!(parse_header(header.trim_end())
+                .unwrap_err()
+                .contains("not ASCII"));
+        }
+        // Not UTF-8 at all.
+        let mut g = tempfile::Builder::new().suffix(".y4m").tempfile().unwrap();
+        g.write_all(b"YUV4MPEG2 W4 H4 F25:1 X\xff\n").unwrap();
+        let err = Y4mSource::open(g.path()).err().unwrap().to_string();
+        assert!(err.contains("0xff"), "{err}");
+    }
+
+    #[test]
+    fn endless_or_lineless_input_stops_at_the_line_limit() {
+        // /dev/zero: no newline within MAX_LINE bytes.
+        let err = Y4mSource::open(Path::new("/dev/zero"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("longer than 1024 bytes"), "{err}");
+    }
+
+    #[test]
+    fn frame_times_beyond_the_clock_are_an_error() {
+        let f = clip("YUV4MPEG2 W1 H1 F1:4294967295 Cmono\n", &[&[1], &[2], &[3]]);
+        let mut s = Y4mSource::open(f.path()).unwrap();
+        assert_eq!(s.next_frame().unwrap().unwrap().timestamp, Duration::ZERO);
+        let last = s.next_frame().unwrap().unwrap().timestamp;
+        assert_eq!(last, Duration::from_secs(u32::MAX.into()));
+        let err = s.next_frame().unwrap().unwrap_err().to_string();
+        assert!(err.contains("frame 2 would be at"), "{err}");
+        assert!(s.next_frame().is_none());
     }
 
     #[test]

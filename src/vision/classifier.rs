@@ -3,15 +3,18 @@
 //! The crop is taken in one pass straight from the frame: a square around
 //! the detector's box, enlarged by a margin, rotated so that the eyes are
 //! level, supersampled down to the model's input and normalised as the
-//! manifest says. The same sampler serves `ferd eval`, which feeds whole
-//! dataset images, so evaluation measures the preprocessing the device runs.
+//! manifest says: one grey plane for a `grey` model, three colour planes in
+//! the model's order for an `rgb` or `bgr` one, so a retrained colour model
+//! is a file swap with a manifest that says so. The same sampler serves
+//! `ferd eval`, which feeds whole dataset images, so evaluation measures
+//! the preprocessing the device runs.
 
 use std::path::Path;
 
 use tract_onnx::prelude::*;
 
 use super::detector::Face;
-use super::model::{LoadedModel, ModelError, OutputKind, Task};
+use super::model::{ColorOrder, InputSpec, LoadedModel, ModelError, OutputKind, Task};
 use crate::config::ClassifierConfig;
 use crate::expression::Probs;
 use crate::frame::Frame;
@@ -80,7 +83,9 @@ pub struct Classifier {
 impl Classifier {
     /// Loads the classifier named by `manifest`.
     pub fn load(manifest: &Path, cfg: &ClassifierConfig) -> Result<Classifier, ModelError> {
-        let model = LoadedModel::load(manifest, Task::Expression, &[])?;
+        // The manifest check requires a fixed input shape for expression
+        // models, so no size is given.
+        let model = LoadedModel::load(manifest, Task::Expression, None)?;
         Ok(Classifier {
             model,
             margin: cfg.margin.0,
@@ -117,24 +122,63 @@ impl Classifier {
             .as_slice()
             .try_into()
             .map_err(|_| bad(format!("output has {} values, expected 7", values.len())))?;
+        // NaN or infinite scores would pass through softmax as NaN and
+        // silently never match a rule; a broken model is an error instead.
+        if raw.iter().any(|v| !v.is_finite()) {
+            return Err(bad(format!("output is not finite: {raw:?}")));
+        }
         Ok(match self.model.manifest.output.kind {
             OutputKind::Probabilities => Probs(raw),
             _ => Probs::from_logits(&raw),
         })
     }
 
-    /// Samples the crop into the model's normalised `[1, 1, H, W]` input.
+    /// Samples the crop into the model's normalised `[1, C, H, W]` input
+    /// (C from the manifest's `input.color`).
     pub fn input_tensor(&self, frame: &Frame, crop: &Crop) -> Tensor {
-        let spec = &self.model.manifest.input;
         let shape = &self.model.input_shape;
-        let (h, w) = (shape[2], shape[3]);
-        let data = sample_grey(frame, crop, w, h, |v| {
-            (v * spec.scale - spec.mean[0]) / spec.std[0]
-        });
-        tract_ndarray::Array4::from_shape_vec((1, 1, h, w), data)
-            .expect("buffer length matches the shape")
-            .into()
+        // Four dimensions (the manifest check), height and width fixed.
+        crop_tensor(&self.model.manifest.input, shape[3], shape[2], frame, crop)
     }
+}
+
+/// The crop as a normalised `[1, C, h, w]` tensor: one plane of luma for a
+/// `grey` model, else three planes in the model's channel order.
+pub fn crop_tensor(spec: &InputSpec, w: usize, h: usize, frame: &Frame, crop: &Crop) -> Tensor {
+    // `mean` and `std` have one entry per channel: the manifest check.
+    let norm = |c: usize| move |v: f32| (v * spec.scale - spec.mean[c]) / spec.std[c];
+    let (channels, data) = match spec.color {
+        ColorOrder::Grey => (1, sample_grey(frame, crop, w, h, norm(0))),
+        ColorOrder::Rgb | ColorOrder::Bgr => {
+            let order = if spec.color == ColorOrder::Bgr {
+                [2, 1, 0]
+            } else {
+                [0, 1, 2]
+            };
+            let mut data = vec![0f32; 3 * w * h];
+            let (first, rest) = data.split_at_mut(w * h);
+            let (second, third) = rest.split_at_mut(w * h);
+            let mut planes = [first, second, third];
+            let mut i = 0;
+            supersample(
+                crop,
+                w,
+                h,
+                |x, y| frame.rgb_bilinear(x, y),
+                |rgb| {
+                    for (c, plane) in planes.iter_mut().enumerate() {
+                        plane[i] = norm(c)(rgb[order[c]]);
+                    }
+                    i += 1;
+                },
+            );
+            (3, data)
+        }
+    };
+    // Cannot fail: `data` has exactly channels × h × w values.
+    tract_ndarray::Array4::from_shape_vec((1, channels, h, w), data)
+        .expect("buffer length matches the shape")
+        .into()
 }
 
 /// Samples a rotated square of the frame into a `w` × `h` grey image,
@@ -147,15 +191,35 @@ pub fn sample_grey(
     h: usize,
     map: impl Fn(f32) -> f32,
 ) -> Vec<f32> {
+    let mut out = Vec::with_capacity(w * h);
+    supersample(
+        crop,
+        w,
+        h,
+        |x, y| [frame.luma_bilinear(x, y)],
+        |[v]| out.push(map(v)),
+    );
+    out
+}
+
+/// The sampling grid shared by the grey and colour crops: for each output
+/// pixel in row order, the mean of `k`×`k` values of `sample` (N channels)
+/// over the rotated square, handed to `emit`.
+fn supersample<const N: usize>(
+    crop: &Crop,
+    w: usize,
+    h: usize,
+    sample: impl Fn(f32, f32) -> [f32; N],
+    mut emit: impl FnMut([f32; N]),
+) {
     let step_x = crop.side / w as f32;
     let step_y = crop.side / h as f32;
     let k = (step_x.max(step_y).ceil() as usize).clamp(1, MAX_SUPERSAMPLE);
     let (sin, cos) = crop.angle.sin_cos();
-    let mut out = Vec::with_capacity(w * h);
     let inv_k2 = 1.0 / (k * k) as f32;
     for v in 0..h {
         for u in 0..w {
-            let mut acc = 0.0;
+            let mut acc = [0.0; N];
             for sv in 0..k {
                 for su in 0..k {
                     // Offset from the crop centre in crop pixels.
@@ -163,13 +227,14 @@ pub fn sample_grey(
                     let dy = (v as f32 + (sv as f32 + 0.5) / k as f32) * step_y - crop.side / 2.0;
                     let x = crop.cx + dx * cos - dy * sin - 0.5;
                     let y = crop.cy + dx * sin + dy * cos - 0.5;
-                    acc += frame.luma_bilinear(x, y);
+                    for (a, s) in acc.iter_mut().zip(sample(x, y)) {
+                        *a += s;
+                    }
                 }
             }
-            out.push(map(acc * inv_k2));
+            emit(acc.map(|a| a * inv_k2));
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -198,6 +263,37 @@ mod tests {
         for v in out {
             assert!((v - 100.0).abs() < 1.0, "{v}");
         }
+    }
+
+    fn spec(color: ColorOrder) -> InputSpec {
+        let n = color.channels();
+        InputSpec {
+            shape: vec![1, n, 4, 4],
+            layout: "NCHW".into(),
+            color,
+            scale: 1.0 / 255.0,
+            mean: vec![0.0; n],
+            std: vec![1.0; n],
+        }
+    }
+
+    #[test]
+    fn colour_models_get_three_planes_in_their_order() {
+        // Pure red: R plane 1, G and B planes 0.
+        let red: Vec<u8> = [255u8, 0, 0].repeat(8 * 8);
+        let f = Frame::new(8, 8, PixelFormat::Rgb, red);
+        let planes = |color| {
+            let t = crop_tensor(&spec(color), 4, 4, &f, &Crop::whole(&f));
+            let v = t.to_plain_array_view::<f32>().unwrap();
+            assert_eq!(v.shape(), &[1, color.channels(), 4, 4]);
+            (0..color.channels())
+                .map(|c| v[[0, c, 2, 1]])
+                .collect::<Vec<f32>>()
+        };
+        let near = |a: Vec<f32>, b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
+        assert!(near(planes(ColorOrder::Rgb), &[1.0, 0.0, 0.0]));
+        assert!(near(planes(ColorOrder::Bgr), &[0.0, 0.0, 1.0]));
+        assert!(near(planes(ColorOrder::Grey), &[0.299]));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use tract_onnx::prelude::*;
 
-use super::model::{ColorOrder, LoadedModel, ModelError, Task};
+use super::model::{ColorOrder, InputSpec, LoadedModel, ModelError, Task};
 use crate::config::DetectorConfig;
 use crate::frame::Frame;
 
@@ -75,6 +75,13 @@ pub struct Face {
     pub landmarks: [[f32; 2]; 5],
 }
 
+/// Most anchors a detector may have: 2,097,152 (32 MiB of anchors; the
+/// outputs to match are 64 bytes per anchor). The shipped detector has
+/// 3,160 at 320×240 and 688,128 at the largest input, 4096×4096; more
+/// comes only from a manifest with tiny strides or very many sizes, which
+/// would exhaust a Pi's memory instead of finding faces.
+pub const MAX_ANCHORS: usize = 1 << 21;
+
 /// The face detector: model, anchors and thresholds.
 pub struct Detector {
     model: LoadedModel,
@@ -91,14 +98,21 @@ pub struct Detector {
 
 impl Detector {
     /// Loads the detector named by `manifest` with the thresholds of `cfg`.
+    ///
+    /// The network input is the manifest's height and width where it fixes
+    /// them, `cfg.input_size` where it leaves them free (0).
     pub fn load(manifest: &Path, cfg: &DetectorConfig) -> Result<Detector, ModelError> {
-        let input_w = cfg.input_size[0].0;
-        let input_h = cfg.input_size[1].0;
-        let model = LoadedModel::load(
-            manifest,
-            Task::FaceDetector,
-            &[input_h as usize, input_w as usize],
-        )?;
+        let [w, h] = cfg.input_size.map(|s| s.0 as usize);
+        let model = LoadedModel::load(manifest, Task::FaceDetector, Some([h, w]))?;
+        // Four dimensions, each side in 1..=MAX_INPUT_SIDE: the manifest
+        // check and `LoadedModel::load`.
+        let (input_h, input_w) = (model.input_shape[2], model.input_shape[3]);
+        if (input_w, input_h) != (w, h) {
+            log::info!(
+                "{}: the model's input is fixed at {input_w}×{input_h}; [detector] input_size {w}×{h} is not used",
+                manifest.display()
+            );
+        }
         let spec = model
             .manifest
             .detector
@@ -107,8 +121,18 @@ impl Detector {
                 path: manifest.to_path_buf(),
                 message: "missing [detector] section".into(),
             })?;
-        let mut anchors = Vec::new();
+        let count = anchor_count(&spec.strides, &spec.anchor_sizes, input_w, input_h)
+            .filter(|&n| n <= MAX_ANCHORS)
+            .ok_or_else(|| ModelError::Manifest {
+                path: manifest.to_path_buf(),
+                message: format!(
+                    "keys `detector.strides` and `detector.anchor_sizes`: more than {MAX_ANCHORS} anchors at input {input_w}×{input_h}"
+                ),
+            })?;
+        let (input_w, input_h) = (input_w as u32, input_h as u32);
+        let mut anchors = Vec::with_capacity(count);
         for (&stride, sizes) in spec.strides.iter().zip(&spec.anchor_sizes) {
+            // stride ≥ 1: the manifest check.
             let nx = input_w.div_ceil(stride);
             let ny = input_h.div_ceil(stride);
             for y in 0..ny {
@@ -155,32 +179,13 @@ impl Detector {
 
     /// Letterboxes the frame into the normalised NCHW input tensor.
     fn input_tensor(&self, frame: &Frame, scale: f32) -> Tensor {
-        let spec = &self.model.manifest.input;
-        let (w, h) = (self.input_w as usize, self.input_h as usize);
-        let plane = w * h;
-        // The padding holds the mean, i.e. 0 after normalisation.
-        let mut data = vec![0f32; 3 * plane];
-        let used_w = ((frame.width as f32 * scale).round() as usize).clamp(1, w);
-        let used_h = ((frame.height as f32 * scale).round() as usize).clamp(1, h);
-        let order: [usize; 3] = match spec.color {
-            ColorOrder::Bgr => [2, 1, 0],
-            ColorOrder::Rgb | ColorOrder::Grey => [0, 1, 2],
-        };
-        let inv = 1.0 / scale;
-        for y in 0..used_h {
-            let sy = (y as f32 + 0.5) * inv - 0.5;
-            for x in 0..used_w {
-                let sx = (x as f32 + 0.5) * inv - 0.5;
-                let rgb = frame.rgb_bilinear(sx, sy);
-                for c in 0..3 {
-                    let v = rgb[order[c]] * spec.scale;
-                    data[c * plane + y * w + x] = (v - spec.mean[c]) / spec.std[c];
-                }
-            }
-        }
-        tract_ndarray::Array4::from_shape_vec((1, 3, h, w), data)
-            .expect("buffer length matches the shape")
-            .into()
+        letterbox(
+            &self.model.manifest.input,
+            self.input_w as usize,
+            self.input_h as usize,
+            frame,
+            scale,
+        )
     }
 
     /// Turns the raw outputs into faces in frame coordinates.
@@ -222,6 +227,8 @@ impl Detector {
         let (iw, ih) = (self.input_w as f32, self.input_h as f32);
         let [vc, vs] = self.variance;
         let mut faces = Vec::new();
+        // Indexing is in bounds: each output's shape was matched against
+        // [1, anchors, k] above, so it has k values per anchor.
         for (i, a) in self.anchors.iter().enumerate() {
             let score = conf[i * 2 + 1];
             if score < self.min_score {
@@ -251,6 +258,58 @@ impl Detector {
         }
         Ok(faces)
     }
+}
+
+/// Anchors for `strides` and `sizes` at a `width` × `height` input; `None`
+/// if the count overflows. Strides must be non-zero.
+fn anchor_count(strides: &[u32], sizes: &[Vec<f32>], width: usize, height: usize) -> Option<usize> {
+    strides
+        .iter()
+        .zip(sizes)
+        .try_fold(0usize, |total, (&stride, sizes)| {
+            let stride = usize::try_from(stride).ok()?;
+            let cells = width
+                .div_ceil(stride)
+                .checked_mul(height.div_ceil(stride))?;
+            total.checked_add(cells.checked_mul(sizes.len())?)
+        })
+}
+
+/// The frame scaled by `scale` into the top-left of a `w` × `h` input,
+/// normalised as `spec` says: one plane of luma for a `grey` model, three
+/// planes in the model's channel order otherwise. The rest is padding at
+/// the mean, i.e. 0 after normalisation.
+fn letterbox(spec: &InputSpec, w: usize, h: usize, frame: &Frame, scale: f32) -> Tensor {
+    let plane = w * h;
+    let channels = spec.color.channels();
+    let mut data = vec![0f32; channels * plane];
+    let used_w = ((frame.width as f32 * scale).round() as usize).clamp(1, w);
+    let used_h = ((frame.height as f32 * scale).round() as usize).clamp(1, h);
+    let order: [usize; 3] = match spec.color {
+        ColorOrder::Bgr => [2, 1, 0],
+        ColorOrder::Rgb | ColorOrder::Grey => [0, 1, 2],
+    };
+    // `mean` and `std` have `channels` entries: the manifest check.
+    let norm = |c: usize, v: f32| (v * spec.scale - spec.mean[c]) / spec.std[c];
+    let inv = 1.0 / scale;
+    for y in 0..used_h {
+        let sy = (y as f32 + 0.5) * inv - 0.5;
+        for x in 0..used_w {
+            let sx = (x as f32 + 0.5) * inv - 0.5;
+            if channels == 1 {
+                data[y * w + x] = norm(0, frame.luma_bilinear(sx, sy));
+            } else {
+                let rgb = frame.rgb_bilinear(sx, sy);
+                for c in 0..3 {
+                    data[c * plane + y * w + x] = norm(c, rgb[order[c]]);
+                }
+            }
+        }
+    }
+    // Cannot fail: `data` has exactly channels × h × w values.
+    tract_ndarray::Array4::from_shape_vec((1, channels, h, w), data)
+        .expect("buffer length matches the shape")
+        .into()
 }
 
 /// Greedy non-maximum suppression: keeps the best-scoring face of every
@@ -297,6 +356,39 @@ mod tests {
         assert_eq!(kept.len(), 2);
         assert_eq!(kept[0].score, 0.9);
         assert_eq!(kept[1].bbox.x, 30.0);
+    }
+
+    #[test]
+    fn letterbox_feeds_a_grey_model_one_plane() {
+        // A grey manifest has one mean and one std; three planes used to
+        // index a second mean (a panic at the first frame).
+        let spec = InputSpec {
+            shape: vec![1, 1, 0, 0],
+            layout: "NCHW".into(),
+            color: ColorOrder::Grey,
+            scale: 1.0,
+            mean: vec![100.0],
+            std: vec![2.0],
+        };
+        let f = Frame::new(4, 2, crate::frame::PixelFormat::Grey, vec![120; 8]);
+        let t = letterbox(&spec, 8, 8, &f, 2.0);
+        let v = t.to_plain_array_view::<f32>().unwrap();
+        assert_eq!(v.shape(), &[1, 1, 8, 8]);
+        assert_eq!(v[[0, 0, 0, 0]], 10.0);
+        // Padding below the letterboxed frame is the mean: 0.
+        assert_eq!(v[[0, 0, 7, 0]], 0.0);
+    }
+
+    #[test]
+    fn anchor_counts_are_checked() {
+        let sizes = vec![vec![16.0, 32.0], vec![64.0, 128.0], vec![256.0, 512.0]];
+        assert_eq!(anchor_count(&[8, 16, 32], &sizes, 320, 240), Some(3160));
+        assert_eq!(
+            anchor_count(&[8, 16, 32], &sizes, 4096, 4096),
+            Some(688_128)
+        );
+        let many = vec![vec![1.0; 1 << 20]];
+        assert!(anchor_count(&[1], &many, 4096, 4096).is_some_and(|n| n > MAX_ANCHORS));
     }
 
     #[test]

@@ -15,16 +15,37 @@ use sha2::{Digest, Sha256};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
+/// Largest manifest read: 1 MiB. Manifests are a few KB of TOML; the
+/// bound keeps a wrong path (a log, a device) from being read whole.
+pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+
+/// Largest model file read: 256 MiB. The file is read whole for its
+/// checksum and then parsed, so a Pi briefly holds it twice or more;
+/// ferd's networks are 0.7–2.6 MB and the largest detector worth running
+/// on a Pi (RetinaFace-ResNet50) about 105 MB, so this leaves room for a
+/// retrained model while refusing a wrong path to a disk image or a device.
+pub const MAX_MODEL_FILE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Largest network input side (height or width) accepted, from a manifest's
+/// `input.shape` or a detector's configured `input_size`: 4096. A 3×4096×4096
+/// f32 input is 192 MiB, built for every frame; real face models take
+/// 48–1024 pixels.
+pub const MAX_INPUT_SIDE: usize = 4096;
+
 /// What went wrong loading a model, always naming the file.
+///
+/// Causes are part of the message, never also [`std::error::Error::source`],
+/// so that anyhow's `{:#}` prints each once.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    /// A manifest or model file could not be read.
-    #[error("cannot read {path}: {source}")]
+    /// A manifest or model file could not be read (missing, not a regular
+    /// file, larger than its limit).
+    #[error("cannot read {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error; shown in the message, not chained.
+        error: std::io::Error,
     },
     /// The manifest is not valid TOML or misses or mistypes a key.
     #[error("invalid model manifest {path}: {message}")]
@@ -112,7 +133,9 @@ pub enum Task {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputSpec {
-    /// NCHW shape; 0 marks a free dimension.
+    /// NCHW shape: batch 1, channels as `color` says, height and width at
+    /// most [`MAX_INPUT_SIDE`]; a detector may leave height and width free
+    /// (0), to be filled from its configured `input_size`.
     pub shape: Vec<usize>,
     /// Only `NCHW` is supported.
     pub layout: String,
@@ -120,13 +143,16 @@ pub struct InputSpec {
     pub color: ColorOrder,
     /// Multiplier applied to 0..255 pixel values first.
     pub scale: f32,
-    /// Per-channel mean subtracted after scaling.
+    /// Per-channel mean subtracted after scaling, in the order of `color`.
     pub mean: Vec<f32>,
     /// Per-channel divisor applied last.
     pub std: Vec<f32>,
 }
 
-/// Channel order of a network input.
+/// Channel order of a network input. Both models build their input from
+/// it: one plane of luma for `grey`, three planes in the named order for
+/// `rgb` and `bgr`; `input.shape[1]`, `input.mean` and `input.std` must
+/// have that many channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ColorOrder {
@@ -185,12 +211,30 @@ pub struct LoadedModel {
     pub plan: Arc<TypedRunnableModel>,
 }
 
+impl ColorOrder {
+    /// Number of input channels this order means.
+    pub fn channels(self) -> usize {
+        match self {
+            ColorOrder::Grey => 1,
+            ColorOrder::Bgr | ColorOrder::Rgb => 3,
+        }
+    }
+}
+
 impl Manifest {
-    /// Reads and checks a manifest file.
+    /// Reads and checks a manifest file (a regular file of at most
+    /// [`MAX_MANIFEST_BYTES`]).
     pub fn load(path: &Path) -> Result<Manifest, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Read {
+        let read = |error| ModelError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
+        };
+        let bytes = crate::source::read_regular_file(path, MAX_MANIFEST_BYTES).map_err(read)?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            read(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+            ))
         })?;
         let m: Manifest = toml::from_str(&text).map_err(|e| ModelError::Manifest {
             path: path.to_path_buf(),
@@ -200,43 +244,68 @@ impl Manifest {
         Ok(m)
     }
 
+    /// Everything the runtime relies on, so that a manifest that passes
+    /// here (and `ferd check-config`) cannot make a model fail or panic at
+    /// the first frame. Errors name the key.
     fn check(&self, path: &Path) -> Result<(), ModelError> {
-        let bad = |message: String| ModelError::Manifest {
+        let bad = |key: &str, message: String| ModelError::Manifest {
             path: path.to_path_buf(),
-            message,
+            message: format!("key `{key}`: {message}"),
         };
         let i = &self.input;
         if i.layout != "NCHW" {
-            return Err(bad(format!(
-                "input.layout {:?} unsupported (only NCHW)",
-                i.layout
-            )));
-        }
-        if i.shape.len() != 4 {
-            return Err(bad(format!(
-                "input.shape must have 4 dimensions, has {}",
-                i.shape.len()
-            )));
-        }
-        let channels = match i.color {
-            ColorOrder::Grey => 1,
-            ColorOrder::Bgr | ColorOrder::Rgb => 3,
-        };
-        if i.shape[1] != channels || i.mean.len() != channels || i.std.len() != channels {
-            return Err(bad(format!(
-                "input.color {:?} needs {channels} channels in input.shape[1], input.mean and input.std",
-                i.color
-            )));
-        }
-        if i.std.iter().any(|&s| s == 0.0 || !s.is_finite()) || !i.scale.is_finite() {
             return Err(bad(
-                "input.std must be non-zero and input.scale finite".into()
+                "input.layout",
+                format!("{:?} unsupported (only NCHW)", i.layout),
             ));
+        }
+        let [batch, channels, height, width] = i.shape[..] else {
+            return Err(bad(
+                "input.shape",
+                format!("must have 4 dimensions (NCHW), has {}", i.shape.len()),
+            ));
+        };
+        if batch != 1 {
+            return Err(bad(
+                "input.shape",
+                format!(
+                    "the batch dimension must be 1 (ferd runs one image at a time), got {batch}"
+                ),
+            ));
+        }
+        let wanted = i.color.channels();
+        if channels != wanted || i.mean.len() != wanted || i.std.len() != wanted {
+            return Err(bad(
+                "input.color",
+                format!(
+                    "{:?} needs {wanted} channel(s) in input.shape[1], input.mean and input.std; they have {channels}, {} and {}",
+                    i.color,
+                    i.mean.len(),
+                    i.std.len()
+                ),
+            ));
+        }
+        for (name, side) in [("height", height), ("width", width)] {
+            if side > MAX_INPUT_SIDE {
+                return Err(bad(
+                    "input.shape",
+                    format!("{name} {side} is larger than {MAX_INPUT_SIDE}"),
+                ));
+            }
+        }
+        if i.std.iter().any(|&s| s == 0.0 || !s.is_finite()) {
+            return Err(bad("input.std", "must be finite and non-zero".into()));
+        }
+        if i.mean.iter().any(|m| !m.is_finite()) {
+            return Err(bad("input.mean", "must be finite".into()));
+        }
+        if !i.scale.is_finite() {
+            return Err(bad("input.scale", "must be finite".into()));
         }
         if self.model.sha256.len() != 64
             || !self.model.sha256.chars().all(|c| c.is_ascii_hexdigit())
         {
-            return Err(bad("model.sha256 must be 64 hex digits".into()));
+            return Err(bad("model.sha256", "must be 64 hex digits".into()));
         }
         match self.model.task {
             Task::Expression => {
@@ -246,31 +315,65 @@ impl Manifest {
                     .map(|e| e.name())
                     .collect();
                 if labels != expected.as_slice() {
-                    return Err(bad(format!(
-                        "output.labels must be the FER2013 order {expected:?}, got {labels:?}"
-                    )));
+                    return Err(bad(
+                        "output.labels",
+                        format!("must be the FER2013 order {expected:?}, got {labels:?}"),
+                    ));
                 }
                 if self.output.kind == OutputKind::Retinaface {
                     return Err(bad(
-                        "an expression model's output.kind must be logits or probabilities".into(),
+                        "output.kind",
+                        "must be logits or probabilities for an expression model".into(),
                     ));
                 }
-                if i.shape.contains(&0) {
-                    return Err(bad("an expression model needs a fixed input.shape".into()));
+                if height == 0 || width == 0 {
+                    return Err(bad(
+                        "input.shape",
+                        "an expression model needs a fixed height and width (no 0)".into(),
+                    ));
                 }
             }
             Task::FaceDetector => {
                 let Some(d) = &self.detector else {
                     return Err(bad(
-                        "a face-detector manifest needs a [detector] section".into()
+                        "detector",
+                        "a face-detector manifest needs a [detector] section".into(),
                     ));
                 };
                 if d.strides.is_empty() || d.strides.len() != d.anchor_sizes.len() {
-                    return Err(bad("detector.strides and detector.anchor_sizes must have the same, non-zero length".into()));
+                    return Err(bad(
+                        "detector.strides",
+                        format!(
+                            "detector.strides and detector.anchor_sizes must have the same, non-zero length; they have {} and {}",
+                            d.strides.len(),
+                            d.anchor_sizes.len()
+                        ),
+                    ));
+                }
+                if d.strides.contains(&0) {
+                    return Err(bad(
+                        "detector.strides",
+                        format!("must be positive, got {:?}", d.strides),
+                    ));
+                }
+                if d.anchor_sizes.iter().any(|level| {
+                    level.is_empty() || level.iter().any(|&s| !(s > 0.0 && s.is_finite()))
+                }) {
+                    return Err(bad(
+                        "detector.anchor_sizes",
+                        "every level must list at least one size, each finite and positive".into(),
+                    ));
+                }
+                if d.variance.iter().any(|&v| !(v > 0.0 && v.is_finite())) {
+                    return Err(bad(
+                        "detector.variance",
+                        format!("must be finite and positive, got {:?}", d.variance),
+                    ));
                 }
                 if self.output.kind != OutputKind::Retinaface {
                     return Err(bad(
-                        "a face detector's output.kind must be retinaface".into()
+                        "output.kind",
+                        "must be retinaface for a face detector".into(),
                     ));
                 }
             }
@@ -281,29 +384,34 @@ impl Manifest {
 
 impl LoadedModel {
     /// Loads the model a manifest describes, checking task, checksum and
-    /// input shape. `free_dims` fills the manifest's free (0) dimensions, in
-    /// order; the plan is optimised for the resulting concrete shape.
+    /// input shape (a regular file of at most [`MAX_MODEL_FILE_BYTES`]).
+    /// `size` is the height and width used where the manifest leaves them
+    /// free (0); the manifest check keeps batch and channels fixed. The
+    /// plan is optimised for the resulting concrete shape.
     pub fn load(
         manifest_path: &Path,
         task: Task,
-        free_dims: &[usize],
+        size: Option<[usize; 2]>,
     ) -> Result<LoadedModel, ModelError> {
         let manifest = Manifest::load(manifest_path)?;
         if manifest.model.task != task {
             return Err(ModelError::Manifest {
                 path: manifest_path.to_path_buf(),
                 message: format!(
-                    "model.task is {:?}, but this slot needs {:?}",
+                    "key `model.task`: is {:?}, but this slot needs {:?}",
                     manifest.model.task, task
                 ),
             });
         }
         let dir = manifest_path.parent().unwrap_or(Path::new("."));
         let path = dir.join(&manifest.model.file);
-        let bytes = std::fs::read(&path).map_err(|source| ModelError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let bytes =
+            crate::source::read_regular_file(&path, MAX_MODEL_FILE_BYTES).map_err(|error| {
+                ModelError::Read {
+                    path: path.clone(),
+                    error,
+                }
+            })?;
         let actual = hex(&Sha256::digest(&bytes));
         if !actual.eq_ignore_ascii_case(&manifest.model.sha256) {
             return Err(ModelError::Checksum {
@@ -313,21 +421,32 @@ impl LoadedModel {
             });
         }
 
-        let mut free = free_dims.iter();
-        let mut input_shape = Vec::with_capacity(4);
-        for &d in &manifest.input.shape {
-            if d == 0 {
-                match free.next() {
-                    Some(&f) if f > 0 => input_shape.push(f),
-                    _ => {
-                        return Err(ModelError::Shape {
-                            path,
-                            message: "no size given for a free input dimension".into(),
-                        })
-                    }
+        // Four dimensions, batch and channels non-zero: `Manifest::check`.
+        let mut input_shape = manifest.input.shape.clone();
+        for (axis, name) in [(2, "height"), (3, "width")] {
+            if input_shape[axis] != 0 {
+                continue;
+            }
+            match size.map(|s| s[axis - 2]) {
+                Some(f) if f > 0 && f <= MAX_INPUT_SIDE => input_shape[axis] = f,
+                Some(f) => {
+                    return Err(ModelError::Shape {
+                        path,
+                        message: format!(
+                            "the configured input {name} {f} (for the free {name} in {}'s input.shape) is outside 1..={MAX_INPUT_SIDE}",
+                            manifest_path.display()
+                        ),
+                    })
                 }
-            } else {
-                input_shape.push(d);
+                None => {
+                    return Err(ModelError::Shape {
+                        path,
+                        message: format!(
+                            "no size given for the free input {name} (0 in {}'s input.shape)",
+                            manifest_path.display()
+                        ),
+                    })
+                }
             }
         }
 
@@ -339,7 +458,7 @@ impl LoadedModel {
         let model = tract_onnx::onnx()
             .model_for_read(&mut &bytes[..])
             .map_err(|e| tract_err("parse the ONNX graph", &path, e))?;
-        check_declared_input(&model, &manifest.input.shape, &path)?;
+        check_declared_input(&model, &manifest.input, &path, manifest_path)?;
         let model = model
             .with_input_fact(0, f32::fact(&input_shape).into())
             .and_then(|m| m.into_optimized())
@@ -369,12 +488,16 @@ impl LoadedModel {
 
 /// The ONNX file's declared input must agree with the manifest wherever
 /// both give a concrete size; a 3-channel model under a grey manifest would
-/// otherwise fail later with a less helpful message, or not at all.
+/// otherwise fail later with a less helpful message, or not at all. A graph
+/// whose input shape is open (undeclared) is checked by tract instead, when
+/// the plan is typed for the manifest's shape.
 fn check_declared_input(
     model: &InferenceModel,
-    expected: &[usize],
+    spec: &InputSpec,
     path: &Path,
+    manifest: &Path,
 ) -> Result<(), ModelError> {
+    let expected = &spec.shape;
     let fact = model.input_fact(0).map_err(|e| ModelError::Tract {
         path: path.to_path_buf(),
         stage: "read the input fact",
@@ -388,8 +511,9 @@ fn check_declared_input(
         return Err(ModelError::Shape {
             path: path.to_path_buf(),
             message: format!(
-                "graph input has rank {}, manifest says shape {expected:?}",
-                dims.len()
+                "graph input has rank {}, {} says input.shape = {expected:?}",
+                dims.len(),
+                manifest.display()
             ),
         });
     }
@@ -397,10 +521,16 @@ fn check_declared_input(
         let declared = d.concretize().and_then(|d| d.to_i64().ok());
         if let Some(declared) = declared {
             if e != 0 && declared != e as i64 {
+                let what = if i == 1 {
+                    format!(" (channels; input.color = {:?})", spec.color)
+                } else {
+                    String::new()
+                };
                 return Err(ModelError::Shape {
                     path: path.to_path_buf(),
                     message: format!(
-                        "graph input dimension {i} is {declared}, manifest says shape {expected:?}"
+                        "graph input dimension {i} is {declared}, {} says input.shape = {expected:?}{what}",
+                        manifest.display()
                     ),
                 });
             }
@@ -416,4 +546,180 @@ pub fn hex(bytes: &[u8]) -> String {
         s.push_str(&format!("{b:02x}"));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped(file: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join(file)
+    }
+
+    /// A copy of a shipped manifest in `dir` with `edits` applied.
+    fn edited(dir: &Path, file: &str, edits: &[(&str, &str)]) -> PathBuf {
+        let mut text = std::fs::read_to_string(shipped(file)).unwrap();
+        for (from, to) in edits {
+            assert!(text.contains(from), "{from:?} not in {file}");
+            text = text.replace(from, to);
+        }
+        let path = dir.join(file);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn load_err(path: &Path) -> String {
+        Manifest::load(path).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn shipped_manifests_pass() {
+        for file in [
+            "retinaface-mnet025.toml",
+            "expression.toml",
+            "expression-kd-int8.toml",
+        ] {
+            Manifest::load(&shipped(file)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_zero_stride_is_refused_naming_the_manifest_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = edited(
+            dir.path(),
+            "retinaface-mnet025.toml",
+            &[("strides = [8, 16, 32]", "strides = [8, 0, 32]")],
+        );
+        let err = load_err(&path);
+        assert!(
+            err.contains(&path.display().to_string())
+                && err.contains("key `detector.strides`: must be positive"),
+            "{err}"
+        );
+    }
+
+    /// Text replacements in a manifest: (from, to).
+    type Edits = &'static [(&'static str, &'static str)];
+
+    #[test]
+    fn every_key_the_runtime_relies_on_is_checked() {
+        let det = "retinaface-mnet025.toml";
+        let expr = "expression.toml";
+        let cases: [(&str, Edits, &str); 12] = [
+            (
+                det,
+                &[("[[16, 32], [64", "[[], [64")],
+                "detector.anchor_sizes",
+            ),
+            (det, &[("[[16, 32]", "[[-16, 32]")], "detector.anchor_sizes"),
+            (det, &[("[0.1, 0.2]", "[0.1, inf]")], "detector.variance"),
+            (det, &[("[1, 3, 0, 0]", "[0, 3, 0, 0]")], "input.shape"),
+            (det, &[("[1, 3, 0, 0]", "[1, 3, 5000, 0]")], "input.shape"),
+            (det, &[("[1, 3, 0, 0]", "[1, 3, 0]")], "input.shape"),
+            (
+                det,
+                &[("[104.0, 117.0, 127.0]", "[104.0, nan, 127.0]")],
+                "input.mean",
+            ),
+            (det, &[("scale = 1.0", "scale = inf")], "input.scale"),
+            (
+                det,
+                &[("color = \"bgr\"", "color = \"grey\"")],
+                "input.color",
+            ),
+            (expr, &[("[1, 1, 48, 48]", "[1, 1, 48, 0]")], "input.shape"),
+            (expr, &[("std = [0.5]", "std = [0.0]")], "input.std"),
+            (
+                expr,
+                &[("color = \"grey\"", "color = \"rgb\"")],
+                "input.color",
+            ),
+        ];
+        for (file, edits, key) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let err = load_err(&edited(dir.path(), file, edits));
+            assert!(
+                err.contains(file) && err.contains(&format!("key `{key}`")),
+                "{edits:?}: {err}"
+            );
+        }
+        // A colour expression manifest is fine as a manifest: the
+        // classifier feeds such a model three planes.
+        let dir = tempfile::tempdir().unwrap();
+        let rgb = edited(
+            dir.path(),
+            expr,
+            &[
+                ("[1, 1, 48, 48]", "[1, 3, 48, 48]"),
+                ("color = \"grey\"", "color = \"rgb\""),
+                ("mean = [0.5]", "mean = [0.5, 0.5, 0.5]"),
+                ("std = [0.5]", "std = [0.5, 0.5, 0.5]"),
+            ],
+        );
+        assert_eq!(Manifest::load(&rgb).unwrap().input.color, ColorOrder::Rgb);
+    }
+
+    #[test]
+    fn a_wrapped_read_error_prints_its_cause_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = edited(
+            dir.path(),
+            "expression.toml",
+            &[("file = \"expression-kd.onnx\"", "file = \"gone.onnx\"")],
+        );
+        let io = std::fs::metadata(dir.path().join("gone.onnx"))
+            .unwrap_err()
+            .to_string();
+        let err = LoadedModel::load(&path, Task::Expression, None).unwrap_err();
+        assert!(matches!(err, ModelError::Read { .. }), "{err}");
+        let chain = format!("{:#}", anyhow::Error::new(err).context("loading"));
+        assert_eq!(chain.matches(&io).count(), 1, "{chain}");
+        assert!(chain.contains("gone.onnx"), "{chain}");
+    }
+
+    #[test]
+    fn model_and_manifest_files_must_be_regular_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = edited(
+            dir.path(),
+            "expression.toml",
+            &[("file = \"expression-kd.onnx\"", "file = \"/dev/zero\"")],
+        );
+        let err = LoadedModel::load(&path, Task::Expression, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/dev/zero") && err.contains("character device"),
+            "{err}"
+        );
+
+        let big = edited(
+            dir.path(),
+            "expression.toml",
+            &[("file = \"expression-kd.onnx\"", "file = \"big.onnx\"")],
+        );
+        // Sparse: a size, no data, nothing hashed.
+        std::fs::File::create(dir.path().join("big.onnx"))
+            .unwrap()
+            .set_len(MAX_MODEL_FILE_BYTES + 1)
+            .unwrap();
+        let err = LoadedModel::load(&big, Task::Expression, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("big.onnx") && err.contains("256 MiB limit"),
+            "{err}"
+        );
+
+        // A manifest that is a FIFO with no writer: refused, not waited on.
+        let fifo = dir.path().join("fifo.toml");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo has no other inputs.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = load_err(&fifo);
+        assert!(err.contains("fifo.toml") && err.contains("a FIFO"), "{err}");
+    }
 }
