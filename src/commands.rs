@@ -32,12 +32,11 @@ pub fn check_config(file: &Path) -> Result<bool> {
             .parent()
             .unwrap_or(Path::new("."))
             .join(&manifest.model.file);
-        if !file.is_file() {
-            bail!(
-                "{}: model file {} does not exist",
-                path.display(),
-                file.display()
-            );
+        let meta = std::fs::metadata(&file).and_then(|m| {
+            source::check_regular_file(&m, crate::vision::model::MAX_MODEL_FILE_BYTES)
+        });
+        if let Err(e) = meta {
+            bail!("{}: model file {}: {e}", path.display(), file.display());
         }
     }
     if let Some(spec) = &config.display.output {

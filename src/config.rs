@@ -701,37 +701,16 @@ pub const PACKAGED_MODELS: &str = "/usr/share/ferd/models";
 /// cannot exhaust memory.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
-/// Reads a config file, refusing anything but a regular file of at most
-/// [`MAX_CONFIG_BYTES`].
+/// Reads a config file: a regular file of at most [`MAX_CONFIG_BYTES`], in
+/// UTF-8.
 fn read_bounded(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    if meta.len() > MAX_CONFIG_BYTES {
-        return Err(std::io::Error::new(
+    let bytes = crate::source::read_regular_file(path, MAX_CONFIG_BYTES)?;
+    String::from_utf8(bytes).map_err(|e| {
+        std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!(
-                "{} bytes, more than the {MAX_CONFIG_BYTES} a config may have",
-                meta.len()
-            ),
-        ));
-    }
-    let mut text = String::new();
-    // `take`: the file may grow between the stat and the read.
-    file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("more than the {MAX_CONFIG_BYTES} bytes a config may have"),
-        ));
-    }
-    Ok(text)
+            format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+        )
+    })
 }
 
 fn list_paths(paths: &[PathBuf]) -> String {
@@ -961,7 +940,8 @@ mod tests {
         let msg = format!("{:#}", anyhow::Error::new(err).context("loading"));
         assert_eq!(
             msg,
-            "loading: cannot read config /dev/zero: not a regular file"
+            "loading: cannot read config /dev/zero: not a regular file but a character device; \
+             only regular files are read"
         );
         let err = Config::load(Path::new("/nonexistent/ferd.toml")).unwrap_err();
         let msg = format!("{:#}", anyhow::Error::new(err));
