@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+
 fn ferd(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ferd"))
         .args(args)
@@ -574,11 +576,11 @@ fn sigterm_ends_the_run_cleanly_and_clears_alerts() {
             break;
         }
     }
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    // libc, not the `kill` program: a minimal system has no procps.
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our
+    // own child, not yet waited for.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     for line in lines {
         seen.push(serde_json::from_str(&line.unwrap()).unwrap());
     }
@@ -599,25 +601,29 @@ fn sigterm_ends_the_run_cleanly_and_clears_alerts() {
 }
 
 /// FER2013 PublicTest (`val/`): `../shared/datasets/fer2013/val` beside the
-/// repository, or `$FERD_FER2013/val`.
-fn fer2013_val() -> PathBuf {
+/// repository, or `$FERD_FER2013/val`. None (the test SKIPs, or fails under
+/// CI=true) where the dataset is absent, as on a fresh machine.
+fn fer2013_val() -> Option<PathBuf> {
     let base = std::env::var_os("FERD_FER2013")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/fer2013")
         });
     let val = base.join("val");
-    assert!(
-        val.is_dir(),
-        "FER2013 val/ not found at {} (set FERD_FER2013 to the dataset folder)",
-        val.display()
-    );
-    val
+    let found = val.is_dir();
+    common::require(
+        &format!("the FER2013 dataset's val/ folder at {}", val.display()),
+        found,
+        "put the dataset at ../shared/datasets/fer2013 beside the repository, or set FERD_FER2013 to its folder",
+    )
+    .then_some(val)
 }
 
 #[test]
 fn shipped_model_keeps_its_accuracy_on_val() {
-    let val = fer2013_val();
+    let Some(val) = fer2013_val() else {
+        return;
+    };
     let o = ferd(&["eval", "--data", val.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);

@@ -64,7 +64,7 @@ impl ImageSource {
     pub fn from_dir(dir: &Path) -> Result<ImageSource, SourceError> {
         let io = |source| SourceError::Io {
             path: dir.to_path_buf(),
-            source,
+            error: source,
         };
         let mut paths = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io)? {
@@ -183,7 +183,7 @@ pub fn decode_image(path: &Path) -> Result<Frame, SourceError> {
     let bytes =
         read_regular_file(path, MAX_IMAGE_FILE_BYTES).map_err(|source| SourceError::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         })?;
     let mut frame = decode_bytes(&bytes, None).map_err(|message| SourceError::Format {
         path: path.to_path_buf(),

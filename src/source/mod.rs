@@ -27,20 +27,19 @@ use crate::frame::Frame;
 /// The cause is part of the message (sources, the pipeline and `ferd
 /// detect --json` print it with `{e}`) and is therefore not also exposed as
 /// [`std::error::Error::source`]: a chain printer such as anyhow's `{:#}`
-/// would print it twice. The `Io` variant's field keeps the name `source`
-/// for the code that builds it (src/source/reconnect.rs); thiserror would
-/// make a field of that name the error's source, so `Display` and `Error`
-/// are written out below instead of derived.
-#[derive(Debug)]
+/// would print it twice.
+#[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The path could not be opened or read.
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// The I/O error; shown in the message, not chained.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The content is not what the format requires.
+    #[error("{}: {message}", path.display())]
     Format {
         /// The file.
         path: PathBuf,
@@ -48,18 +47,6 @@ pub enum SourceError {
         message: String,
     },
 }
-
-impl std::fmt::Display for SourceError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SourceError::Io { path, source } => write!(f, "{}: {source}", path.display()),
-            SourceError::Format { path, message } => write!(f, "{}: {message}", path.display()),
-        }
-    }
-}
-
-/// No `source()`: the cause is already in the message (see [`SourceError`]).
-impl std::error::Error for SourceError {}
 
 /// A change in a live source's device, reported between frames.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +101,7 @@ pub trait FrameSource {
 pub fn open(path: &Path) -> Result<Box<dyn FrameSource + Send>, SourceError> {
     let meta = std::fs::metadata(path).map_err(|source| SourceError::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })?;
     if meta.is_dir() {
         return Ok(Box::new(ImageSource::from_dir(path)?));
@@ -128,7 +115,7 @@ pub fn open(path: &Path) -> Result<Box<dyn FrameSource + Send>, SourceError> {
     } else {
         check_regular_file(&meta, MAX_IMAGE_FILE_BYTES).map_err(|source| SourceError::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         })?;
         Ok(Box::new(ImageSource::from_paths(vec![path.to_path_buf()])))
     }

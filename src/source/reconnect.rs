@@ -178,7 +178,7 @@ mod tests {
     fn io_err() -> SourceError {
         SourceError::Io {
             path: PathBuf::from("/dev/video9"),
-            source: std::io::Error::from_raw_os_error(libc::ENODEV),
+            error: std::io::Error::from_raw_os_error(libc::ENODEV),
         }
     }
 

@@ -111,7 +111,7 @@ impl Streaming {
         let path = cfg.device.clone();
         let io = |what: &str, e: std::io::Error| SourceError::Io {
             path: path.clone(),
-            source: std::io::Error::new(e.kind(), format!("{what}: {e}")),
+            error: std::io::Error::new(e.kind(), format!("{what}: {e}")),
         };
         let fmt_err = |message: String| SourceError::Format {
             path: path.clone(),
@@ -254,7 +254,7 @@ impl Streaming {
                 Err(source) => {
                     return Some(Err(SourceError::Io {
                         path: self.path.clone(),
-                        source,
+                        error: source,
                     }))
                 }
             };

@@ -54,7 +54,7 @@ impl Y4mSource {
     pub fn open(path: &Path) -> Result<Y4mSource, SourceError> {
         let file = File::open(path).map_err(|source| SourceError::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         })?;
         let mut reader = BufReader::new(file);
         let line = read_line(&mut reader, path)?.ok_or_else(|| SourceError::Format {
@@ -126,7 +126,7 @@ impl Y4mSource {
                 Err(source) => {
                     return Err(SourceError::Io {
                         path: self.path.clone(),
-                        source,
+                        error: source,
                     })
                 }
             }
@@ -202,7 +202,7 @@ fn read_line(r: &mut impl BufRead, path: &Path) -> Result<Option<String>, Source
         .read_until(b'\n', &mut buf)
         .map_err(|source| SourceError::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         })?;
     if n == 0 {
         return Ok(None);
