@@ -7,13 +7,18 @@ use std::path::PathBuf;
 use crate::events::Event;
 
 /// Why an event could not be written; names the destination.
+///
+/// The I/O error's text is part of the message (callers log it with
+/// `{e}`), so it is deliberately not also the error's `source()`: chains
+/// printed with anyhow's `{:#}` would repeat it. Hence the field is not
+/// named `source`, which thiserror would make the source.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot write events to {target}: {source}")]
+#[error("cannot write events to {target}: {error}")]
 pub struct SinkError {
     /// `stdout` or the file path.
     pub target: String,
     /// The I/O error (a full disk shows up here).
-    pub source: io::Error,
+    pub error: io::Error,
 }
 
 /// Something that consumes events.
@@ -47,9 +52,9 @@ impl JsonLines<BufWriter<File>> {
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|source| SinkError {
+            .map_err(|error| SinkError {
                 target: path.display().to_string(),
-                source,
+                error,
             })?;
         Ok(JsonLines {
             out: BufWriter::new(file),
@@ -72,10 +77,10 @@ impl<W: Write> JsonLines<W> {
         self.out
     }
 
-    fn err(&self, source: io::Error) -> SinkError {
+    fn err(&self, error: io::Error) -> SinkError {
         SinkError {
             target: self.target.clone(),
-            source,
+            error,
         }
     }
 }
@@ -138,5 +143,21 @@ mod tests {
         let r = s.emit(&e).and_then(|_| s.flush());
         let msg = r.unwrap_err().to_string();
         assert!(msg.contains("/dev/full"), "{msg}");
+    }
+
+    #[test]
+    fn a_chain_names_the_os_error_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-such-dir/events.jsonl");
+        let Err(e) = JsonLines::append(missing) else {
+            panic!("opened a file in a missing folder");
+        };
+        let chain = format!(
+            "{:#}",
+            anyhow::Error::new(e).context("cannot start the event output")
+        );
+        // ENOENT's text, "No such file or directory (os error 2)", once.
+        assert_eq!(chain.matches("(os error 2)").count(), 1, "{chain}");
+        assert!(chain.contains("no-such-dir/events.jsonl"), "{chain}");
     }
 }

@@ -1,0 +1,34 @@
+//! Shared by the integration tests: prerequisites a fresh machine may lack.
+
+use std::io::Write;
+
+/// Whether the calling test has what it needs: `what` (e.g.
+/// "systemd-analyze") is `available`. When it is not, the test must not
+/// pass silently as if it had run. Outside CI it prints one plain line on
+/// stderr and returns false, so the caller returns early and `cargo test`
+/// on a fresh machine still passes while saying what it left out. Under
+/// `CI=true` (set by `.ci/run`) it panics saying the same, so CI can
+/// never pass without running the test.
+pub fn require(what: &str, available: bool, how_to_get: &str) -> bool {
+    if available {
+        return true;
+    }
+    // libtest names each test's thread after the test; with
+    // --test-threads=1 the tests may run on the main thread instead.
+    let thread = std::thread::current();
+    let test = match thread.name() {
+        Some(name) if name != "main" => name,
+        _ => "this test",
+    };
+    let missing = format!("{test}: needs {what} ({how_to_get})");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{missing}; with CI=true a missing prerequisite is a failure");
+    }
+    // Straight to the stderr handle: libtest captures eprintln! from
+    // passing tests, which would hide the skip.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {missing}; set CI=true to make this a failure"
+    );
+    false
+}
