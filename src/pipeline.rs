@@ -301,13 +301,15 @@ impl Pipeline {
     /// `camera_lost`), since nothing is known about the faces any more and
     /// an alarm must not stay on while the camera is away.
     pub fn source_event(&mut self, event: SourceEvent) {
-        match event {
+        let away = match event {
             SourceEvent::Lost { device, error } => {
                 self.health.camera_lost = true;
                 // A run of failures does not span the loss.
                 self.health.failing_since = None;
-                self.health.last_error = format!("{device}: {error}");
+                // The source's error names the device already.
+                self.health.last_error.clone_from(&error);
                 self.emit(EventKind::CameraLost { device, error });
+                None
             }
             SourceEvent::Restored { device, offline } => {
                 self.health.camera_lost = false;
@@ -316,15 +318,24 @@ impl Pipeline {
                     device,
                     offline: seconds(offline),
                 });
+                // Frame time stands still while the camera is away: the
+                // time degraded is the time it was offline.
+                Some(offline)
             }
-        }
-        self.update_health();
+        };
+        self.update_health_after(away);
         self.update_display();
         self.flush();
     }
 
     /// Enters or leaves the degraded state as the health facts say.
     fn update_health(&mut self) {
+        self.update_health_after(None);
+    }
+
+    /// [`Pipeline::update_health`]; a recovery lasted `away` if given,
+    /// else the frame time since it began.
+    fn update_health_after(&mut self, away: Option<Duration>) {
         let wanted = self.health.wanted(self.last_time);
         match (self.health.degraded, wanted) {
             (None, Some(reason)) => {
@@ -342,7 +353,7 @@ impl Pipeline {
                 log::info!("recovered from {}", reason.name());
                 self.emit(EventKind::Recovered {
                     reason: reason.name(),
-                    duration: seconds(self.last_time.saturating_sub(since)),
+                    duration: seconds(away.unwrap_or(self.last_time.saturating_sub(since))),
                 });
             }
             _ => {}
@@ -476,6 +487,7 @@ impl Pipeline {
             faces: self.tracker.tracks().len(),
             probs: main.map(|t| t.probs),
             alerts: self.rules.active().map(str::to_string).collect(),
+            degraded: self.health.degraded.is_some(),
         };
         if let Err(e) = display.show(&screen) {
             log::error!("{e}");
@@ -1080,6 +1092,14 @@ mod tests {
             offline: Duration::from_secs(3),
         });
         assert_eq!(p.degraded(), None);
+        let recovered = record.0.lock().unwrap().last().unwrap().kind.clone();
+        assert_eq!(
+            recovered,
+            EventKind::Recovered {
+                reason: "camera_lost",
+                duration: 3.0
+            }
+        );
         p.process(&frame(40));
         assert_eq!(out.read(), (false, true, false));
         let lines = record.lines();

@@ -235,29 +235,10 @@ fn run_shows_the_screen_on_every_display_given() {
     assert_eq!(a, b);
 }
 
-/// A config in a scratch directory pointing at copies of the shipped
-/// models, so tests can break them.
-fn scratch_models(dir: &Path) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let models = dir.join("models");
-    std::fs::create_dir_all(&models).unwrap();
-    for entry in std::fs::read_dir(root.join("models")).unwrap() {
-        let p = entry.unwrap().path();
-        std::fs::copy(&p, models.join(p.file_name().unwrap())).unwrap();
-    }
-    let config = dir.join("ferd.toml");
-    std::fs::write(
-        &config,
-        "[detector]\nmodel = \"models/retinaface-mnet025.toml\"\n[classifier]\nmodel = \"models/expression.toml\"\n",
-    )
-    .unwrap();
-    config
-}
-
 #[test]
 fn corrupt_model_is_refused_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let config = scratch_models(dir.path());
+    let config = common::scratch_models(dir.path());
     let onnx = dir.path().join("models/retinaface-mnet025.onnx");
     let mut bytes = std::fs::read(&onnx).unwrap();
     let mid = bytes.len() / 2;
@@ -280,7 +261,7 @@ fn corrupt_model_is_refused_naming_the_file() {
 #[test]
 fn missing_model_is_refused_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let config = scratch_models(dir.path());
+    let config = common::scratch_models(dir.path());
     let manifest = dir.path().join("models/expression.toml");
     let file = std::fs::read_to_string(&manifest)
         .unwrap()

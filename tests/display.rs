@@ -14,6 +14,7 @@ fn status_screen_matches_reference() {
         faces: 3,
         probs: Some(Probs([0.42, 0.01, 0.2, 0.02, 0.25, 0.05, 0.05])),
         alerts: vec!["distress".into()],
+        degraded: false,
     };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("screen.png");

@@ -8,6 +8,8 @@
 //! [`onnx`] module below.
 
 use std::path::{Path, PathBuf};
+
+mod common;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -170,7 +172,7 @@ fn errors_print_their_cause_once() {
     assert_eq!(stderr(&o).matches(&io).count(), 1, "{}", stderr(&o));
 
     // A model file that is gone: ModelError::Read.
-    let config = scratch_models(dir.path());
+    let config = common::scratch_models(dir.path());
     std::fs::remove_file(dir.path().join("models/retinaface-mnet025.onnx")).unwrap();
     let face = root().join("tests/data/faces/one_face.png");
     let o = ferd(&["run", "--config", s(&config), "--source", s(&face)]);
@@ -181,7 +183,7 @@ fn errors_print_their_cause_once() {
 #[test]
 fn model_files_that_are_not_regular_or_too_large_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let config = scratch_models(dir.path());
+    let config = common::scratch_models(dir.path());
     let face = root().join("tests/data/faces/one_face.png");
     let onnx = dir.path().join("models/retinaface-mnet025.onnx");
     std::fs::remove_file(&onnx).unwrap();
@@ -195,24 +197,6 @@ fn model_files_that_are_not_regular_or_too_large_are_refused() {
         .unwrap();
     let o = ferd(&["run", "--config", s(&config), "--source", s(&face)]);
     assert_refused(&o, &["retinaface-mnet025.onnx", "256 MiB limit"]);
-}
-
-/// A config in a scratch directory pointing at copies of the shipped
-/// models, so tests can break them (as in tests/cli.rs).
-fn scratch_models(dir: &Path) -> PathBuf {
-    let models = dir.join("models");
-    std::fs::create_dir_all(&models).unwrap();
-    for entry in std::fs::read_dir(root().join("models")).unwrap() {
-        let p = entry.unwrap().path();
-        std::fs::copy(&p, models.join(p.file_name().unwrap())).unwrap();
-    }
-    let config = dir.join("ferd.toml");
-    std::fs::write(
-        &config,
-        "[detector]\nmodel = \"models/retinaface-mnet025.toml\"\n[classifier]\nmodel = \"models/expression.toml\"\n",
-    )
-    .unwrap();
-    config
 }
 
 /// Rewrites `file` in the scratch models, replacing each `from` (which
@@ -242,7 +226,7 @@ fn assert_manifest_refused(config: &Path, manifest: &str, key: &str) {
 #[test]
 fn detector_manifest_with_a_zero_stride_is_refused_at_load() {
     let dir = tempfile::tempdir().unwrap();
-    let config = scratch_models(dir.path());
+    let config = common::scratch_models(dir.path());
     edit(
         dir.path(),
         "retinaface-mnet025.toml",
@@ -294,7 +278,7 @@ fn manifest_keys_the_runtime_relies_on_are_checked_at_load() {
     ];
     for (file, edits, key) in cases {
         let dir = tempfile::tempdir().unwrap();
-        let config = scratch_models(dir.path());
+        let config = common::scratch_models(dir.path());
         edit(dir.path(), file, edits);
         assert_manifest_refused(&config, file, key);
     }
@@ -306,7 +290,7 @@ fn colour_manifest_on_a_grey_network_is_refused_at_load() {
     // check-config passes; the network takes one channel, so loading it
     // fails naming the network, the manifest and its colour.
     let dir = tempfile::tempdir().unwrap();
-    let config = scratch_models(dir.path());
+    let config = common::scratch_models(dir.path());
     edit(
         dir.path(),
         "expression.toml",

@@ -38,6 +38,8 @@ pub struct StatusScreen {
     pub probs: Option<Probs>,
     /// Names of the active alerts.
     pub alerts: Vec<String>,
+    /// ferd is degraded (cannot see): the banner says so instead.
+    pub degraded: bool,
 }
 
 /// Why a display could not be updated; names the device or file.
@@ -135,17 +137,23 @@ impl StatusScreen {
             }
         }
 
-        if !self.alerts.is_empty() {
+        // Alerts are cleared while degraded, so the two banners never
+        // compete; an unavailable system must not look like a calm one.
+        if self.degraded || !self.alerts.is_empty() {
             Rectangle::new(Point::new(0, 54), Size::new(128, 10))
                 .into_styled(PrimitiveStyle::with_fill(BinaryColor::On))
                 .draw(d)?;
             s.clear();
-            s.push_str("! ");
-            for (i, a) in self.alerts.iter().enumerate() {
-                if i > 0 {
-                    s.push(' ');
+            if self.degraded {
+                s.push_str("? NOT WATCHING");
+            } else {
+                s.push_str("! ");
+                for (i, a) in self.alerts.iter().enumerate() {
+                    if i > 0 {
+                        s.push(' ');
+                    }
+                    s.push_str(&a.to_uppercase());
                 }
-                s.push_str(&a.to_uppercase());
             }
             let inverse = MonoTextStyle::new(&FONT_6X10, BinaryColor::Off);
             Text::with_text_style(
@@ -238,6 +246,26 @@ mod tests {
     }
 
     #[test]
+    fn degraded_screen_has_its_own_banner() {
+        let mut alert = Canvas::default();
+        StatusScreen {
+            alerts: vec!["distress".into()],
+            ..StatusScreen::default()
+        }
+        .draw(&mut alert)
+        .unwrap();
+        let mut degraded = Canvas::default();
+        StatusScreen {
+            degraded: true,
+            ..StatusScreen::default()
+        }
+        .draw(&mut degraded)
+        .unwrap();
+        assert!(lit(&degraded, 0, 54, 128, 64) > 128 * 10 / 2);
+        assert_ne!(alert, degraded);
+    }
+
+    #[test]
     fn bar_length_follows_probability() {
         let mut p = [0.0; 7];
         p[Expression::Happy.index()] = 1.0;
@@ -245,6 +273,7 @@ mod tests {
             faces: 1,
             probs: Some(Probs(p)),
             alerts: vec![],
+            degraded: false,
         };
         let mut c = Canvas::default();
         s.draw(&mut c).unwrap();

@@ -235,6 +235,7 @@ mod tests {
             faces: 1,
             probs: Some(Probs(p)),
             alerts: vec!["distress".into()],
+            degraded: false,
         }
     }
 

@@ -1,6 +1,11 @@
-//! Shared by the integration tests: prerequisites a fresh machine may lack.
+//! Shared by the integration tests: prerequisites a fresh machine may
+//! lack, and scratch copies of the models.
+//!
+//! Each test crate compiles this module on its own and uses part of it.
+#![allow(dead_code)]
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 
 /// Whether the calling test has what it needs: `what` (e.g.
 /// "systemd-analyze") is `available`. When it is not, the test must not
@@ -31,4 +36,23 @@ pub fn require(what: &str, available: bool, how_to_get: &str) -> bool {
         "SKIPPED {missing}; set CI=true to make this a failure"
     );
     false
+}
+
+/// A config in a scratch directory pointing at copies of the shipped
+/// models, so tests can break them.
+pub fn scratch_models(dir: &Path) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let models = dir.join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    for entry in std::fs::read_dir(root.join("models")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, models.join(p.file_name().unwrap())).unwrap();
+    }
+    let config = dir.join("ferd.toml");
+    std::fs::write(
+        &config,
+        "[detector]\nmodel = \"models/retinaface-mnet025.toml\"\n[classifier]\nmodel = \"models/expression.toml\"\n",
+    )
+    .unwrap();
+    config
 }

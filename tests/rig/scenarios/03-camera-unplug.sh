@@ -3,8 +3,9 @@
 # nodes go away under the open file), the module is unloaded once ferd has
 # let go of it, then loaded again. The event stream says camera_lost, then
 # camera_restored, frames are analysed again, and the daemon is still
-# running. (A plain rmmod cannot pull a device that is open: the module is
-# in use.)
+# running. While the camera is gone ferd is degraded: a `degraded` event
+# and the tell-tale line 4 at 1, back to 0 once it recovers. (A plain
+# rmmod cannot pull a device that is open: the module is in use.)
 # rig-arch: x86_64 aarch64
 . /rig/tests/rig/guest/lib.sh
 vivid_load || fail "vivid did not load"
@@ -19,6 +20,9 @@ echo vivid.0 >/sys/bus/platform/drivers/vivid/unbind || fail "cannot unbind vivi
 [ -e /dev/video0 ] && fail "/dev/video0 still there after the unplug"
 event_wait camera_lost 60 || { ferd_log; fail "no camera_lost event within 60 s"; }
 ok "camera_lost after the unplug"
+grep -q '"type":"degraded".*"reason":"camera_lost"' "$EVENTS" || { ferd_log; fail "no degraded (camera_lost) event"; }
+gpio_wait 4 30 1 >/dev/null || { ferd_log; fail "tell-tale line 4 did not go to 1 within 30 s of the loss"; }
+ok "degraded (camera_lost): tell-tale line 4 reads 1"
 i=0
 until rmmod vivid 2>/dev/null; do
   i=$((i + 1))
@@ -46,6 +50,9 @@ until sed -n '/"camera_restored"/,$p' "$EVENTS" | grep -q '"face_appeared"'; do
   sleep 1
 done
 ok "frames analysed again after the restore"
+grep -q '"type":"recovered".*"reason":"camera_lost"' "$EVENTS" || { ferd_log; fail "no recovered (camera_lost) event"; }
+gpio_wait 4 30 0 >/dev/null || { ferd_log; fail "tell-tale line 4 did not go back to 0 within 30 s"; }
+ok "recovered: tell-tale line 4 reads 0"
 kill -0 "$FERD_PID" || fail "ferd is not running"
 ferd_stop 30
 [ "$FERD_STATUS" = 0 ] || { ferd_log; fail "ferd exited with $FERD_STATUS"; }
