@@ -95,6 +95,8 @@ struct Health {
     /// A live source has delivered nothing for `degraded_after`.
     stalled: bool,
     last_error: String,
+    /// A frame took longer than `degraded_after` to analyse (logged once).
+    warned_slow: bool,
     /// Degraded now: why, and since when (frame time).
     degraded: Option<(DegradedReason, Duration)>,
 }
@@ -165,6 +167,7 @@ impl Pipeline {
                 failing_since: None,
                 stalled: false,
                 last_error: String::new(),
+                warned_slow: false,
                 degraded: None,
             },
         }
@@ -213,7 +216,21 @@ impl Pipeline {
         self.last_time = t;
         self.last_frame = frame.sequence;
         let mut observations = std::mem::take(&mut self.observations);
-        let analysed = match self.analyzer.analyze_into(frame, &mut observations) {
+        let began = Instant::now();
+        let result = self.analyzer.analyze_into(frame, &mut observations);
+        let took = began.elapsed();
+        if took > self.health.degraded_after && !self.health.warned_slow {
+            // The GPIO thread counts a loop silent this long as hung and
+            // shows the system unavailable; say why once.
+            self.health.warned_slow = true;
+            log::warn!(
+                "analysing one frame took {:.1} s, longer than health.degraded_after ({:.1} s): \
+                 GPIO outputs show the system unavailable meanwhile; raise degraded_after",
+                took.as_secs_f64(),
+                self.health.degraded_after.as_secs_f64()
+            );
+        }
+        let analysed = match result {
             Ok(()) => {
                 self.health.failing_since = None;
                 self.health.stalled = false;
