@@ -588,17 +588,27 @@ impl Config {
     /// `models/` next to the ferd binary (an unpacked release). The error
     /// lists every place tried.
     pub fn find_model(&self, key: &str, p: &Path) -> Result<PathBuf, ConfigError> {
+        let mut fallbacks = vec![PathBuf::from(PACKAGED_MODELS)];
+        fallbacks.extend(
+            std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|dir| dir.join("models"))),
+        );
+        self.find_model_in(key, p, &fallbacks)
+    }
+
+    /// [`Config::find_model`] with its fallback directories given: a
+    /// relative `p` is tried next to the config, then by file name in each
+    /// of `fallbacks` in order.
+    pub fn find_model_in(
+        &self,
+        key: &str,
+        p: &Path,
+        fallbacks: &[PathBuf],
+    ) -> Result<PathBuf, ConfigError> {
         let mut tried = vec![self.resolve(p)];
-        if !p.is_absolute() {
-            if let Some(name) = p.file_name() {
-                tried.push(Path::new(PACKAGED_MODELS).join(name));
-                if let Some(dir) = std::env::current_exe()
-                    .ok()
-                    .and_then(|exe| exe.parent().map(Path::to_path_buf))
-                {
-                    tried.push(dir.join("models").join(name));
-                }
-            }
+        if let (false, Some(name)) = (p.is_absolute(), p.file_name()) {
+            tried.extend(fallbacks.iter().map(|dir| dir.join(name)));
         }
         tried.dedup();
         match tried.iter().find(|c| c.is_file()) {
@@ -931,6 +941,37 @@ mod tests {
         assert!(
             err.contains("/usr/share/ferd/models/nope-404.toml"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_config_elsewhere_finds_the_packaged_models_by_file_name() {
+        let home = tempfile::tempdir().unwrap();
+        let packaged = tempfile::tempdir().unwrap();
+        let beside_binary = tempfile::tempdir().unwrap();
+        std::fs::write(packaged.path().join("expression.toml"), "").unwrap();
+        std::fs::write(beside_binary.path().join("retinaface.toml"), "").unwrap();
+        let mut c = parse("").unwrap();
+        c.base_dir = home.path().to_path_buf();
+        let dirs = [
+            packaged.path().to_path_buf(),
+            beside_binary.path().to_path_buf(),
+        ];
+        let find = |key: &str, p: &str| c.find_model_in(key, Path::new(p), &dirs).unwrap();
+        assert_eq!(
+            find("classifier.model", "../models/expression.toml"),
+            packaged.path().join("expression.toml")
+        );
+        assert_eq!(
+            find("detector.model", "models/retinaface.toml"),
+            beside_binary.path().join("retinaface.toml")
+        );
+        // Next to the config wins.
+        std::fs::create_dir(home.path().join("models")).unwrap();
+        std::fs::write(home.path().join("models/retinaface.toml"), "").unwrap();
+        assert_eq!(
+            find("detector.model", "models/retinaface.toml"),
+            home.path().join("models/retinaface.toml")
         );
     }
 
