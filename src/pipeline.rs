@@ -178,11 +178,6 @@ impl Pipeline {
         self.summary
     }
 
-    /// Names of the alerts active now.
-    pub fn active_alerts(&self) -> impl Iterator<Item = &str> {
-        self.rules.active()
-    }
-
     /// Why ferd is degraded, if it is.
     pub fn degraded(&self) -> Option<DegradedReason> {
         self.health.degraded.map(|(reason, _)| reason)
@@ -704,11 +699,7 @@ pub fn run(
             }
             match item {
                 None => break,
-                Some(Ok(frame)) => {
-                    if pipeline.process(&frame) && pipeline.degraded().is_none() {
-                        watchdog.alive();
-                    }
-                }
+                Some(Ok(frame)) => analyse(pipeline, &frame, watchdog),
                 Some(Err(e)) => pipeline.skip(&e),
             }
         }
@@ -741,9 +732,7 @@ pub fn run(
         match mailbox.take_timeout(tick) {
             Ok(Delivery::Item(frame)) => {
                 last_delivery = Instant::now();
-                if pipeline.process(&frame) && pipeline.degraded().is_none() {
-                    watchdog.alive();
-                }
+                analyse(pipeline, &frame, watchdog);
             }
             Ok(Delivery::Event(e)) => {
                 last_delivery = Instant::now();
@@ -771,6 +760,14 @@ pub fn run(
                 .unwrap_or_else(|| "panicked".to_string());
             Err(RunError::CapturePanicked(message))
         }
+    }
+}
+
+/// Processes one frame; the watchdog hears of it only if the frame was
+/// analysed and ferd is not degraded.
+fn analyse(pipeline: &mut Pipeline, frame: &Frame, watchdog: &mut dyn Watchdog) {
+    if pipeline.process(frame) && pipeline.degraded().is_none() {
+        watchdog.alive();
     }
 }
 
@@ -1102,7 +1099,7 @@ mod tests {
             error: "No such device".into(),
         });
         assert_eq!(p.degraded(), Some(DegradedReason::CameraLost));
-        assert_eq!(p.active_alerts().count(), 0);
+        assert_eq!(p.rules.active().count(), 0);
         assert_eq!(out.read(), (false, false, true));
         p.source_event(SourceEvent::Restored {
             device: "/dev/video0".into(),

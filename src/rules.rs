@@ -241,11 +241,6 @@ impl Rules {
         }
     }
 
-    /// Clears every active alert: no alert outlives the run.
-    pub fn finish(&mut self, t: Duration, changes: &mut Vec<AlertChange>) {
-        self.clear_all(t, ClearReason::Shutdown, changes);
-    }
-
     /// Clears every active alert for `reason` and returns every rule to
     /// idle (a lost camera: nothing is known about the faces any more).
     pub fn clear_all(&mut self, t: Duration, reason: ClearReason, changes: &mut Vec<AlertChange>) {
@@ -373,13 +368,13 @@ mod tests {
     }
 
     #[test]
-    fn finish_clears_active_alerts() {
+    fn clear_all_clears_active_alerts() {
         let mut rules = Rules::new(&[rule(0.0, 1.0, 0.0)]);
         let mut ch = Vec::new();
         rules.update(Duration::ZERO, &[track(0.8)], &mut ch);
         assert_eq!(rules.active().collect::<Vec<_>>(), vec!["distress"]);
         ch.clear();
-        rules.finish(Duration::from_secs(2), &mut ch);
+        rules.clear_all(Duration::from_secs(2), ClearReason::Shutdown, &mut ch);
         assert!(
             matches!(&ch[0], AlertChange::Cleared { reason: ClearReason::Shutdown, duration, .. } if *duration == Duration::from_secs(2))
         );
