@@ -85,6 +85,9 @@ pub struct Config {
     /// When ferd counts itself unable to see.
     #[serde(default)]
     pub health: HealthConfig,
+    /// Events to an MQTT broker (and Home Assistant); off without the
+    /// table.
+    pub mqtt: Option<MqttConfig>,
     /// The directory that relative paths are resolved against (the config
     /// file's own directory); not a key in the file.
     #[serde(skip)]
@@ -316,6 +319,11 @@ fn default_clear_after() -> Seconds {
 pub struct EventsConfig {
     /// `"-"` for stdout, otherwise a file that events are appended to.
     pub output: String,
+    /// A Unix socket local subscribers connect to for the same JSON lines
+    /// (mode 0660); none by default.
+    pub socket: Option<PathBuf>,
+    /// The group the socket is given (default: ferd's own group).
+    pub socket_group: Option<String>,
     /// Emit an `expression` event for a track when its top expression
     /// changes, and otherwise at most this often (0 = only on change).
     pub expression_interval: Seconds,
@@ -325,7 +333,257 @@ impl Default for EventsConfig {
     fn default() -> Self {
         EventsConfig {
             output: "-".to_string(),
+            socket: None,
+            socket_group: None,
             expression_interval: Seconds(0.0),
+        }
+    }
+}
+
+/// `[mqtt]`: events to a broker. Only `url` is required.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://host[:port]` (1883), or `mqtts://host[:port]` (8883) for TLS.
+    pub url: MqttUrl,
+    /// The topic segment naming this unit, `ferd/<device_id>/...`; default:
+    /// derived from the board's serial number (see `sink::mqtt`).
+    pub device_id: Option<TopicSegment>,
+    /// The on-disk queue of events not yet acknowledged by the broker.
+    #[serde(default = "default_spool")]
+    pub spool: PathBuf,
+    /// The spool's size limit in bytes; when full the oldest events go.
+    #[serde(default = "default_spool_limit")]
+    pub spool_limit: ByteSize,
+    /// MQTT client id; default `ferd-<device_id>`.
+    pub client_id: Option<TopicSegment>,
+    /// Seconds between keepalive pings.
+    #[serde(default = "default_keepalive")]
+    pub keepalive: PositiveSeconds,
+    /// A file with `username = "..."` and `password = "..."` (TOML), kept
+    /// out of the config so the config can be world-readable.
+    pub credentials: Option<PathBuf>,
+    /// PEM file of the CA(s) that signed the broker's certificate (mqtts);
+    /// default: the system's CAs.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (mqtts with client authentication).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// QoS per event type (`alert_raised = 2`, ...); `default` for the rest.
+    #[serde(default)]
+    pub qos: QosTable,
+    /// Publish Home Assistant discovery.
+    #[serde(default = "yes")]
+    pub discovery: bool,
+    /// Home Assistant's discovery prefix.
+    #[serde(default = "default_discovery_prefix")]
+    pub discovery_prefix: TopicSegment,
+    /// At the end of a file source, how long ferd waits for the spool to
+    /// drain to the broker.
+    #[serde(default = "default_drain")]
+    pub drain_timeout: Seconds,
+}
+
+fn default_spool() -> PathBuf {
+    PathBuf::from("/var/lib/ferd/spool")
+}
+fn default_spool_limit() -> ByteSize {
+    ByteSize(16 << 20)
+}
+fn default_keepalive() -> PositiveSeconds {
+    PositiveSeconds(30.0)
+}
+fn yes() -> bool {
+    true
+}
+fn default_discovery_prefix() -> TopicSegment {
+    TopicSegment("homeassistant".into())
+}
+fn default_drain() -> Seconds {
+    Seconds(10.0)
+}
+
+/// A broker address from `mqtt://` or `mqtts://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttUrl {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// `mqtts://`.
+    pub tls: bool,
+}
+
+impl fmt::Display for MqttUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        write!(f, "{scheme}://{}:{}", self.host, self.port)
+    }
+}
+
+impl std::str::FromStr for MqttUrl {
+    type Err = String;
+    fn from_str(url: &str) -> Result<MqttUrl, String> {
+        let bad = |why: &str| format!("{url:?} is not an MQTT broker URL: {why}");
+        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("mqtt://") {
+            (false, r)
+        } else {
+            return Err(bad("it must start with mqtt:// or mqtts://"));
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '@', '?', '#']) {
+            return Err(bad(
+                "only a host and port are taken (credentials go in `credentials`)",
+            ));
+        }
+        let default_port = if tls { 8883 } else { 1883 };
+        // `[::1]:1883`, `host:1883`, `host`.
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (h, p) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+            (h, p.strip_prefix(':'))
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        let port = match port {
+            None => default_port,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p > 0)
+                .ok_or_else(|| bad("the port must be 1-65535"))?,
+        };
+        Ok(MqttUrl {
+            host: host.to_string(),
+            port,
+            tls,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for MqttUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// One MQTT topic level (a device id, a client id, a prefix): 1-64
+/// letters, digits, `_` or `-`, so no `/`, `+` or `#` can change the
+/// topic's shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSegment(pub String);
+
+impl TopicSegment {
+    /// Checks a segment.
+    pub fn new(v: &str) -> Result<TopicSegment, String> {
+        let ok = !v.is_empty()
+            && v.len() <= 64
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !ok {
+            return Err(format!(
+                "{v:?} must be 1-64 characters of letters, digits, '_' or '-'"
+            ));
+        }
+        Ok(TopicSegment(v.to_string()))
+    }
+}
+
+impl<'de> Deserialize<'de> for TopicSegment {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        TopicSegment::new(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A size in bytes, 64 KiB to 4 GiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = i64::deserialize(d)?;
+        if !(65_536..=1 << 32).contains(&v) {
+            return Err(serde::de::Error::custom(format!(
+                "must be a number of bytes between 65536 and 4294967296, got {v}"
+            )));
+        }
+        Ok(ByteSize(v as u64))
+    }
+}
+
+/// MQTT quality of service per event type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QosTable {
+    /// For event types not named.
+    pub default: u8,
+    /// `(event type, qos)`.
+    pub by_type: Vec<(&'static str, u8)>,
+}
+
+impl Default for QosTable {
+    fn default() -> Self {
+        QosTable {
+            default: 1,
+            by_type: Vec::new(),
+        }
+    }
+}
+
+impl QosTable {
+    /// The QoS of an event type.
+    pub fn of(&self, event_type: &str) -> u8 {
+        self.by_type
+            .iter()
+            .find(|(t, _)| *t == event_type)
+            .map_or(self.default, |&(_, q)| q)
+    }
+}
+
+impl<'de> Deserialize<'de> for QosTable {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = std::collections::BTreeMap::<String, i64>::deserialize(d)?;
+        let mut table = QosTable::default();
+        for (key, q) in raw {
+            let q = u8::try_from(q).ok().filter(|&q| q <= 2).ok_or_else(|| {
+                serde::de::Error::custom(format!("qos.{key}: QoS must be 0, 1 or 2, got {q}"))
+            })?;
+            if key == "default" {
+                table.default = q;
+                continue;
+            }
+            let Some(&ty) = crate::events::EVENT_TYPES.iter().find(|&&t| t == key) else {
+                return Err(serde::de::Error::custom(format!(
+                    "qos.{key}: no such event type; one of default, {}",
+                    crate::events::EVENT_TYPES.join(", ")
+                )));
+            };
+            table.by_type.push((ty, q));
+        }
+        Ok(table)
+    }
+}
+
+/// Warns, naming the file, when `path` is more open than 0640 (group
+/// write, or anything for others): it holds secrets or what leads to them.
+pub fn warn_if_loose(path: &Path, what: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o027 != 0 {
+            log::warn!(
+                "{what} {} has mode {mode:04o}: others can read it (or the group write it); chmod 0640",
+                path.display()
+            );
         }
     }
 }
@@ -536,7 +794,12 @@ impl Config {
             error,
         })?;
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        Config::parse(&text, path, &base)
+        let config = Config::parse(&text, path, &base)?;
+        if config.mqtt.is_some() {
+            // It says where the broker is and where its credentials are.
+            warn_if_loose(path, "config");
+        }
+        Ok(config)
     }
 
     /// Parses configuration text; `path` is only used in error messages and

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::config::{Config, ConfigError};
 use crate::pipeline::{self, Pace, Pipeline, RunError, Summary, Watchdog};
+use crate::sink::bus::{self, Stamp, Worker};
 use crate::sink::display::DisplayError;
 use crate::sink::gpio::{GpioError, GpioSink, GpioState};
 use crate::sink::png::PngDisplay;
@@ -40,6 +41,12 @@ pub enum DaemonError {
     /// The event output could not be opened.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// The event socket could not be set up.
+    #[error(transparent)]
+    Socket(#[from] crate::sink::socket::SocketError),
+    /// The MQTT output could not be set up.
+    #[error(transparent)]
+    Mqtt(#[from] crate::sink::mqtt::MqttError),
     /// A display could not be opened.
     #[error(transparent)]
     Display(#[from] DisplayError),
@@ -179,15 +186,34 @@ pub fn open_displays(
     })
 }
 
-/// The JSON-lines event output of `[events] output`.
-pub fn open_events(config: &Config) -> Result<Box<dyn EventSink + Send>, DaemonError> {
-    Ok(if config.events.output == "-" {
+/// The sinks that run on their own threads behind the event bus: the
+/// JSON-lines output of `[events] output`, and those configured.
+pub fn open_workers(config: &Config) -> Result<Vec<bus::Named>, DaemonError> {
+    let output: Box<dyn Worker> = if config.events.output == "-" {
         Box::new(JsonLines::stdout())
     } else {
         Box::new(JsonLines::append(
             config.resolve(Path::new(&config.events.output)),
         )?)
-    })
+    };
+    let mut workers = vec![("output", output)];
+    if let Some(path) = &config.events.socket {
+        let path = config.resolve(path);
+        let socket =
+            crate::sink::socket::SocketSink::bind(&path, config.events.socket_group.as_deref())?;
+        log::info!("events on socket {}", path.display());
+        workers.push(("socket", Box::new(socket)));
+    }
+    if let Some(mqtt) = &config.mqtt {
+        let sink = crate::sink::mqtt::MqttSink::open(config, mqtt)?;
+        log::info!(
+            "events to MQTT broker {} as ferd/{}",
+            mqtt.url,
+            sink.device_id()
+        );
+        workers.push(("mqtt", Box::new(sink)));
+    }
+    Ok(workers)
 }
 
 /// The GPIO outputs: the sink the pipeline feeds and the thread that
@@ -289,13 +315,18 @@ pub fn load_analyzer(config: &Config) -> Result<Analyzer, DaemonError> {
     )?)
 }
 
+/// How long `ferd run` waits at its end for the sink threads to deliver
+/// what they hold (a spool draining to a broker has its own, shorter,
+/// limit inside this one).
+pub const SINK_DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
 /// Runs the daemon as `ferd run` does, until the input ends or SIGINT or
 /// SIGTERM. Returns the run's counters; events that could not be written
 /// are in `sink_errors`.
 pub fn run(options: &RunOptions) -> Result<Summary, DaemonError> {
     let config = Config::load(&options.config)?;
     let display = open_displays(&config, &options.displays)?;
-    let events = open_events(&config)?;
+    let workers = open_workers(&config)?;
     let analyzer = load_analyzer(&config)?;
     let input = open_input(
         &config,
@@ -314,7 +345,10 @@ pub fn run(options: &RunOptions) -> Result<Summary, DaemonError> {
             }
         })?;
     }
-    let mut sinks = vec![events];
+    let stamp = Stamp::new();
+    log::info!("run id: {}", stamp.run());
+    let (bus, workers) = bus::start(&stamp, workers, bus::QUEUE_CAPACITY)?;
+    let mut sinks: Vec<Box<dyn EventSink + Send>> = vec![Box::new(bus)];
     // The driver outlives the pipeline (declared first, dropped last):
     // its drop drives every line inactive, on every exit path.
     let gpio = open_gpio(&config)?;
@@ -336,7 +370,11 @@ pub fn run(options: &RunOptions) -> Result<Summary, DaemonError> {
         &mut notifier,
     );
     notifier.stopping();
-    let summary = pipeline.summary();
+    let mut summary = pipeline.summary();
+    // Dropping the pipeline drops the bus: the sink threads deliver what
+    // they hold and end.
+    drop(pipeline);
+    summary.sink_errors += workers.join(SINK_DRAIN_LIMIT).lost;
     log::info!(
         "{} frames analysed, {} failed, {} skipped, {} dropped, {} faces, {} tracks",
         summary.frames,

@@ -12,6 +12,22 @@ use crate::vision::BBox;
 /// Version of the event schema, the `v` field of every event.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// Every event `type`, as [`Event::type_name`] gives them.
+pub const EVENT_TYPES: [&str; 12] = [
+    "started",
+    "face_appeared",
+    "expression",
+    "face_lost",
+    "alert_raised",
+    "alert_cleared",
+    "degraded",
+    "recovered",
+    "camera_lost",
+    "camera_restored",
+    "events_dropped",
+    "status",
+];
+
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -103,6 +119,15 @@ pub enum EventKind {
         /// Seconds it was gone.
         offline: f64,
     },
+    /// A sink fell behind or ran out of room and lost events: the MQTT
+    /// spool when full drops its oldest, a queue to a slow sink drops the
+    /// newest. Sent on the sink that lost them, after the loss.
+    EventsDropped {
+        /// The sink: `output`, `socket` or `mqtt`.
+        sink: String,
+        /// Events lost since the last `events_dropped` on this sink.
+        count: u64,
+    },
     /// End-of-run counters.
     Status {
         /// Frames analysed.
@@ -155,6 +180,8 @@ struct Line<'a> {
     time: String,
     t: f64,
     frame: u64,
+    run: &'a str,
+    seq: u64,
 }
 
 impl Event {
@@ -168,16 +195,40 @@ impl Event {
         }
     }
 
-    /// The event as one line of JSON, without the newline.
-    pub fn to_json(&self) -> String {
+    /// The event as one line of JSON, without the newline, stamped with
+    /// the run's id and the event's sequence number in that run (what
+    /// receivers de-duplicate redeliveries by).
+    pub fn to_json(&self, run: &str, seq: u64) -> String {
         let line = Line {
             v: SCHEMA_VERSION,
             kind: &self.kind,
             time: humantime::format_rfc3339_millis(self.wall).to_string(),
             t: seconds(self.frame_time),
             frame: self.frame,
+            run,
+            seq,
         };
+        // Panics: never; every field is a plain number, string or map with
+        // string keys, which serde_json always serialises.
         serde_json::to_string(&line).expect("events always serialise")
+    }
+
+    /// The `type` field of the event's JSON (an MQTT topic segment).
+    pub fn type_name(&self) -> &'static str {
+        match self.kind {
+            EventKind::Started { .. } => "started",
+            EventKind::FaceAppeared { .. } => "face_appeared",
+            EventKind::Expression { .. } => "expression",
+            EventKind::FaceLost { .. } => "face_lost",
+            EventKind::AlertRaised { .. } => "alert_raised",
+            EventKind::AlertCleared { .. } => "alert_cleared",
+            EventKind::Degraded { .. } => "degraded",
+            EventKind::Recovered { .. } => "recovered",
+            EventKind::CameraLost { .. } => "camera_lost",
+            EventKind::CameraRestored { .. } => "camera_restored",
+            EventKind::EventsDropped { .. } => "events_dropped",
+            EventKind::Status { .. } => "status",
+        }
     }
 }
 
@@ -217,9 +268,32 @@ mod tests {
             wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         };
         assert_eq!(
-            e.to_json(),
-            r#"{"v":1,"type":"face_lost","track":3,"duration":1.5,"time":"2023-11-14T22:13:20.000Z","t":2.5,"frame":25}"#
+            e.to_json("0123456789abcdef", 7),
+            r#"{"v":1,"type":"face_lost","track":3,"duration":1.5,"time":"2023-11-14T22:13:20.000Z","t":2.5,"frame":25,"run":"0123456789abcdef","seq":7}"#
         );
+    }
+
+    #[test]
+    fn type_names_are_the_json_types() {
+        let kinds = [
+            EventKind::FaceLost {
+                track: 1,
+                duration: 0.0,
+            },
+            EventKind::EventsDropped {
+                sink: "mqtt".into(),
+                count: 3,
+            },
+            EventKind::Recovered {
+                reason: "no_frames",
+                duration: 1.0,
+            },
+        ];
+        for kind in kinds {
+            let e = Event::new(kind, Duration::ZERO, 0);
+            let v: serde_json::Value = serde_json::from_str(&e.to_json("r", 1)).unwrap();
+            assert_eq!(v["type"], e.type_name());
+        }
     }
 
     #[test]

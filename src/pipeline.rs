@@ -911,8 +911,7 @@ mod tests {
                         EventKind::Recovered { reason, .. } => reason.to_string(),
                         _ => String::new(),
                     };
-                    let json = e.to_json();
-                    let ty = json.split('"').nth(5).unwrap_or("?").to_string();
+                    let ty = e.type_name();
                     format!("{t} {ty} {detail}").trim_end().to_string()
                 })
                 .collect()

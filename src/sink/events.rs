@@ -1,10 +1,14 @@
-//! JSON-lines event output to stdout or a file.
+//! The event-sink seam, and JSON-lines event output to stdout or a file
+//! (a [`Worker`] on its own thread behind the [`bus`](super::bus)).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::Duration;
 
 use crate::events::Event;
+use crate::sink::bus::{Report, Subscription, Worker};
 
 /// Why an event could not be written; names the destination.
 ///
@@ -21,7 +25,8 @@ pub struct SinkError {
     pub error: io::Error,
 }
 
-/// Something that consumes events.
+/// Something that consumes events on the analysis thread: the bus, and
+/// GPIO. Neither may block.
 pub trait EventSink {
     /// Takes one event.
     fn emit(&mut self, event: &Event) -> Result<(), SinkError>;
@@ -29,23 +34,29 @@ pub trait EventSink {
     fn flush(&mut self) -> Result<(), SinkError>;
 }
 
-/// Events as JSON lines on any writer.
+/// Events as JSON lines on any writer. Lines are gathered per batch (what
+/// the queue holds) and written with one `write_all`, unbuffered otherwise,
+/// so that a failed write loses exactly the batch and is counted exactly.
 pub struct JsonLines<W: Write> {
     out: W,
     target: String,
+    batch: Vec<u8>,
+    /// Lines in `batch`.
+    lines: u64,
+    /// Lines lost since the last write that worked; reported as
+    /// `events_dropped` once writing works again (a full disk that got
+    /// space back).
+    failed: u64,
 }
 
-impl JsonLines<BufWriter<io::Stdout>> {
+impl JsonLines<io::Stdout> {
     /// Events on standard output.
     pub fn stdout() -> Self {
-        JsonLines {
-            out: BufWriter::new(io::stdout()),
-            target: "stdout".into(),
-        }
+        JsonLines::new(io::stdout(), "stdout")
     }
 }
 
-impl JsonLines<BufWriter<File>> {
+impl JsonLines<File> {
     /// Events appended to a file, created if missing.
     pub fn append(path: PathBuf) -> Result<Self, SinkError> {
         let file = OpenOptions::new()
@@ -56,10 +67,7 @@ impl JsonLines<BufWriter<File>> {
                 target: path.display().to_string(),
                 error,
             })?;
-        Ok(JsonLines {
-            out: BufWriter::new(file),
-            target: path.display().to_string(),
-        })
+        Ok(JsonLines::new(file, path.display().to_string()))
     }
 }
 
@@ -69,12 +77,10 @@ impl<W: Write> JsonLines<W> {
         JsonLines {
             out,
             target: target.into(),
+            batch: Vec::new(),
+            lines: 0,
+            failed: 0,
         }
-    }
-
-    /// The writer back.
-    pub fn into_inner(self) -> W {
-        self.out
     }
 
     fn err(&self, error: io::Error) -> SinkError {
@@ -83,19 +89,99 @@ impl<W: Write> JsonLines<W> {
             error,
         }
     }
-}
 
-impl<W: Write> EventSink for JsonLines<W> {
-    fn emit(&mut self, event: &Event) -> Result<(), SinkError> {
-        let line = event.to_json();
-        self.out
-            .write_all(line.as_bytes())
-            .and_then(|_| self.out.write_all(b"\n"))
-            .map_err(|e| self.err(e))
+    fn push(&mut self, line: &str) {
+        self.batch.extend_from_slice(line.as_bytes());
+        self.batch.push(b'\n');
+        self.lines += 1;
     }
 
-    fn flush(&mut self) -> Result<(), SinkError> {
-        self.out.flush().map_err(|e| self.err(e))
+    /// Writes the batch. A failure loses it, counted, and is logged on the
+    /// first and every 1000th lost line, so a full disk does not flood the
+    /// journal. After failures, a write that works is followed by an
+    /// `events_dropped` line with their count.
+    fn write_batch(&mut self, events: &Subscription, report: &mut Report) {
+        if self.failed > 0 {
+            let notice = events.notice(self.failed);
+            self.push(&notice.line);
+        }
+        let r = write_fully(&mut self.out, &self.batch)
+            .and_then(|()| self.out.flush().map_err(|e| (e, false)));
+        let lines = std::mem::take(&mut self.lines);
+        self.batch.clear();
+        match r {
+            Ok(()) => {
+                if self.failed > 0 {
+                    log::info!("writing events to {} again", self.target);
+                    self.failed = 0;
+                }
+                report.delivered += lines;
+            }
+            Err((e, torn)) => {
+                // A notice in the batch was not an event: not lost.
+                let lost = lines - u64::from(self.failed > 0);
+                if self.failed == 0 || (self.failed + lost) / 1000 > self.failed / 1000 {
+                    log::error!(
+                        "{} ({} events lost so far)",
+                        self.err(e),
+                        self.failed + lost
+                    );
+                }
+                self.failed += lost;
+                report.lost += lost;
+                if torn {
+                    // End the partial line, so the next line parses.
+                    self.batch.push(b'\n');
+                }
+            }
+        }
+    }
+}
+
+/// `write_all` that says whether part of `buf` was written before an
+/// error (a line torn by a full disk).
+fn write_fully<W: Write>(out: &mut W, buf: &[u8]) -> Result<(), (io::Error, bool)> {
+    let mut done = 0;
+    while done < buf.len() {
+        match out.write(&buf[done..]) {
+            Ok(0) => return Err((io::ErrorKind::WriteZero.into(), done > 0)),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((e, done > 0)),
+        }
+    }
+    Ok(())
+}
+
+impl<W: Write + Send> Worker for JsonLines<W> {
+    fn run(mut self: Box<Self>, events: Subscription) -> Report {
+        let mut report = Report::default();
+        loop {
+            match events.recv_timeout(Duration::from_millis(500)) {
+                Ok(p) => {
+                    if let Some(n) = events.dropped_notice() {
+                        report.lost += dropped_count(&n.event);
+                        self.push(&n.line);
+                    }
+                    self.push(&p.line);
+                    // What is already queued goes in the same write.
+                    while let Some(p) = events.try_recv() {
+                        self.push(&p.line);
+                    }
+                    self.write_batch(&events, &mut report);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return report,
+            }
+        }
+    }
+}
+
+/// The count of an `events_dropped` event (0 for any other).
+fn dropped_count(event: &Event) -> u64 {
+    match event.kind {
+        crate::events::EventKind::EventsDropped { count, .. } => count,
+        _ => 0,
     }
 }
 
@@ -103,45 +189,135 @@ impl<W: Write> EventSink for JsonLines<W> {
 mod tests {
     use super::*;
     use crate::events::EventKind;
-    use std::time::Duration;
+    use crate::sink::bus::{self, Stamp};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
 
-    #[test]
-    fn writes_one_line_per_event() {
-        let mut s = JsonLines::new(Vec::new(), "memory");
-        for track in 1..=2 {
-            let e = Event::new(
-                EventKind::FaceLost {
-                    track,
-                    duration: 0.0,
-                },
-                Duration::ZERO,
-                0,
-            );
-            s.emit(&e).unwrap();
-        }
-        let out = String::from_utf8(s.into_inner()).unwrap();
-        assert_eq!(out.lines().count(), 2);
-        assert!(out
-            .lines()
-            .all(|l| l.starts_with(r#"{"v":1,"type":"face_lost""#)));
+    /// A disk that can be filled and emptied while the sink runs.
+    #[derive(Clone, Default)]
+    struct Disk {
+        data: Arc<Mutex<Vec<u8>>>,
+        full: Arc<AtomicBool>,
     }
 
-    #[test]
-    fn full_disk_is_reported_with_the_target() {
-        let Ok(full) = OpenOptions::new().write(true).open("/dev/full") else {
-            return; // no /dev/full on this system
-        };
-        let mut s = JsonLines::new(full, "/dev/full");
-        let e = Event::new(
+    impl Write for Disk {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.full.load(Ordering::SeqCst) {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            self.data.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn lost(track: u64) -> Event {
+        Event::new(
             EventKind::FaceLost {
-                track: 1,
+                track,
                 duration: 0.0,
             },
             Duration::ZERO,
             0,
+        )
+    }
+
+    fn lines(disk: &Disk) -> Vec<serde_json::Value> {
+        String::from_utf8(disk.data.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn writes_one_line_per_event_on_its_own_thread() {
+        let disk = Disk::default();
+        let (mut bus, workers) = bus::start(
+            &Stamp::with_run("t"),
+            vec![("output", Box::new(JsonLines::new(disk.clone(), "memory")))],
+            8,
+        )
+        .unwrap();
+        for track in 1..=2 {
+            bus.emit(&lost(track)).unwrap();
+        }
+        drop(bus);
+        let report = workers.join(Duration::from_secs(10));
+        assert_eq!(
+            report,
+            Report {
+                delivered: 2,
+                lost: 0
+            }
         );
-        let r = s.emit(&e).and_then(|_| s.flush());
-        let msg = r.unwrap_err().to_string();
+        let out = lines(&disk);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|l| l["type"] == "face_lost" && l["v"] == 1));
+        assert_eq!(out[1]["seq"], 2);
+    }
+
+    #[test]
+    fn a_full_disk_loses_events_with_a_count_and_writing_resumes() {
+        let disk = Disk::default();
+        let (mut bus, workers) = bus::start(
+            &Stamp::with_run("t"),
+            vec![(
+                "output",
+                Box::new(JsonLines::new(disk.clone(), "/var/log/ferd")),
+            )],
+            64,
+        )
+        .unwrap();
+        let settle = |n: usize| {
+            // Waits until the sink has taken what was sent.
+            for _ in 0..500 {
+                std::thread::sleep(Duration::from_millis(10));
+                if lines(&disk).len() >= n {
+                    break;
+                }
+            }
+        };
+        bus.emit(&lost(1)).unwrap();
+        settle(1);
+        disk.full.store(true, Ordering::SeqCst);
+        for track in 2..=4 {
+            bus.emit(&lost(track)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        disk.full.store(false, Ordering::SeqCst);
+        bus.emit(&lost(5)).unwrap();
+        drop(bus);
+        let report = workers.join(Duration::from_secs(10));
+        let out = lines(&disk);
+        let types: Vec<_> = out.iter().map(|l| l["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            types,
+            ["face_lost", "face_lost", "events_dropped"],
+            "{out:?}"
+        );
+        assert_eq!(out[1]["track"], 5);
+        assert_eq!(out[2]["count"], 3);
+        assert_eq!(out[2]["sink"], "output");
+        assert_eq!(
+            report,
+            Report {
+                delivered: 3,
+                lost: 3
+            }
+        );
+    }
+
+    #[test]
+    fn dev_full_is_reported_with_the_target() {
+        let Ok(full) = OpenOptions::new().write(true).open("/dev/full") else {
+            return; // no /dev/full on this system
+        };
+        let mut s = JsonLines::new(full, "/dev/full");
+        let e = s.out.write_all(b"{}\n").unwrap_err();
+        let msg = s.err(e).to_string();
         assert!(msg.contains("/dev/full"), "{msg}");
     }
 

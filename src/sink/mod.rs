@@ -1,10 +1,15 @@
 //! Sinks: where observations and alert changes leave the pipeline.
 
+pub mod bus;
 pub mod display;
 pub mod events;
 pub mod framebuffer;
 pub mod gpio;
+pub mod homeassistant;
+pub mod mqtt;
 pub mod png;
+pub mod socket;
+pub mod spool;
 #[cfg(feature = "ssd1306")]
 pub mod ssd1306;
 
