@@ -45,6 +45,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Socket(#[from] crate::sink::socket::SocketError),
     /// The MQTT output could not be set up.
+    #[cfg(feature = "mqtt")]
     #[error(transparent)]
     Mqtt(#[from] crate::sink::mqtt::MqttError),
     /// A display could not be opened.
@@ -205,15 +206,30 @@ pub fn open_workers(config: &Config) -> Result<Vec<bus::Named>, DaemonError> {
         workers.push(("socket", Box::new(socket)));
     }
     if let Some(mqtt) = &config.mqtt {
-        let sink = crate::sink::mqtt::MqttSink::open(config, mqtt)?;
-        log::info!(
-            "events to MQTT broker {} as ferd/{}",
-            mqtt.url,
-            sink.device_id()
-        );
-        workers.push(("mqtt", Box::new(sink)));
+        workers.push(("mqtt", open_mqtt(config, mqtt)?));
     }
     Ok(workers)
+}
+
+#[cfg(feature = "mqtt")]
+fn open_mqtt(
+    config: &Config,
+    mqtt: &crate::config::MqttConfig,
+) -> Result<Box<dyn Worker>, DaemonError> {
+    let sink = crate::sink::mqtt::MqttSink::open(config, mqtt)?;
+    log::info!(
+        "events to MQTT broker {} as ferd/{}",
+        mqtt.url,
+        sink.device_id()
+    );
+    Ok(Box::new(sink))
+}
+
+#[cfg(not(feature = "mqtt"))]
+fn open_mqtt(_: &Config, _: &crate::config::MqttConfig) -> Result<Box<dyn Worker>, DaemonError> {
+    Err(DaemonError::Unsupported(
+        "this ferd was built without the `mqtt` feature, but the config has an [mqtt] table".into(),
+    ))
 }
 
 /// The GPIO outputs: the sink the pipeline feeds and the thread that

@@ -77,7 +77,8 @@ fn unit_file_exposure_is_ok_or_better() {
         .and_then(|s| s.split_whitespace().next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("cannot read {line}"));
-    assert!(level <= 3.0, "{line}");
+    // 1.5: the bar the MQTT and socket additions had to stay under.
+    assert!(level <= 1.5, "{line}");
 }
 
 #[test]

@@ -6,6 +6,7 @@ pub mod events;
 pub mod framebuffer;
 pub mod gpio;
 pub mod homeassistant;
+#[cfg(feature = "mqtt")]
 pub mod mqtt;
 pub mod png;
 pub mod socket;
