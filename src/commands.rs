@@ -42,8 +42,23 @@ pub fn check_config(file: &Path) -> Result<bool> {
     if let Some(spec) = &config.display.output {
         crate::daemon::parse_display(spec)?;
     }
+    if let Some(mqtt) = &config.mqtt {
+        check_mqtt(&config, mqtt)?;
+    }
     println!("{}: ok ({} rules)", file.display(), config.rules.len());
     Ok(true)
+}
+
+#[cfg(feature = "mqtt")]
+fn check_mqtt(config: &Config, mqtt: &crate::config::MqttConfig) -> Result<()> {
+    let id = crate::sink::mqtt::MqttSink::check(config, mqtt)?;
+    println!("mqtt: {} as ferd/{id}", mqtt.url);
+    Ok(())
+}
+
+#[cfg(not(feature = "mqtt"))]
+fn check_mqtt(_: &Config, _: &crate::config::MqttConfig) -> Result<()> {
+    bail!("this ferd was built without the `mqtt` feature, but the config has an [mqtt] table")
 }
 
 /// `ferd detect`: faces and expressions of images, as text or JSON lines.

@@ -123,20 +123,8 @@ struct Settings {
     drain_timeout: Duration,
 }
 
-/// The MQTT output: a bus worker.
-pub struct MqttSink {
-    settings: Settings,
-    spool: Spool,
-    view: View,
-    /// A record taken from the spool that the client would not take yet;
-    /// sent first next time.
-    held: Option<(u64, Record)>,
-}
-
-impl MqttSink {
-    /// Checks `[mqtt]` and everything it names (credentials, certificates,
-    /// the spool), so that a mistake stops ferd at start, not later.
-    pub fn open(config: &Config, mqtt: &MqttConfig) -> Result<MqttSink, MqttError> {
+impl Settings {
+    fn load(config: &Config, mqtt: &MqttConfig) -> Result<Settings, MqttError> {
         let device_id = match &mqtt.device_id {
             Some(id) => id.0.clone(),
             None => board_device_id().ok_or(MqttError::NoDeviceId)?,
@@ -151,8 +139,8 @@ impl MqttSink {
             None
         };
         let base = format!("ferd/{device_id}");
-        let rules: Vec<String> = config.rules.iter().map(|r| r.name.0.clone()).collect();
         let discovery = if mqtt.discovery {
+            let rules: Vec<String> = config.rules.iter().map(|r| r.name.0.clone()).collect();
             let d = Discovery {
                 prefix: &mqtt.discovery_prefix.0,
                 device_id: &device_id,
@@ -164,16 +152,7 @@ impl MqttSink {
         } else {
             None
         };
-        let spool_dir = config.resolve(&mqtt.spool);
-        let spool = Spool::open(&spool_dir, mqtt.spool_limit.0)?;
-        if !spool.is_empty() {
-            log::info!(
-                "mqtt: {} events from an earlier run are waiting in {}",
-                spool.len(),
-                spool_dir.display()
-            );
-        }
-        let settings = Settings {
+        Ok(Settings {
             url: mqtt.url.clone(),
             client_id: mqtt
                 .client_id
@@ -187,13 +166,48 @@ impl MqttSink {
             device_id,
             discovery,
             drain_timeout: Duration::from_secs_f64(mqtt.drain_timeout.0),
-        };
+        })
+    }
+}
+
+/// The MQTT output: a bus worker.
+pub struct MqttSink {
+    settings: Settings,
+    spool: Spool,
+    view: View,
+    /// A record taken from the spool that the client would not take yet;
+    /// sent first next time.
+    held: Option<(u64, Record)>,
+}
+
+impl MqttSink {
+    /// Checks `[mqtt]` and everything it names (credentials, certificates,
+    /// the spool), so that a mistake stops ferd at start, not later.
+    pub fn open(config: &Config, mqtt: &MqttConfig) -> Result<MqttSink, MqttError> {
+        let settings = Settings::load(config, mqtt)?;
+        let spool_dir = config.resolve(&mqtt.spool);
+        let spool = Spool::open(&spool_dir, mqtt.spool_limit.0)?;
+        if !spool.is_empty() {
+            log::info!(
+                "mqtt: {} events from an earlier run are waiting in {}",
+                spool.len(),
+                spool_dir.display()
+            );
+        }
+        let rules = config.rules.iter().map(|r| r.name.0.clone()).collect();
         Ok(MqttSink {
             held: None,
             view: View::new(rules),
             settings,
             spool,
         })
+    }
+
+    /// What `ferd check-config` checks: everything [`MqttSink::open`]
+    /// does but the spool, which belongs to the running daemon (it is
+    /// locked while one runs). Returns the device id.
+    pub fn check(config: &Config, mqtt: &MqttConfig) -> Result<String, MqttError> {
+        Ok(Settings::load(config, mqtt)?.device_id)
     }
 
     /// The device id in use (logged at start).
