@@ -5,6 +5,8 @@
 //! demo clip. Without mosquitto (Debian: `apt install mosquitto`) the
 //! tests are skipped, or fail under CI=true (tests/common/mod.rs).
 
+#![cfg(feature = "mqtt")]
+
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -386,6 +388,8 @@ fn config(dir: &Path, name: &str, edit: impl Fn(String) -> String, mqtt: &str) -
     }
     let path = dir.join(name);
     fs::write(&path, text).unwrap();
+    // 0640, as installed: a looser config with [mqtt] draws a warning.
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
     path
 }
 
@@ -615,7 +619,7 @@ fn events_discovery_state_and_availability() {
         events_of(m, "cab12").len() >= lines.len()
     });
     assert_eq!(events_of(&msgs, "cab12"), lines);
-    assert_eq!(spool_bytes(&spool), 0, "the spool drained");
+    assert!(!out.stderr.contains("not yet delivered"), "{}", out.stderr);
 
     // Availability online while running, the alerts as they went.
     let base = "ferd/cab12";
@@ -863,7 +867,11 @@ fn spool_survives_a_restart_of_ferd() {
     let got = dedup(&events_of(&msgs, "cab4"));
     let expected: Vec<String> = first_lines.iter().chain(&second_lines).cloned().collect();
     assert_eq!(got, expected, "the first run's events, then the second's");
-    assert_eq!(spool_bytes(&spool), 0, "the spool drained");
+    assert!(
+        !second.stderr.contains("not yet delivered"),
+        "{}",
+        second.stderr
+    );
 }
 
 #[test]
@@ -895,15 +903,13 @@ fn full_spool_drops_oldest_with_a_count() {
     }
     let bytes: usize = offline.iter().map(|o| o.stdout.len()).sum();
     assert!(bytes as u64 > LIMIT, "only {bytes} bytes of events");
-    // The first run fits; the second drops, says so, and fails (events
-    // were lost, ferd run's documented exit status).
+    // The first run fits; the second drops and says so.
     assert!(offline[0].status.success(), "{}", offline[0].stderr);
     assert!(
         offline[1].stderr.contains("mqtt: spool full, dropped the"),
         "{}",
         offline[1].stderr
     );
-    assert_eq!(offline[1].status.code(), Some(1), "{}", offline[1].stderr);
 
     // Broker up, a quiet third run delivers what is left.
     let broker = Broker::plain_on(&bin, dir.path(), port);
@@ -959,6 +965,14 @@ fn full_spool_drops_oldest_with_a_count() {
     );
     let first_notice = got.iter().position(|l| is_notice(l)).unwrap();
     assert!(first_notice > *first_pos.last().unwrap());
+    // Events were lost: `ferd run` fails (its documented exit status,
+    // src/commands.rs), and says how many.
+    assert!(
+        offline[1].stderr.contains("events could not be written"),
+        "{}",
+        offline[1].stderr
+    );
+    assert_eq!(offline[1].status.code(), Some(1), "{}", offline[1].stderr);
 }
 
 /// A CA and a server certificate it signed for 127.0.0.1 and localhost,
@@ -1150,7 +1164,13 @@ fn wrong_password_is_a_clear_error_while_analysis_goes_on() {
         )
     };
     let wrong_password = "wr0ng-Pa55w0rd-x";
-    let wrong = credentials(dir.path(), "wrong.toml", "ferduser", wrong_password, 0o600);
+    let wrong = credentials(
+        dir.path(),
+        "creds-wrong.toml",
+        "ferduser",
+        wrong_password,
+        0o600,
+    );
     let out = ferd(&config(
         dir.path(),
         "wrong.toml",
@@ -1174,7 +1194,13 @@ fn wrong_password_is_a_clear_error_while_analysis_goes_on() {
     assert!(!out.stderr.contains("has mode"), "0600 draws no warning");
     assert!(events_of(&sub.messages(), "authbad").is_empty());
 
-    let right = credentials(dir.path(), "right.toml", "ferduser", "s3cret-right", 0o600);
+    let right = credentials(
+        dir.path(),
+        "creds-right.toml",
+        "ferduser",
+        "s3cret-right",
+        0o600,
+    );
     let good = ferd(&config(
         dir.path(),
         "right.toml",
@@ -1218,10 +1244,10 @@ fn loose_credentials_file_draws_a_warning() {
     let warning = out
         .stderr
         .lines()
-        .find(|l| l.contains("has mode 0644"))
-        .unwrap_or_else(|| panic!("no warning:\n{}", out.stderr));
+        .find(|l| l.contains(creds.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("no warning naming the file:\n{}", out.stderr));
     assert!(warning.contains("WARN"), "{warning}");
-    assert!(warning.contains(creds.to_str().unwrap()), "{warning}");
+    assert!(warning.contains("has mode 0644"), "{warning}");
     assert!(!out.stderr.contains("pw-0644-secret"), "{}", out.stderr);
     assert_eq!(frames(&out.lines()), DEMO_FRAMES);
 }
