@@ -257,8 +257,8 @@ impl Worker for MqttSink {
     fn run(mut self: Box<Self>, events: Subscription) -> Report {
         let mut report = Report::default();
         let (tx, rx) = mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let net = match spawn_network(&self.settings, tx, Arc::clone(&stop)) {
+        let control = Arc::new(NetControl::default());
+        let net = match spawn_network(&self.settings, tx, Arc::clone(&control)) {
             Ok(h) => h,
             Err(e) => {
                 log::error!("{e}");
@@ -290,6 +290,7 @@ impl Worker for MqttSink {
                 Err(RecvTimeoutError::Disconnected) => {
                     if closing.is_none() {
                         closing = Some(Instant::now() + self.settings.drain_timeout);
+                        control.draining.store(true, Ordering::SeqCst);
                         if !self.spool.is_empty() {
                             log::info!(
                                 "mqtt: delivering {} queued events (at most {:?})",
@@ -351,7 +352,7 @@ impl Worker for MqttSink {
                 }
             }
         }
-        stop.store(true, Ordering::SeqCst);
+        control.stop.store(true, Ordering::SeqCst);
         drop(session);
         drop(rx);
         let _ = net.join();
@@ -558,12 +559,23 @@ impl MqttSink {
     }
 }
 
+/// What the sink thread tells the network thread.
+#[derive(Default)]
+struct NetControl {
+    /// End: no further attempts.
+    stop: AtomicBool,
+    /// The input has ended and the spool is draining within
+    /// `drain_timeout`: retry at the shortest backoff, as a long pause
+    /// would outlast the wait.
+    draining: AtomicBool,
+}
+
 /// The network thread: one rumqttc client per attempt, driven until it
 /// fails, then a pause with exponential backoff and jitter.
 fn spawn_network(
     settings: &Settings,
     tx: Sender<Net>,
-    stop: Arc<AtomicBool>,
+    control: Arc<NetControl>,
 ) -> Result<JoinHandle<()>, MqttError> {
     let options = mqtt_options(settings);
     let broker = settings.url.to_string();
@@ -572,7 +584,7 @@ fn spawn_network(
         .spawn(move || {
             let mut backoff = BACKOFF_MIN;
             let mut failures = 0u32;
-            while !stop.load(Ordering::SeqCst) {
+            while !control.stop.load(Ordering::SeqCst) {
                 let (client, mut connection) = Client::new(options.clone(), 256);
                 if tx.send(Net::Attempt(client)).is_err() {
                     return;
@@ -607,10 +619,14 @@ fn spawn_network(
                 // connection failed: wait, in slices so a stop is prompt.
                 let pause = jitter(backoff);
                 backoff = (backoff * 2).min(BACKOFF_MAX);
-                let until = Instant::now() + pause;
-                while Instant::now() < until {
-                    if stop.load(Ordering::SeqCst) {
+                let hurried = jitter(BACKOFF_MIN);
+                let started = Instant::now();
+                while started.elapsed() < pause {
+                    if control.stop.load(Ordering::SeqCst) {
                         return;
+                    }
+                    if control.draining.load(Ordering::SeqCst) && started.elapsed() >= hurried {
+                        break;
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
