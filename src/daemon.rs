@@ -400,7 +400,10 @@ pub fn run(options: &RunOptions) -> Result<Summary, DaemonError> {
         summary.faces,
         summary.tracks
     );
-    Ok(result?)
+    // The run's own summary is the pipeline's; this one adds what the
+    // output threads lost.
+    result?;
+    Ok(summary)
 }
 
 impl Watchdog for crate::systemd::Notifier {

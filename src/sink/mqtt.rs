@@ -334,8 +334,14 @@ impl Worker for MqttSink {
             );
         }
         let _ = self.spool.sync();
-        // A clean stop: `offline` ourselves (the will is for crashes).
+        // A clean stop: the last alert states and device state (alerts are
+        // cleared at the end of a run), then `offline` ourselves (the will
+        // is for crashes).
         if let Some(s) = session.as_mut().filter(|s| s.connected) {
+            self.publish_alerts(s);
+            if self.view.changed {
+                self.publish_state(s);
+            }
             let topic = format!("{}/availability", self.settings.base);
             let _ = s
                 .client
@@ -579,6 +585,7 @@ fn spawn_network(
 ) -> Result<JoinHandle<()>, MqttError> {
     let options = mqtt_options(settings);
     let broker = settings.url.to_string();
+    let login = settings.login.is_some();
     std::thread::Builder::new()
         .name("mqtt-net".into())
         .spawn(move || {
@@ -604,7 +611,7 @@ fn spawn_network(
                             failures += 1;
                             // The first failure of a streak is an error;
                             // the retries that follow are quieter.
-                            let msg = describe(&e, &broker);
+                            let msg = describe(&e, &broker, login);
                             if failures == 1 {
                                 log::error!("mqtt: {msg}; retrying with backoff");
                             } else {
@@ -637,12 +644,21 @@ fn spawn_network(
 
 /// A connection failure in words, naming the broker; a refused login and
 /// an untrusted certificate say so plainly.
-fn describe(e: &ConnectionError, broker: &str) -> String {
+///
+/// Brokers differ in the code they give a bad login: mosquitto 2 answers
+/// "not authorised" (5) rather than "bad user name or password" (4), so
+/// both say what to check.
+fn describe(e: &ConnectionError, broker: &str, login: bool) -> String {
     match e {
         ConnectionError::ConnectionRefused(code) => {
             let why = match code {
                 ConnectReturnCode::BadUserNamePassword => "wrong user name or password",
-                ConnectReturnCode::NotAuthorized => "not authorised",
+                ConnectReturnCode::NotAuthorized if login => {
+                    "not authorised (wrong user name or password, or the user may not connect)"
+                }
+                ConnectReturnCode::NotAuthorized => {
+                    "not authorised (the broker wants a user name and password: set [mqtt] credentials)"
+                }
                 ConnectReturnCode::BadClientId => "client id rejected",
                 ConnectReturnCode::ServiceUnavailable => "service unavailable",
                 _ => "refused",
@@ -1043,7 +1059,7 @@ mod tests {
     fn connection_failures_name_the_broker() {
         let e = ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword);
         assert_eq!(
-            describe(&e, "mqtt://10.0.0.2:1883"),
+            describe(&e, "mqtt://10.0.0.2:1883", true),
             "broker mqtt://10.0.0.2:1883 refused the connection: wrong user name or password"
         );
     }
