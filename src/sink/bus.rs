@@ -117,12 +117,11 @@ impl Subscription {
         self.rx.try_recv().ok()
     }
 
-    /// An `events_dropped` notice for what this sink's queue dropped since
-    /// the last call, or `None` if it dropped nothing. `frame_time` and
-    /// `frame` are those of the event it precedes, if any.
-    pub fn dropped_notice(&self) -> Option<Published> {
+    /// How many events this sink's queue dropped since the last call, with
+    /// an `events_dropped` notice saying so; `None` if it dropped nothing.
+    pub fn dropped_notice(&self) -> Option<(u64, Published)> {
         let count = self.dropped.swap(0, Ordering::Relaxed);
-        (count > 0).then(|| self.notice(count))
+        (count > 0).then(|| (count, self.notice(count)))
     }
 
     /// An `events_dropped` notice for `count` events this sink itself lost
@@ -303,7 +302,7 @@ mod tests {
                 match events.recv_timeout(Duration::from_millis(20)) {
                     Ok(p) => {
                         let _held = self.gate.lock().unwrap();
-                        if let Some(n) = events.dropped_notice() {
+                        if let Some((_, n)) = events.dropped_notice() {
                             self.lines.lock().unwrap().push(n.line);
                         }
                         self.lines.lock().unwrap().push(p.line.clone());

@@ -159,8 +159,8 @@ impl<W: Write + Send> Worker for JsonLines<W> {
         loop {
             match events.recv_timeout(Duration::from_millis(500)) {
                 Ok(p) => {
-                    if let Some(n) = events.dropped_notice() {
-                        report.lost += dropped_count(&n.event);
+                    if let Some((count, n)) = events.dropped_notice() {
+                        report.lost += count;
                         self.push(&n.line);
                     }
                     self.push(&p.line);
@@ -174,14 +174,6 @@ impl<W: Write + Send> Worker for JsonLines<W> {
                 Err(RecvTimeoutError::Disconnected) => return report,
             }
         }
-    }
-}
-
-/// The count of an `events_dropped` event (0 for any other).
-fn dropped_count(event: &Event) -> u64 {
-    match event.kind {
-        crate::events::EventKind::EventsDropped { count, .. } => count,
-        _ => 0,
     }
 }
 

@@ -369,8 +369,8 @@ impl Worker for MqttSink {
 impl MqttSink {
     /// One bus event: into the spool, and into the state view.
     fn take(&mut self, events: &Subscription, p: &Published, report: &mut Report) {
-        if let Some(n) = events.dropped_notice() {
-            report.lost += dropped_count(&n.event);
+        if let Some((count, n)) = events.dropped_notice() {
+            report.lost += count;
             self.spool_event(&n, events, report);
         }
         self.view.apply(&p.event);
@@ -881,13 +881,6 @@ fn clean_id(s: &str) -> String {
         .map(|c| c.to_ascii_lowercase())
         .take(32)
         .collect()
-}
-
-fn dropped_count(event: &Event) -> u64 {
-    match event.kind {
-        EventKind::EventsDropped { count, .. } => count,
-        _ => 0,
-    }
 }
 
 /// The device state as events describe it, for the retained topics.

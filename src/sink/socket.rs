@@ -25,7 +25,6 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::events::{Event, EventKind};
 use crate::sink::bus::{Published, Report, Subscription, Worker};
 
 /// Subscribers connected at once. A kiosk needs one or two; the bound keeps
@@ -568,8 +567,8 @@ impl Worker for SocketSink {
                 clients.flush();
                 continue;
             };
-            if let Some(n) = events.dropped_notice() {
-                report.lost += dropped_count(&n.event);
+            if let Some((count, n)) = events.dropped_notice() {
+                report.lost += count;
                 push(&mut batch, &n);
             }
             push(&mut batch, &first);
@@ -605,17 +604,10 @@ fn push(batch: &mut Vec<u8>, p: &Published) {
     batch.push(b'\n');
 }
 
-/// The count of an `events_dropped` event (0 for any other).
-fn dropped_count(event: &Event) -> u64 {
-    match event.kind {
-        EventKind::EventsDropped { count, .. } => count,
-        _ => 0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::{Event, EventKind};
     use crate::sink::bus::{self, Stamp};
     use crate::sink::EventSink;
     use std::io::{BufRead, BufReader, Read, Write};
