@@ -26,7 +26,13 @@ pub fn check_config(file: &Path) -> Result<bool> {
     let config = Config::load(file)?;
     // Model manifests are part of the configuration's promise: check they
     // parse and name files that exist, without loading the networks.
-    for path in [config.detector_model()?, config.classifier_model()?] {
+    let mut manifests = vec![config.detector_model()?, config.classifier_model()?];
+    if config.needs_landmarks() {
+        let [mesh, iris, geometry] = config.landmark_models()?;
+        crate::vision::landmarks::Geometry::load(&geometry)?;
+        manifests.extend([mesh, iris]);
+    }
+    for path in manifests {
         let manifest = crate::vision::Manifest::load(&path)?;
         let file = path
             .parent()

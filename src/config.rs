@@ -67,6 +67,9 @@ pub struct Config {
     /// Expression classifier settings.
     #[serde(default)]
     pub classifier: ClassifierConfig,
+    /// Landmark models (driver-state rules).
+    #[serde(default)]
+    pub landmarks: LandmarksConfig,
     /// Tracker settings.
     #[serde(default)]
     pub tracker: TrackerConfig,
@@ -182,6 +185,29 @@ impl Default for DetectorConfig {
     }
 }
 
+/// `[landmarks]`: the face mesh, iris and head-pose models of the
+/// driver-state rules (loaded only when a rule needs them).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LandmarksConfig {
+    /// Manifest of the face-mesh model.
+    pub mesh_model: PathBuf,
+    /// Manifest of the iris (eye contour) model.
+    pub iris_model: PathBuf,
+    /// The canonical face's 3-D points, for head pose.
+    pub geometry: PathBuf,
+}
+
+impl Default for LandmarksConfig {
+    fn default() -> Self {
+        LandmarksConfig {
+            mesh_model: PathBuf::from("models/face-landmark.toml"),
+            iris_model: PathBuf::from("models/iris-landmark.toml"),
+            geometry: PathBuf::from("models/face-geometry.toml"),
+        }
+    }
+}
+
 /// `[classifier]`: the expression classifier.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -239,7 +265,8 @@ pub struct RuleConfig {
     /// What must hold on some tracked face.
     pub condition: Condition,
     /// The condition must hold at least this long before the alert is
-    /// raised.
+    /// raised (required for expression rules; 0 by default for the
+    /// others, whose duration is part of the condition).
     pub hold: Seconds,
     /// The alert clears once the condition has been false this long.
     pub clear_after: Seconds,
@@ -247,7 +274,8 @@ pub struct RuleConfig {
     pub cooldown: Seconds,
 }
 
-/// What a rule tests, one variant per kind of cue.
+/// What a rule tests, one variant per kind of cue. The driver-state kinds
+/// read the per-track signals of [`crate::driver::DriverTrack`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Condition {
     /// `condition = "expressions"` (the default): the summed smoothed
@@ -259,6 +287,61 @@ pub enum Condition {
         /// The sum must be at least this.
         min_probability: Probability,
     },
+    /// `eyes_closed_for = S`: some track's current eye closure has lasted
+    /// `S` seconds. The closure resets when the eyes reopen, so blinks
+    /// never add up.
+    EyesClosed {
+        /// The closure's length that raises.
+        seconds: PositiveSeconds,
+    },
+    /// `perclos = { above = P, window = W }`: on some track, the share of
+    /// the known time of the last `W` seconds with the eyes at least 80%
+    /// closed (PERCLOS P80) is above `P`, once at least
+    /// [`crate::driver::PERCLOS_MIN_COVERAGE`] of the window is known.
+    Perclos {
+        /// The PERCLOS that must be exceeded.
+        above: Proportion,
+        /// The window, seconds.
+        window: HistoryWindow,
+    },
+    /// `yawns = { count = N, window = W }`: some track yawned at least
+    /// `N` times in the last `W` seconds.
+    Yawns {
+        /// Yawns needed.
+        count: PositiveU32,
+        /// The window, seconds.
+        window: HistoryWindow,
+    },
+    /// `looking_away_for = S`: some track's head has been turned beyond
+    /// `max_yaw` or `max_pitch` for `S` seconds without a break.
+    LookingAway {
+        /// How long.
+        seconds: PositiveSeconds,
+        /// The largest |yaw| still looking ahead, degrees.
+        max_yaw: AngleLimit,
+        /// The largest |pitch| still looking ahead, degrees.
+        max_pitch: AngleLimit,
+    },
+    /// `face_absent_for = S`: no face at all has been seen for `S`
+    /// seconds (the seat is empty or the camera is blocked).
+    FaceAbsent {
+        /// How long.
+        seconds: PositiveSeconds,
+    },
+}
+
+impl Condition {
+    /// The kind of this condition.
+    pub fn kind(&self) -> ConditionKind {
+        match self {
+            Condition::Expressions { .. } => ConditionKind::Expressions,
+            Condition::EyesClosed { .. } => ConditionKind::EyesClosed,
+            Condition::Perclos { .. } => ConditionKind::Perclos,
+            Condition::Yawns { .. } => ConditionKind::Yawns,
+            Condition::LookingAway { .. } => ConditionKind::LookingAway,
+            Condition::FaceAbsent { .. } => ConditionKind::FaceAbsent,
+        }
+    }
 }
 
 /// The kinds of [`Condition`], as named by a rule's `condition` key.
@@ -267,10 +350,85 @@ pub enum Condition {
 pub enum ConditionKind {
     /// [`Condition::Expressions`].
     Expressions,
+    /// [`Condition::EyesClosed`].
+    EyesClosed,
+    /// [`Condition::Perclos`].
+    Perclos,
+    /// [`Condition::Yawns`].
+    Yawns,
+    /// [`Condition::LookingAway`].
+    LookingAway,
+    /// [`Condition::FaceAbsent`].
+    FaceAbsent,
+}
+
+impl ConditionKind {
+    /// The name used in the `condition` key and in events (`cue`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ConditionKind::Expressions => "expressions",
+            ConditionKind::EyesClosed => "eyes_closed",
+            ConditionKind::Perclos => "perclos",
+            ConditionKind::Yawns => "yawns",
+            ConditionKind::LookingAway => "looking_away",
+            ConditionKind::FaceAbsent => "face_absent",
+        }
+    }
+
+    /// Whether the kind needs to see the eyes: with such a rule, eyes that
+    /// stay unknown mean ferd cannot watch the driver.
+    pub fn watches_eyes(self) -> bool {
+        matches!(self, ConditionKind::EyesClosed | ConditionKind::Perclos)
+    }
+
+    /// Whether the kind needs the landmark stage (eyes, mouth, head pose):
+    /// only then are the face mesh and iris models loaded and run, so
+    /// configs without such rules cost what they cost before.
+    pub fn needs_landmarks(self) -> bool {
+        !matches!(self, ConditionKind::Expressions | ConditionKind::FaceAbsent)
+    }
+}
+
+/// The default `max_yaw` of `looking_away_for` rules, degrees.
+pub const DEFAULT_MAX_YAW: f32 = 30.0;
+
+/// The default `max_pitch` of `looking_away_for` rules, degrees.
+pub const DEFAULT_MAX_PITCH: f32 = 20.0;
+
+/// `perclos = { above = 0.15, window = 60 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerclosSpec {
+    /// The PERCLOS that must be exceeded.
+    pub above: Proportion,
+    /// The window, seconds (default 60, the classic minute).
+    #[serde(default = "default_perclos_window")]
+    pub window: HistoryWindow,
+}
+
+fn default_perclos_window() -> HistoryWindow {
+    HistoryWindow(60.0)
+}
+
+/// `yawns = { count = 3, window = 300 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct YawnSpec {
+    /// Yawns needed.
+    pub count: PositiveU32,
+    /// The window, seconds (default 300).
+    #[serde(default = "default_yawn_window")]
+    pub window: HistoryWindow,
+}
+
+fn default_yawn_window() -> HistoryWindow {
+    HistoryWindow(300.0)
 }
 
 /// A `[[rule]]` table as written: every key any condition kind takes.
-/// Each kind's own keys are required for it and refused for the others.
+/// The kind is given by which kind's keys are present (exactly one kind's;
+/// `condition`, if given, must agree). Each kind's own keys are required
+/// for it and refused for the others.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
@@ -278,31 +436,152 @@ pub struct RawRule {
     condition: Option<ConditionKind>,
     expressions: Option<ExpressionSet>,
     min_probability: Option<Probability>,
-    hold: Seconds,
+    eyes_closed_for: Option<PositiveSeconds>,
+    perclos: Option<PerclosSpec>,
+    yawns: Option<YawnSpec>,
+    looking_away_for: Option<PositiveSeconds>,
+    max_yaw: Option<AngleLimit>,
+    max_pitch: Option<AngleLimit>,
+    face_absent_for: Option<PositiveSeconds>,
+    hold: Option<Seconds>,
     #[serde(default = "default_clear_after")]
     clear_after: Seconds,
     #[serde(default)]
     cooldown: Seconds,
 }
 
+impl RawRule {
+    /// Per kind, the keys of it this table has, in the kinds' order.
+    fn kinds_present(&self) -> Vec<(ConditionKind, Vec<&'static str>)> {
+        let candidates = [
+            (
+                ConditionKind::Expressions,
+                vec![
+                    ("expressions", self.expressions.is_some()),
+                    ("min_probability", self.min_probability.is_some()),
+                ],
+            ),
+            (
+                ConditionKind::EyesClosed,
+                vec![("eyes_closed_for", self.eyes_closed_for.is_some())],
+            ),
+            (
+                ConditionKind::Perclos,
+                vec![("perclos", self.perclos.is_some())],
+            ),
+            (ConditionKind::Yawns, vec![("yawns", self.yawns.is_some())]),
+            (
+                ConditionKind::LookingAway,
+                vec![
+                    ("looking_away_for", self.looking_away_for.is_some()),
+                    ("max_yaw", self.max_yaw.is_some()),
+                    ("max_pitch", self.max_pitch.is_some()),
+                ],
+            ),
+            (
+                ConditionKind::FaceAbsent,
+                vec![("face_absent_for", self.face_absent_for.is_some())],
+            ),
+        ];
+        candidates
+            .into_iter()
+            .map(|(kind, keys)| {
+                let present = keys.into_iter().filter(|k| k.1).map(|k| k.0).collect();
+                (kind, present)
+            })
+            .filter(|(_, keys): &(ConditionKind, Vec<&str>)| !keys.is_empty())
+            .collect()
+    }
+}
+
 impl TryFrom<RawRule> for RuleConfig {
     type Error = String;
 
     fn try_from(raw: RawRule) -> Result<RuleConfig, String> {
-        let name = raw.name;
-        let missing = |key: &str| format!("rule {:?}: missing key `rule.{key}`", name.0);
-        let condition = match raw.condition.unwrap_or(ConditionKind::Expressions) {
+        let present = raw.kinds_present();
+        let name = &raw.name.0;
+        let missing = |key: &str| format!("rule {name:?}: missing key `rule.{key}`");
+        if let [(a, a_keys), (b, b_keys), ..] = present.as_slice() {
+            return Err(format!(
+                "rule {name:?}: `rule.{}` ({} condition) and `rule.{}` ({} condition) cannot be \
+                 combined: one condition per rule",
+                a_keys[0],
+                a.name(),
+                b_keys[0],
+                b.name()
+            ));
+        }
+        let kind = match (raw.condition, present.first()) {
+            (Some(said), Some((found, keys))) if said != *found => {
+                return Err(format!(
+                    "rule {name:?}: `rule.condition = \"{}\"` but `rule.{}` belongs to the {} \
+                     condition",
+                    said.name(),
+                    keys[0],
+                    found.name()
+                ))
+            }
+            (Some(said), _) => said,
+            (None, Some((found, _))) => *found,
+            (None, None) => {
+                return Err(format!(
+                    "rule {name:?}: no condition; give one of `rule.expressions` (with \
+                     `rule.min_probability` and `rule.hold`), `rule.eyes_closed_for`, \
+                     `rule.perclos`, `rule.yawns`, `rule.looking_away_for` or \
+                     `rule.face_absent_for`"
+                ))
+            }
+        };
+        let condition = match kind {
             ConditionKind::Expressions => Condition::Expressions {
                 expressions: raw.expressions.ok_or_else(|| missing("expressions"))?,
                 min_probability: raw
                     .min_probability
                     .ok_or_else(|| missing("min_probability"))?,
             },
+            ConditionKind::EyesClosed => Condition::EyesClosed {
+                seconds: raw
+                    .eyes_closed_for
+                    .ok_or_else(|| missing("eyes_closed_for"))?,
+            },
+            ConditionKind::Perclos => {
+                let spec = raw.perclos.ok_or_else(|| missing("perclos"))?;
+                Condition::Perclos {
+                    above: spec.above,
+                    window: spec.window,
+                }
+            }
+            ConditionKind::Yawns => {
+                let spec = raw.yawns.ok_or_else(|| missing("yawns"))?;
+                Condition::Yawns {
+                    count: spec.count,
+                    window: spec.window,
+                }
+            }
+            ConditionKind::LookingAway => Condition::LookingAway {
+                seconds: raw
+                    .looking_away_for
+                    .ok_or_else(|| missing("looking_away_for"))?,
+                max_yaw: raw.max_yaw.unwrap_or(AngleLimit(DEFAULT_MAX_YAW)),
+                max_pitch: raw.max_pitch.unwrap_or(AngleLimit(DEFAULT_MAX_PITCH)),
+            },
+            ConditionKind::FaceAbsent => Condition::FaceAbsent {
+                seconds: raw
+                    .face_absent_for
+                    .ok_or_else(|| missing("face_absent_for"))?,
+            },
+        };
+        // An expression rule has no duration of its own, so its hold stays
+        // required as before; the other kinds carry theirs.
+        let hold = match (kind, raw.hold) {
+            (_, Some(hold)) => hold,
+            (ConditionKind::Expressions, None) => return Err(missing("hold")),
+            (_, None) => Seconds(0.0),
         };
         Ok(RuleConfig {
-            name,
+            name: raw.name,
             condition,
-            hold: raw.hold,
+            hold,
             clear_after: raw.clear_after,
             cooldown: raw.cooldown,
         })
@@ -688,6 +967,20 @@ pub struct PositiveU32(pub u32);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleName(pub String);
 
+/// A share strictly between 0 and 1 (a PERCLOS threshold: 0 would always
+/// hold, 1 never).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Proportion(pub f32);
+
+/// A look-back window in seconds, above 0 and at most 600 (the history a
+/// track keeps, [`crate::driver::HISTORY`]).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct HistoryWindow(pub f64);
+
+/// A head-angle limit in degrees, above 0 and at most 90.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct AngleLimit(pub f32);
+
 /// A non-empty set of expressions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExpressionSet(pub BTreeSet<Expression>);
@@ -752,6 +1045,43 @@ impl<'de> Deserialize<'de> for PositiveU32 {
     }
 }
 
+impl<'de> Deserialize<'de> for Proportion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if !(v > 0.0 && v < 1.0) {
+            return Err(serde::de::Error::custom(format!(
+                "above must be above 0 and below 1, got {v}"
+            )));
+        }
+        Ok(Proportion(v as f32))
+    }
+}
+
+impl<'de> Deserialize<'de> for HistoryWindow {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        let max = crate::driver::HISTORY.as_secs_f64();
+        if !(v > 0.0 && v <= max) {
+            return Err(serde::de::Error::custom(format!(
+                "window must be a number of seconds above 0 and at most {max}, got {v}"
+            )));
+        }
+        Ok(HistoryWindow(v))
+    }
+}
+
+impl<'de> Deserialize<'de> for AngleLimit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if !(v > 0.0 && v <= 90.0) {
+            return Err(serde::de::Error::custom(format!(
+                "must be a number of degrees above 0 and at most 90, got {v}"
+            )));
+        }
+        Ok(AngleLimit(v as f32))
+    }
+}
+
 impl<'de> Deserialize<'de> for RuleName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v = String::deserialize(d)?;
@@ -806,9 +1136,13 @@ impl Config {
     /// `base_dir` anchors the relative paths inside.
     pub fn parse(text: &str, path: &Path, base_dir: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| {
-            let offset = e.span().map_or(0, |s| s.start);
-            let (line, column) = line_column(text, offset);
             let message = e.message().trim();
+            // A rule's own checks (RuleConfig::try_from) get the span of the
+            // whole `rule` array from the parser; point at the rule named
+            // in the message instead.
+            let offset =
+                rule_table_offset(text, message).unwrap_or_else(|| e.span().map_or(0, |s| s.start));
+            let (line, column) = line_column(text, offset);
             // toml names the key for unknown and missing fields but not for
             // a bad value; recover it from the line the error points at.
             let message = match key_at(text, offset) {
@@ -893,6 +1227,24 @@ impl Config {
     /// `classifier.model`).
     pub fn classifier_model(&self) -> Result<PathBuf, ConfigError> {
         self.find_model("classifier.model", &self.classifier.model)
+    }
+
+    /// Whether any rule needs the landmark stage.
+    pub fn needs_landmarks(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.condition.kind().needs_landmarks())
+    }
+
+    /// The landmark models' manifests and the geometry file
+    /// ([`Config::find_model`] of the `landmarks` keys).
+    pub fn landmark_models(&self) -> Result<[PathBuf; 3], ConfigError> {
+        let l = &self.landmarks;
+        Ok([
+            self.find_model("landmarks.mesh_model", &l.mesh_model)?,
+            self.find_model("landmarks.iris_model", &l.iris_model)?,
+            self.find_model("landmarks.geometry", &l.geometry)?,
+        ])
     }
 
     /// Rule names key the alert state and the events, so they must be
@@ -1010,6 +1362,25 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
         Some(t) => format!("{t}.{key}"),
         None => key.to_string(),
     })
+}
+
+/// The offset of the `[[rule]]` header of the rule a `rule "NAME": ...`
+/// message is about (the table whose `name = "NAME"` line comes first).
+fn rule_table_offset(text: &str, message: &str) -> Option<usize> {
+    let name = message.strip_prefix("rule \"")?.split_once("\":")?.0;
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let named = line.split_once('=').is_some_and(|(k, v)| {
+            // Rule names hold no '#', so one starts a comment.
+            let v = v.split('#').next().unwrap_or("");
+            k.trim() == "name" && v.trim().trim_matches('"') == name
+        });
+        if named && key_at(text, at).as_deref() == Some("rule.name") {
+            return text[..at].rfind("[[rule]]");
+        }
+        at += line.len();
+    }
+    None
 }
 
 /// 1-based line and column of a byte offset.
@@ -1163,6 +1534,199 @@ mod tests {
             err.starts_with("test.toml:3:") && err.contains("yawn"),
             "{err}"
         );
+    }
+
+    /// The driver-state rules exactly as the README shows them.
+    const DRIVER_RULES: &str = r#"
+[[rule]]
+name = "eyes_closed"
+eyes_closed_for = 2.0            # continuous closure ≥ 2 s; blinks never add up
+[[rule]]
+name = "drowsy"
+perclos = { above = 0.15, window = 60 }
+[[rule]]
+name = "yawning"
+yawns = { count = 3, window = 300 }
+[[rule]]
+name = "distracted"
+looking_away_for = 3.0           # |yaw| or |pitch| beyond limits, defaults 30° / 20°
+[[rule]]
+name = "absent"
+face_absent_for = 6.0            # no face at all
+"#;
+
+    #[test]
+    fn the_driver_state_rules_parse_with_their_defaults() {
+        let c = parse(DRIVER_RULES).unwrap();
+        let kinds: Vec<ConditionKind> = c.rules.iter().map(|r| r.condition.kind()).collect();
+        assert_eq!(
+            kinds,
+            [
+                ConditionKind::EyesClosed,
+                ConditionKind::Perclos,
+                ConditionKind::Yawns,
+                ConditionKind::LookingAway,
+                ConditionKind::FaceAbsent
+            ]
+        );
+        for r in &c.rules {
+            assert_eq!(
+                (r.hold, r.clear_after, r.cooldown),
+                (Seconds(0.0), Seconds(1.0), Seconds(0.0)),
+                "{}",
+                r.name
+            );
+        }
+        assert_eq!(
+            c.rules[1].condition,
+            Condition::Perclos {
+                above: Proportion(0.15),
+                window: HistoryWindow(60.0)
+            }
+        );
+        assert_eq!(
+            c.rules[2].condition,
+            Condition::Yawns {
+                count: PositiveU32(3),
+                window: HistoryWindow(300.0)
+            }
+        );
+        assert_eq!(
+            c.rules[3].condition,
+            Condition::LookingAway {
+                seconds: PositiveSeconds(3.0),
+                max_yaw: AngleLimit(DEFAULT_MAX_YAW),
+                max_pitch: AngleLimit(DEFAULT_MAX_PITCH)
+            }
+        );
+        // Only a name and the closure: everything else at its default.
+        let c = parse("[[rule]]\nname = \"eyes_closed\"\neyes_closed_for = 2.0\n").unwrap();
+        assert_eq!(
+            c.rules[0].condition,
+            Condition::EyesClosed {
+                seconds: PositiveSeconds(2.0)
+            }
+        );
+        assert_eq!(c.rules[0].hold, Seconds(0.0));
+        // Explicit limits, the condition named, a hold, a subtable.
+        let c = parse(
+            "[[rule]]\nname = \"d\"\ncondition = \"looking_away\"\nlooking_away_for = 2\n\
+             max_yaw = 45\nmax_pitch = 15.5\nhold = 0.5\ncooldown = 30\n\
+             [[rule]]\nname = \"p\"\n[rule.perclos]\nabove = 0.2\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.rules[0].condition,
+            Condition::LookingAway {
+                seconds: PositiveSeconds(2.0),
+                max_yaw: AngleLimit(45.0),
+                max_pitch: AngleLimit(15.5)
+            }
+        );
+        assert_eq!(c.rules[0].hold, Seconds(0.5));
+        assert_eq!(
+            c.rules[1].condition,
+            Condition::Perclos {
+                above: Proportion(0.2),
+                window: HistoryWindow(60.0)
+            }
+        );
+    }
+
+    #[test]
+    fn driver_state_keys_are_range_checked_with_their_positions() {
+        let err = |text: &str| parse(text).unwrap_err().to_string();
+        let rule = |body: &str| format!("[[rule]]\nname = \"r\"\n{body}\n");
+        let cases = [
+            (
+                "eyes_closed_for = 0",
+                "test.toml:3:19: key `rule.eyes_closed_for`: must be a number of seconds above 0",
+            ),
+            (
+                "perclos = { above = 1.5, window = 60 }",
+                "test.toml:3:21: key `rule.perclos`: above must be above 0 and below 1, got 1.5",
+            ),
+            (
+                "perclos = { above = 0.15, window = 900 }",
+                "test.toml:3:36: key `rule.perclos`: window must be a number of seconds above 0 and at most 600",
+            ),
+            (
+                "yawns = { count = 0, window = 300 }",
+                "test.toml:3:19: key `rule.yawns`: must be a whole number between 1",
+            ),
+            (
+                "yawns = { count = 3, window = 601 }",
+                "test.toml:3:31: key `rule.yawns`: window must be",
+            ),
+            (
+                "looking_away_for = -1",
+                "test.toml:3:20: key `rule.looking_away_for`: must be a number of seconds above 0",
+            ),
+            (
+                "looking_away_for = 3\nmax_yaw = 100",
+                "test.toml:4:11: key `rule.max_yaw`: must be a number of degrees above 0 and at most 90",
+            ),
+            (
+                "looking_away_for = 3\nmax_pitch = 0",
+                "test.toml:4:13: key `rule.max_pitch`: must be a number of degrees",
+            ),
+            (
+                "face_absent_for = \"long\"",
+                "test.toml:3:19: key `rule.face_absent_for`:",
+            ),
+        ];
+        for (body, want) in cases {
+            let e = err(&rule(body));
+            assert!(e.starts_with(want), "{body}: {e}");
+        }
+        let e = err(&rule("perclos = { abov = 0.15 }"));
+        assert!(e.starts_with("test.toml:3:") && e.contains("abov"), "{e}");
+        let e = err(&rule("perclos = { window = 60 }"));
+        assert!(e.starts_with("test.toml:3:") && e.contains("above"), "{e}");
+    }
+
+    #[test]
+    fn a_rule_has_exactly_one_condition() {
+        let err = |text: &str| parse(text).unwrap_err().to_string();
+        let e = err("[[rule]]\nname = \"r\"\neyes_closed_for = 2\nperclos = { above = 0.1 }\n");
+        assert!(
+            e.starts_with("test.toml:1:1:")
+                && e.contains("`rule.eyes_closed_for` (eyes_closed condition)")
+                && e.contains("`rule.perclos` (perclos condition)")
+                && e.contains("one condition per rule"),
+            "{e}"
+        );
+        let e = err(
+            "[[rule]]\nname = \"r\"\nexpressions = [\"sad\"]\nmin_probability = 0.5\nhold = 1\n\
+             face_absent_for = 6\n",
+        );
+        assert!(
+            e.contains("`rule.expressions`") && e.contains("`rule.face_absent_for`"),
+            "{e}"
+        );
+        let e = err("[[rule]]\nname = \"r\"\ncondition = \"perclos\"\neyes_closed_for = 2\n");
+        assert!(
+            e.contains("`rule.condition = \"perclos\"`") && e.contains("`rule.eyes_closed_for`"),
+            "{e}"
+        );
+        let e = err("[[rule]]\nname = \"r\"\ncondition = \"yawns\"\n");
+        assert!(e.contains("missing key `rule.yawns`"), "{e}");
+        let e = err("[[rule]]\nname = \"r\"\nmax_yaw = 40\n");
+        assert!(e.contains("missing key `rule.looking_away_for`"), "{e}");
+        let e = err("[[rule]]\nname = \"r\"\nhold = 1\n");
+        assert!(
+            e.contains("no condition") && e.contains("`rule.eyes_closed_for`"),
+            "{e}"
+        );
+        // Expression rules still need their hold.
+        let e = err("[[rule]]\nname = \"r\"\nexpressions = [\"sad\"]\nmin_probability = 0.5\n");
+        assert!(e.contains("missing key `rule.hold`"), "{e}");
+        // The error of a later rule points at that rule.
+        let e = err(&format!(
+            "{DRIVER_RULES}[[rule]]\nname = \"x\" # why\nperclos = {{ above = 0.1 }}\n\
+             yawns = {{ count = 1 }}\n"
+        ));
+        assert!(e.starts_with("test.toml:17:"), "{e}");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::sink::gpio::{GpioError, GpioSink, GpioState};
 use crate::sink::png::PngDisplay;
 use crate::sink::{Display, EventSink, Fanout, JsonLines, SinkError};
 use crate::source::{self, FrameSource, SourceError};
+use crate::vision::landmarks::Landmarker;
 use crate::vision::{Analyzer, ModelError};
 
 /// Why the daemon could not start or ended early. Each variant names its
@@ -322,13 +323,19 @@ fn open_camera(_cam: &crate::config::CameraConfig) -> Result<Input, DaemonError>
     ))
 }
 
-/// The models of a config, found with [`Config::find_model`].
+/// The models of a config, found with [`Config::find_model`]; the
+/// landmark models only when a rule needs them.
 pub fn load_analyzer(config: &Config) -> Result<Analyzer, DaemonError> {
-    Ok(Analyzer::load(
+    let mut analyzer = Analyzer::load(
         &config.detector_model()?,
         &config.classifier_model()?,
         config,
-    )?)
+    )?;
+    if config.needs_landmarks() {
+        let [mesh, iris, geometry] = config.landmark_models()?;
+        analyzer.landmarker = Some(Landmarker::load(&mesh, &iris, &geometry)?);
+    }
+    Ok(analyzer)
 }
 
 /// How long `ferd run` waits at its end for the sink threads to deliver

@@ -13,7 +13,7 @@ use crate::vision::BBox;
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// Every event `type`, as [`Event::type_name`] gives them.
-pub const EVENT_TYPES: [&str; 12] = [
+pub const EVENT_TYPES: [&str; 14] = [
     "started",
     "face_appeared",
     "expression",
@@ -25,6 +25,8 @@ pub const EVENT_TYPES: [&str; 12] = [
     "camera_lost",
     "camera_restored",
     "events_dropped",
+    "driver_unwatched",
+    "driver_watched",
     "status",
 ];
 
@@ -72,12 +74,11 @@ pub enum EventKind {
     AlertRaised {
         /// Rule name.
         alert: String,
-        /// The track that met the condition.
+        /// The track that met the condition (0 for `face_absent`: no face).
         track: u64,
-        /// The set's most probable expression on that track.
-        expression: Expression,
-        /// The set's probability mass.
-        probability: f32,
+        /// What was measured, as fields of the event itself.
+        #[serde(flatten)]
+        cue: AlertCue,
     },
     /// An alert became inactive.
     AlertCleared {
@@ -128,6 +129,18 @@ pub enum EventKind {
         /// Events lost since the last `events_dropped` on this sink.
         count: u64,
     },
+    /// No eye state has been known on any face for more than 10 s while
+    /// an eye rule (eye closure, PERCLOS) is configured: ferd cannot watch
+    /// the driver. Tell-tale outputs go on; alerts and tracks stay.
+    DriverUnwatched {
+        /// Seconds without a known eye state.
+        seconds: f64,
+    },
+    /// An eye state is known again after `driver_unwatched`.
+    DriverWatched {
+        /// Seconds the driver was unwatched.
+        duration: f64,
+    },
     /// End-of-run counters.
     Status {
         /// Frames analysed.
@@ -140,6 +153,59 @@ pub enum EventKind {
         faces: u64,
         /// Tracks created.
         tracks: u64,
+    },
+}
+
+/// What an `alert_raised` event reports of its cue, flattened into the
+/// event. Expression alerts keep their fields exactly as before the
+/// driver-state kinds existed (no `cue` field); the others name their
+/// kind in `cue`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum AlertCue {
+    /// An expression rule.
+    Expression {
+        /// The set's most probable expression on that track.
+        expression: Expression,
+        /// The set's probability mass.
+        probability: f32,
+    },
+    /// A driver-state rule.
+    Driver(DriverCue),
+}
+
+/// The measured values of a driver-state alert; `cue` names the kind.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "cue", rename_all = "snake_case")]
+pub enum DriverCue {
+    /// `eyes_closed_for`.
+    EyesClosed {
+        /// Seconds the closure had lasted.
+        closed: f64,
+    },
+    /// `perclos`.
+    Perclos {
+        /// PERCLOS over the rule's window.
+        perclos: f32,
+    },
+    /// `yawns`.
+    Yawns {
+        /// Yawns in the rule's window.
+        yawns: u32,
+    },
+    /// `looking_away_for`.
+    LookingAway {
+        /// Head yaw, degrees.
+        yaw: f32,
+        /// Head pitch, degrees.
+        pitch: f32,
+        /// Seconds the head had been turned away.
+        seconds: f64,
+    },
+    /// `face_absent_for`.
+    FaceAbsent {
+        /// Seconds without a face.
+        absent: f64,
     },
 }
 
@@ -227,6 +293,8 @@ impl Event {
             EventKind::CameraLost { .. } => "camera_lost",
             EventKind::CameraRestored { .. } => "camera_restored",
             EventKind::EventsDropped { .. } => "events_dropped",
+            EventKind::DriverUnwatched { .. } => "driver_unwatched",
+            EventKind::DriverWatched { .. } => "driver_watched",
             EventKind::Status { .. } => "status",
         }
     }
@@ -288,12 +356,80 @@ mod tests {
                 reason: "no_frames",
                 duration: 1.0,
             },
+            EventKind::DriverUnwatched { seconds: 10.1 },
+            EventKind::DriverWatched { duration: 3.0 },
         ];
         for kind in kinds {
             let e = Event::new(kind, Duration::ZERO, 0);
             let v: serde_json::Value = serde_json::from_str(&e.to_json("r", 1)).unwrap();
             assert_eq!(v["type"], e.type_name());
+            assert!(EVENT_TYPES.contains(&e.type_name()));
         }
+    }
+
+    #[test]
+    fn alert_cues_serialise_flat() {
+        let raised = |alert: &str, track, cue| {
+            serde_json::to_string(&EventKind::AlertRaised {
+                alert: alert.into(),
+                track,
+                cue,
+            })
+            .unwrap()
+        };
+        // Byte for byte what expression alerts have always been.
+        assert_eq!(
+            raised(
+                "distress",
+                1,
+                AlertCue::Expression {
+                    expression: Expression::Sad,
+                    probability: 0.8125
+                }
+            ),
+            r#"{"type":"alert_raised","alert":"distress","track":1,"expression":"sad","probability":0.8125}"#
+        );
+        let driver = |cue| AlertCue::Driver(cue);
+        assert_eq!(
+            raised(
+                "eyes_closed",
+                2,
+                driver(DriverCue::EyesClosed { closed: 2.0 })
+            ),
+            r#"{"type":"alert_raised","alert":"eyes_closed","track":2,"cue":"eyes_closed","closed":2.0}"#
+        );
+        assert_eq!(
+            raised("drowsy", 2, driver(DriverCue::Perclos { perclos: 0.1625 })),
+            r#"{"type":"alert_raised","alert":"drowsy","track":2,"cue":"perclos","perclos":0.1625}"#
+        );
+        assert_eq!(
+            raised("yawning", 2, driver(DriverCue::Yawns { yawns: 3 })),
+            r#"{"type":"alert_raised","alert":"yawning","track":2,"cue":"yawns","yawns":3}"#
+        );
+        assert_eq!(
+            raised(
+                "distracted",
+                2,
+                driver(DriverCue::LookingAway {
+                    yaw: -42.5,
+                    pitch: 3.0,
+                    seconds: 3.0
+                })
+            ),
+            r#"{"type":"alert_raised","alert":"distracted","track":2,"cue":"looking_away","yaw":-42.5,"pitch":3.0,"seconds":3.0}"#
+        );
+        assert_eq!(
+            raised("absent", 0, driver(DriverCue::FaceAbsent { absent: 6.0 })),
+            r#"{"type":"alert_raised","alert":"absent","track":0,"cue":"face_absent","absent":6.0}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&EventKind::DriverUnwatched { seconds: 10.042 }).unwrap(),
+            r#"{"type":"driver_unwatched","seconds":10.042}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&EventKind::DriverWatched { duration: 4.5 }).unwrap(),
+            r#"{"type":"driver_watched","duration":4.5}"#
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! one way:
 //!
 //! ```text
-//! source ─► frame ─► vision (detector, classifier) ─► track ─► rules ─► sink
+//! source ─► frame ─► vision (detector, classifier) ─► track (+ driver) ─► rules ─► sink
 //! ```
 //!
 //! See `docs/ARCHITECTURE.md` for the module map.
@@ -15,6 +15,7 @@
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod driver;
 pub mod eval;
 pub mod events;
 pub mod expression;

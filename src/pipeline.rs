@@ -5,6 +5,12 @@
 //! rules, then hand events to the sinks (JSON lines, GPIO, ...) and the
 //! state to the display. Nothing flows back: sinks only receive.
 //!
+//! With an eye rule configured it also says whether it can watch the
+//! driver at all: no known eye state on any face for
+//! [`crate::driver::UNWATCHED_AFTER`] is `driver_unwatched` (tell-tale
+//! outputs on, alerts and tracks kept) until one is known again
+//! (`driver_watched`).
+//!
 //! It also keeps ferd's health. A frame the analyser fails on is counted
 //! (`failed`); failures lasting `health.degraded_after` (frame time), a
 //! live source that delivers nothing for that long (wall time), or a lost
@@ -26,7 +32,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::events::{box_array, seconds, Event, EventKind, ProbMap};
+use crate::driver::{EyeState, Watch, WatchChange};
+use crate::events::{box_array, seconds, AlertCue, DriverCue, Event, EventKind, ProbMap};
 use crate::expression::Expression;
 use crate::frame::Frame;
 use crate::rules::{AlertChange, ClearReason, Cue, Rules};
@@ -136,6 +143,8 @@ pub struct Pipeline {
     track_changes: Vec<TrackChange>,
     alert_changes: Vec<AlertChange>,
     health: Health,
+    /// Whether the driver can be watched; only with an eye rule.
+    watch: Option<Watch>,
 }
 
 impl Pipeline {
@@ -147,10 +156,12 @@ impl Pipeline {
         display: Option<Box<dyn Display + Send>>,
     ) -> Pipeline {
         let interval = config.events.expression_interval.0;
+        let rules = Rules::new(&config.rules);
         Pipeline {
             analyzer,
             tracker: Tracker::new(&config.tracker),
-            rules: Rules::new(&config.rules),
+            watch: rules.watches_eyes().then(Watch::default),
+            rules,
             sinks,
             display,
             expression_interval: (interval > 0.0).then(|| Duration::from_secs_f64(interval)),
@@ -290,6 +301,32 @@ impl Pipeline {
         self.rules
             .update(t, self.tracker.tracks(), &mut self.alert_changes);
         self.emit_alert_changes();
+
+        if let Some(watch) = &mut self.watch {
+            let known = self
+                .tracker
+                .tracks()
+                .iter()
+                .any(|tr| tr.driver.eye() != EyeState::Unknown);
+            match watch.update(t, known) {
+                Some(WatchChange::Unwatched { unknown }) => {
+                    log::warn!(
+                        "cannot watch the driver: no eye state known for {:.1} s",
+                        unknown.as_secs_f64()
+                    );
+                    self.emit(EventKind::DriverUnwatched {
+                        seconds: seconds(unknown),
+                    });
+                }
+                Some(WatchChange::Watched { duration }) => {
+                    log::info!("watching the driver again");
+                    self.emit(EventKind::DriverWatched {
+                        duration: seconds(duration),
+                    });
+                }
+                None => {}
+            }
+        }
     }
 
     /// A live source has delivered no frame for `elapsed` (wall time):
@@ -352,6 +389,11 @@ impl Pipeline {
         match (self.health.degraded, wanted) {
             (None, Some(reason)) => {
                 self.health.degraded = Some((reason, self.last_time));
+                if let Some(watch) = &mut self.watch {
+                    // Time ferd cannot see at all is not time the eyes
+                    // were unknown: count afresh after recovery.
+                    watch.restart();
+                }
                 log::error!("degraded ({}): {}", reason.name(), self.health.last_error);
                 let error = self.health.last_error.clone();
                 self.emit(EventKind::Degraded {
@@ -449,23 +491,19 @@ impl Pipeline {
         let changes = std::mem::take(&mut self.alert_changes);
         for c in &changes {
             let kind = match c {
-                AlertChange::Raised { alert, found } => match found.cue {
-                    Cue::Expression {
-                        expression,
-                        probability,
-                    } => {
-                        log::info!(
-                            "alert {alert} raised (track {}, {expression} {probability:.2})",
-                            found.track
-                        );
-                        EventKind::AlertRaised {
-                            alert: alert.clone(),
-                            track: found.track,
-                            expression,
-                            probability: crate::events::round(probability, 1e4),
-                        }
+                AlertChange::Raised { alert, found } => {
+                    log::info!(
+                        "alert {alert} raised (track {}, {})",
+                        found.track,
+                        describe(&found.cue)
+                    );
+                    let cue = alert_cue(found.cue);
+                    EventKind::AlertRaised {
+                        alert: alert.clone(),
+                        track: found.track,
+                        cue,
                     }
-                },
+                }
                 AlertChange::Cleared {
                     alert,
                     duration,
@@ -528,6 +566,62 @@ impl Pipeline {
                     log::error!("{e}");
                 }
             }
+        }
+    }
+}
+
+/// A cue in words, for the log.
+fn describe(cue: &Cue) -> String {
+    match *cue {
+        Cue::Expression {
+            expression,
+            probability,
+        } => format!("{expression} {probability:.2}"),
+        Cue::EyesClosed { seconds } => format!("eyes closed {:.2} s", seconds.as_secs_f64()),
+        Cue::Perclos { perclos } => format!("PERCLOS {perclos:.3}"),
+        Cue::Yawns { count } => format!("{count} yawns"),
+        Cue::LookingAway {
+            yaw,
+            pitch,
+            seconds,
+        } => format!(
+            "looking away {:.1} s, yaw {yaw:.0}° pitch {pitch:.0}°",
+            seconds.as_secs_f64()
+        ),
+        Cue::FaceAbsent { seconds } => format!("no face for {:.1} s", seconds.as_secs_f64()),
+    }
+}
+
+/// The event form of a rule's cue, rounded so events stay short and
+/// stable across platforms.
+fn alert_cue(cue: Cue) -> AlertCue {
+    use crate::events::round;
+    match cue {
+        Cue::Expression {
+            expression,
+            probability,
+        } => AlertCue::Expression {
+            expression,
+            probability: round(probability, 1e4),
+        },
+        Cue::EyesClosed { seconds: s } => {
+            AlertCue::Driver(DriverCue::EyesClosed { closed: seconds(s) })
+        }
+        Cue::Perclos { perclos } => AlertCue::Driver(DriverCue::Perclos {
+            perclos: round(perclos, 1e4),
+        }),
+        Cue::Yawns { count } => AlertCue::Driver(DriverCue::Yawns { yawns: count }),
+        Cue::LookingAway {
+            yaw,
+            pitch,
+            seconds: s,
+        } => AlertCue::Driver(DriverCue::LookingAway {
+            yaw: round(yaw, 10.0),
+            pitch: round(pitch, 10.0),
+            seconds: seconds(s),
+        }),
+        Cue::FaceAbsent { seconds: s } => {
+            AlertCue::Driver(DriverCue::FaceAbsent { absent: seconds(s) })
         }
     }
 }
@@ -827,6 +921,7 @@ fn capture(
 mod tests {
     use super::*;
 
+    use crate::driver::FaceMeasure;
     use crate::events::Event;
     use crate::expression::Probs;
     use crate::frame::PixelFormat;
@@ -874,6 +969,7 @@ mod tests {
                     landmarks: [[0.0; 2]; 5],
                 },
                 probs: Probs(p),
+                measure: None,
             });
             Ok(())
         }
@@ -963,8 +1059,14 @@ mod tests {
         [[gpio]]\nname = \"unavailable\"\nchip = \"/dev/gpiochip0\"\nline = 3\ndegraded = true\n";
 
     fn pipeline(plan: Plan, extra: &str) -> (Pipeline, Record, Outputs) {
+        build(Box::new(FakeAnalyzer(plan)), &format!("{CONFIG}{extra}"))
+    }
+
+    /// A pipeline of `analyzer` and the config `text` (three GPIO
+    /// outputs, as in [`CONFIG`]), recording its events.
+    fn build(analyzer: Box<dyn Analyze + Send>, text: &str) -> (Pipeline, Record, Outputs) {
         let config = Config::parse(
-            &format!("{CONFIG}{extra}"),
+            text,
             std::path::Path::new("test.toml"),
             std::path::Path::new("."),
         )
@@ -983,7 +1085,7 @@ mod tests {
         .unwrap();
         let gpio = GpioSink::new(&config.gpio, Arc::clone(&shared));
         let p = Pipeline::new(
-            Box::new(FakeAnalyzer(plan)),
+            analyzer,
             &config,
             vec![Box::new(record.clone()), Box::new(gpio)],
             None,
@@ -1168,6 +1270,187 @@ mod tests {
             lines.contains(&"40 recovered no_frames".to_string()),
             "{lines:?}"
         );
+    }
+
+    /// What the landmark stage sees in frame `n`: `None`, no face;
+    /// `Some(m)`, one face measuring `m`.
+    type MeasurePlan = fn(u64) -> Option<FaceMeasure>;
+
+    struct MeasureAnalyzer(MeasurePlan);
+
+    impl Analyze for MeasureAnalyzer {
+        fn model_name(&self) -> &str {
+            "fake"
+        }
+
+        fn analyze_into(
+            &mut self,
+            frame: &Frame,
+            out: &mut Vec<Observation>,
+        ) -> Result<(), ModelError> {
+            out.clear();
+            if let Some(m) = (self.0)(frame.sequence) {
+                let mut p = [0.0; 7];
+                p[Expression::Neutral.index()] = 1.0;
+                out.push(Observation {
+                    face: Face {
+                        bbox: BBox {
+                            x: 10.0,
+                            y: 10.0,
+                            w: 40.0,
+                            h: 40.0,
+                        },
+                        score: 0.99,
+                        landmarks: [[0.0; 2]; 5],
+                    },
+                    probs: Probs(p),
+                    measure: Some(m),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    /// Only a name and the closure, everything else at its defaults; the
+    /// buzzer follows it.
+    const FATIGUE: &str = "[[rule]]\nname = \"eyes_closed\"\neyes_closed_for = 2.0\n\
+        [[gpio]]\nname = \"buzzer\"\nchip = \"/dev/gpiochip0\"\nline = 1\nalerts = [\"eyes_closed\"]\n\
+        [[gpio]]\nname = \"alive\"\nchip = \"/dev/gpiochip0\"\nline = 2\nheartbeat = true\n\
+        [[gpio]]\nname = \"unavailable\"\nchip = \"/dev/gpiochip0\"\nline = 3\ndegraded = true\n";
+
+    /// Frame `n` of a 24 fps stream.
+    fn frame24(n: u64) -> Frame {
+        let mut f = frame(n);
+        f.timestamp = Duration::from_nanos(n * 1_000_000_000 / 24);
+        f
+    }
+
+    /// Eyes open (0.28) or closed (0.03), facing the camera.
+    fn eyes(closed: bool) -> Option<FaceMeasure> {
+        let v = if closed { 0.03 } else { 0.28 };
+        Some(FaceMeasure {
+            eyes: [Some(v); 2],
+            mouth: Some(0.1),
+            pose: Some((0.0, 0.0)),
+        })
+    }
+
+    #[test]
+    fn eyes_closed_for_raises_and_clears_on_a_24_fps_stream_and_blinks_do_not() {
+        fn plan(n: u64) -> Option<FaceMeasure> {
+            let s = n as f64 / 24.0;
+            // A 2.2 s closure at 3 s; 10 blinks of 300 ms every second
+            // from 10 s; 20 of 400 ms with 100 ms open between from 21 s;
+            // a 1.8 s closure at 33 s.
+            let closed = (3.0..5.2).contains(&s)
+                || ((10.0..20.0).contains(&s) && (s - 10.0) % 1.0 < 0.3)
+                || ((21.0..31.0).contains(&s) && (s - 21.0) % 0.5 < 0.4)
+                || (33.0..34.8).contains(&s);
+            eyes(closed)
+        }
+        let (mut p, record, mut out) = build(Box::new(MeasureAnalyzer(plan)), FATIGUE);
+        let mut levels = Vec::new();
+        for n in 0..(24 * 38) {
+            p.process(&frame24(n));
+            levels.push(out.read());
+        }
+        let alerts: Vec<String> = record
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains("alert"))
+            .collect();
+        // Raised 2.0 s after the onset (frame 72 + 48); the eyes reopen at
+        // frame 125, confirmed at 126, cleared 1 s (clear_after) later.
+        assert_eq!(
+            alerts,
+            [
+                "50 alert_raised eyes_closed",
+                "62 alert_cleared eyes_closed condition"
+            ]
+        );
+        assert_eq!(levels[119], (false, true, false));
+        assert_eq!(levels[120], (true, true, false));
+        assert_eq!(levels[149], (true, true, false));
+        assert_eq!(levels[150], (false, true, false));
+        let raised = record
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|e| e.type_name() == "alert_raised")
+            .unwrap()
+            .to_json("r", 1);
+        assert!(
+            raised.contains(r#""alert":"eyes_closed","track":1,"cue":"eyes_closed","closed":2.0,"#),
+            "{raised}"
+        );
+        assert!(!record.lines().iter().any(|l| l.contains("driver_")));
+    }
+
+    #[test]
+    fn eyes_unknown_for_10_s_leave_the_driver_unwatched_with_the_tell_tale_on() {
+        fn plan(n: u64) -> Option<FaceMeasure> {
+            let s = n as f64 / 24.0;
+            match s {
+                // Sunglasses from 2 s to 20 s: a face, no eyes.
+                s if (2.0..20.0).contains(&s) => Some(FaceMeasure {
+                    eyes: [None; 2],
+                    mouth: Some(0.1),
+                    pose: Some((0.0, 0.0)),
+                }),
+                // No face from 25 s.
+                s if s >= 25.0 => None,
+                _ => eyes(false),
+            }
+        }
+        let (mut p, record, mut out) = build(Box::new(MeasureAnalyzer(plan)), FATIGUE);
+        let mut levels = Vec::new();
+        for n in 0..(24 * 40) {
+            p.process(&frame24(n));
+            levels.push(out.read());
+        }
+        let lines: Vec<String> = record
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains("driver_"))
+            .collect();
+        // Last known at 1.958 s: unwatched past 11.958 s (frame 288 at
+        // 12.0 s); watched at 20 s; a lost face is no eye state either.
+        assert_eq!(
+            lines,
+            [
+                "120 driver_unwatched",
+                "200 driver_watched",
+                "350 driver_unwatched"
+            ]
+        );
+        assert_eq!(levels[287], (false, true, false));
+        assert_eq!(levels[288], (false, true, true), "tell-tale only");
+        assert_eq!(levels[480], (false, true, false));
+        assert_eq!(p.rules.active().count(), 0);
+        let events = record.0.lock().unwrap();
+        let unwatched = events
+            .iter()
+            .find(|e| e.type_name() == "driver_unwatched")
+            .unwrap();
+        assert_eq!(
+            unwatched.kind,
+            EventKind::DriverUnwatched { seconds: 10.042 }
+        );
+        let watched = events
+            .iter()
+            .find(|e| e.type_name() == "driver_watched")
+            .unwrap();
+        assert_eq!(watched.kind, EventKind::DriverWatched { duration: 8.0 });
+    }
+
+    #[test]
+    fn expression_only_configs_never_report_the_driver_unwatched() {
+        let (mut p, record, _) = pipeline(|_| Some(0.1), "");
+        for n in 0..200 {
+            p.process(&frame(n));
+        }
+        assert!(!record.lines().iter().any(|l| l.contains("driver_")));
     }
 
     /// One step of a scripted source.

@@ -3,12 +3,14 @@
 //! Faces are associated with existing tracks greedily by IoU, best pairs
 //! first. A track keeps an exponential moving average of the expression
 //! probabilities, so a single misclassified frame does not flip its
-//! expression. All timing comes from frame timestamps, so replays are
-//! deterministic.
+//! expression, and a [`DriverTrack`] fed with the face's measurements every
+//! frame (nothing when the face was missed). All timing comes from frame
+//! timestamps, so replays are deterministic.
 
 use std::time::Duration;
 
 use crate::config::TrackerConfig;
+use crate::driver::DriverTrack;
 use crate::expression::Probs;
 use crate::vision::{BBox, Observation};
 
@@ -29,6 +31,8 @@ pub struct Track {
     pub last_seen: Duration,
     /// Whether the track was observed in the latest frame.
     pub seen_now: bool,
+    /// Driver-state signals (eyes, mouth, head), fed every frame.
+    pub driver: DriverTrack,
 }
 
 /// A change in the set of tracks.
@@ -57,6 +61,8 @@ pub struct Tracker {
     tracks: Vec<Track>,
     next_id: u64,
     pairs: Vec<(f32, usize, usize)>,
+    /// Per track, the observation it was matched with in this frame.
+    matched: Vec<Option<usize>>,
 }
 
 impl Tracker {
@@ -69,6 +75,7 @@ impl Tracker {
             tracks: Vec::new(),
             next_id: 1,
             pairs: Vec::new(),
+            matched: Vec::new(),
         }
     }
 
@@ -98,16 +105,17 @@ impl Tracker {
         // depend on sort stability.
         self.pairs
             .sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        let mut track_taken = vec![false; self.tracks.len()];
+        self.matched.clear();
+        self.matched.resize(self.tracks.len(), None);
         let mut obs_taken = vec![false; observations.len()];
         for t in &mut self.tracks {
             t.seen_now = false;
         }
         for &(_, ti, oi) in &self.pairs {
-            if track_taken[ti] || obs_taken[oi] {
+            if self.matched[ti].is_some() || obs_taken[oi] {
                 continue;
             }
-            track_taken[ti] = true;
+            self.matched[ti] = Some(oi);
             obs_taken[oi] = true;
             let track = &mut self.tracks[ti];
             let o = &observations[oi];
@@ -117,12 +125,21 @@ impl Tracker {
             track.last_seen = t;
             track.seen_now = true;
         }
+        // Every track's driver signals advance every frame, a missed face
+        // with nothing: their timing (closure, PERCLOS, gaps) is in frame
+        // time, and a face not seen is an unknown eye state.
+        for (track, oi) in self.tracks.iter_mut().zip(&self.matched) {
+            let measure = oi.and_then(|oi| observations[oi].measure);
+            track.driver.update(t, measure.as_ref());
+        }
         for (oi, o) in observations.iter().enumerate() {
             if obs_taken[oi] {
                 continue;
             }
             let id = self.next_id;
             self.next_id += 1;
+            let mut driver = DriverTrack::new();
+            driver.update(t, o.measure.as_ref());
             self.tracks.push(Track {
                 id,
                 bbox: o.face.bbox,
@@ -131,6 +148,7 @@ impl Tracker {
                 first_seen: t,
                 last_seen: t,
                 seen_now: true,
+                driver,
             });
             changes.push(TrackChange::Appeared { id });
         }
@@ -180,6 +198,7 @@ mod tests {
                 landmarks: [[0.0; 2]; 5],
             },
             probs: Probs(p),
+            measure: None,
         }
     }
 
@@ -238,6 +257,35 @@ mod tests {
         ch.clear();
         tr.update(Duration::from_millis(1100), &[obs(0.0, 1.0)], &mut ch);
         assert_eq!(ch, vec![TrackChange::Appeared { id: 2 }]);
+    }
+
+    #[test]
+    fn driver_signals_are_fed_every_frame_and_unknown_when_missed() {
+        let mut tr = tracker();
+        let mut ch = Vec::new();
+        let closed = crate::driver::FaceMeasure {
+            eyes: [Some(0.03); 2],
+            mouth: None,
+            pose: None,
+        };
+        let with = |x: f32| Observation {
+            measure: Some(closed),
+            ..obs(x, 1.0)
+        };
+        tr.update(Duration::ZERO, &[with(0.0)], &mut ch);
+        tr.update(Duration::from_millis(100), &[with(1.0)], &mut ch);
+        let d = &tr.tracks()[0].driver;
+        assert_eq!(d.eye(), crate::driver::EyeState::Closed);
+        assert_eq!(
+            d.closed_for(Duration::from_millis(100)),
+            Some(Duration::from_millis(100))
+        );
+        // Missed by the detector: the eyes are unknown.
+        tr.update(Duration::from_millis(200), &[], &mut ch);
+        assert_eq!(
+            tr.tracks()[0].driver.eye(),
+            crate::driver::EyeState::Unknown
+        );
     }
 
     #[test]

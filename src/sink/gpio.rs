@@ -55,7 +55,8 @@ enum Role {
     Alerts,
     /// Active while frames are analysed and ferd is not degraded.
     Heartbeat,
-    /// Active while ferd is degraded or silent.
+    /// Active while ferd is degraded or silent, or cannot watch the
+    /// driver's eyes.
     Degraded,
 }
 
@@ -120,7 +121,9 @@ impl<P: OutputPin> GpioOutputs<P> {
             let wanted = match o.role {
                 Role::Alerts => !unavailable && state.alerts.get(i).copied().unwrap_or(false),
                 Role::Heartbeat => !unavailable,
-                Role::Degraded => unavailable,
+                // Eyes that cannot be watched light the tell-tale only:
+                // ferd still sees faces, and its other alerts stand.
+                Role::Degraded => unavailable || state.unwatched,
             };
             let level = if wanted {
                 let since = *o.active_since.get_or_insert(now);
@@ -204,6 +207,9 @@ pub struct GpioState {
     pub alerts: Vec<bool>,
     /// ferd is degraded.
     pub degraded: bool,
+    /// ferd cannot watch the driver (`driver_unwatched`): the tell-tale
+    /// only.
+    pub unwatched: bool,
     /// When the analysis loop last published; `None` before it first does.
     pub published: Option<Instant>,
 }
@@ -240,6 +246,7 @@ impl GpioSink {
             state: GpioState {
                 alerts: vec![false; configs.len()],
                 degraded: false,
+                unwatched: false,
                 published: None,
             },
             shared,
@@ -268,6 +275,8 @@ impl EventSink for GpioSink {
             }
             EventKind::Degraded { .. } => self.state.degraded = true,
             EventKind::Recovered { .. } => self.state.degraded = false,
+            EventKind::DriverUnwatched { .. } => self.state.unwatched = true,
+            EventKind::DriverWatched { .. } => self.state.unwatched = false,
             _ => {}
         }
         Ok(())
@@ -415,6 +424,7 @@ mod tests {
         GpioState {
             alerts: alerts.to_vec(),
             degraded,
+            unwatched: false,
             published: Some(Instant::now()),
         }
     }
@@ -427,8 +437,10 @@ mod tests {
         event(EventKind::AlertRaised {
             alert: alert.into(),
             track: 1,
-            expression: crate::expression::Expression::Sad,
-            probability: 0.9,
+            cue: crate::events::AlertCue::Expression {
+                expression: crate::expression::Expression::Sad,
+                probability: 0.9,
+            },
         })
     }
 
@@ -545,6 +557,29 @@ mod tests {
         .unwrap();
         sink.flush().unwrap();
         assert!(!published().degraded);
+        sink.emit(&event(EventKind::DriverUnwatched { seconds: 10.5 }))
+            .unwrap();
+        sink.flush().unwrap();
+        assert!(published().unwatched && !published().degraded);
+        sink.emit(&event(EventKind::DriverWatched { duration: 1.0 }))
+            .unwrap();
+        sink.flush().unwrap();
+        assert!(!published().unwatched);
+    }
+
+    #[test]
+    fn unwatched_lights_only_the_tell_tale() {
+        let mut g = GpioOutputs::new(vec![
+            (cfg("heartbeat = true"), Probe::default()),
+            (cfg("degraded = true"), Probe::default()),
+            (cfg("alerts = [\"a\"]"), Probe::default()),
+        ])
+        .unwrap();
+        let mut s = state(&[false, false, true], false);
+        s.unwatched = true;
+        g.apply(ms(0), &s, false).unwrap();
+        let levels: Vec<bool> = g.levels().iter().map(|l| l.1.unwrap()).collect();
+        assert_eq!(levels, [true, true, true]);
     }
 
     #[test]

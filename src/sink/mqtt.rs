@@ -1026,8 +1026,10 @@ mod tests {
         v.apply(&ev(EventKind::AlertRaised {
             alert: "sad_face".into(),
             track: 2,
-            expression: Expression::Sad,
-            probability: 0.8,
+            cue: crate::events::AlertCue::Expression {
+                expression: Expression::Sad,
+                probability: 0.8,
+            },
         }));
         assert_eq!(
             v.state_json(),

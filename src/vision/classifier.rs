@@ -205,7 +205,7 @@ pub fn sample_grey(
 /// The sampling grid shared by the grey and colour crops: for each output
 /// pixel in row order, the mean of `k`×`k` values of `sample` (N channels)
 /// over the rotated square, handed to `emit`.
-fn supersample<const N: usize>(
+pub(crate) fn supersample<const N: usize>(
     crop: &Crop,
     w: usize,
     h: usize,

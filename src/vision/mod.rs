@@ -8,6 +8,7 @@
 
 pub mod classifier;
 pub mod detector;
+pub mod landmarks;
 pub mod model;
 
 use std::path::Path;
@@ -17,6 +18,7 @@ pub use detector::{BBox, Detector, Face};
 pub use model::{LoadedModel, Manifest, ModelError};
 
 use crate::config::Config;
+use crate::driver::FaceMeasure;
 use crate::expression::Probs;
 use crate::frame::Frame;
 
@@ -27,6 +29,9 @@ pub struct Observation {
     pub face: Face,
     /// Expression probabilities of this frame alone (unsmoothed).
     pub probs: Probs,
+    /// Eye, mouth and head measurements from the landmark stage; `None`
+    /// when no landmark stage ran.
+    pub measure: Option<FaceMeasure>,
 }
 
 /// One frame in, the faces seen in it out.
@@ -47,6 +52,9 @@ pub struct Analyzer {
     pub detector: Detector,
     /// The expression classifier.
     pub classifier: Classifier,
+    /// The landmark stage, present only when a rule needs it
+    /// ([`crate::config::Config::needs_landmarks`]).
+    pub landmarker: Option<landmarks::Landmarker>,
 }
 
 impl Analyzer {
@@ -61,6 +69,7 @@ impl Analyzer {
         Ok(Analyzer {
             detector: Detector::load(detector, &config.detector)?,
             classifier: Classifier::load(classifier, &config.classifier)?,
+            landmarker: None,
         })
     }
 
@@ -75,7 +84,15 @@ impl Analyzer {
         out.clear();
         for face in self.detector.detect(frame)? {
             let probs = self.classifier.classify_face(frame, &face)?;
-            out.push(Observation { face, probs });
+            let measure = match &self.landmarker {
+                Some(l) => Some(l.measure(frame, &landmarks::roi_for_face(&face))?.1),
+                None => None,
+            };
+            out.push(Observation {
+                face,
+                probs,
+                measure,
+            });
         }
         Ok(())
     }

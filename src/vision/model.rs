@@ -127,6 +127,10 @@ pub enum Task {
     FaceDetector,
     /// Classifies a face crop into the seven expressions.
     Expression,
+    /// Places the 468-point face mesh on a face crop.
+    FaceLandmarks,
+    /// Places the eye contour and iris on an eye crop.
+    IrisLandmarks,
 }
 
 /// `[input]` section.
@@ -137,7 +141,8 @@ pub struct InputSpec {
     /// most [`MAX_INPUT_SIDE`]; a detector may leave height and width free
     /// (0), to be filled from its configured `input_size`.
     pub shape: Vec<usize>,
-    /// Only `NCHW` is supported.
+    /// `NCHW`, or `NHWC` for the landmark models (converted from TFLite,
+    /// which keeps its layout).
     pub layout: String,
     /// Channel order of the input.
     pub color: ColorOrder,
@@ -172,6 +177,14 @@ pub struct OutputSpec {
     pub kind: OutputKind,
     /// Class labels in output order (classifiers).
     pub labels: Option<Vec<String>>,
+    /// Points of a face mesh (`face-mesh-468`: 468).
+    pub landmarks: Option<usize>,
+    /// How the face-presence output reads (`sigmoid`: a logit).
+    pub presence: Option<String>,
+    /// Eye-contour points of an iris model (71).
+    pub contour_points: Option<usize>,
+    /// Iris points of an iris model (5).
+    pub iris_points: Option<usize>,
 }
 
 /// How a model's output is interpreted.
@@ -184,6 +197,14 @@ pub enum OutputKind {
     Probabilities,
     /// RetinaFace's loc / conf / landmark triple.
     Retinaface,
+    /// MediaPipe's face mesh: 468 × (x, y, z) in crop pixels, and a
+    /// face-presence logit.
+    #[serde(rename = "face-mesh-468")]
+    FaceMesh468,
+    /// MediaPipe's iris model: 71 eye-contour and 5 iris points × (x, y,
+    /// z) in crop pixels.
+    #[serde(rename = "iris-landmark")]
+    IrisLandmark,
 }
 
 /// `[detector]` section: anchor layout of a RetinaFace-style detector.
@@ -209,6 +230,18 @@ pub struct LoadedModel {
     pub input_shape: Vec<usize>,
     /// The optimised plan.
     pub plan: Arc<TypedRunnableModel>,
+}
+
+impl InputSpec {
+    /// The axes of height and width in `shape`: 2 and 3 (NCHW), or 1 and 2
+    /// (NHWC).
+    pub fn spatial_axes(&self) -> [usize; 2] {
+        if self.layout == "NHWC" {
+            [1, 2]
+        } else {
+            [2, 3]
+        }
+    }
 }
 
 impl ColorOrder {
@@ -253,18 +286,29 @@ impl Manifest {
             message: format!("key `{key}`: {message}"),
         };
         let i = &self.input;
-        if i.layout != "NCHW" {
-            return Err(bad(
-                "input.layout",
-                format!("{:?} unsupported (only NCHW)", i.layout),
-            ));
-        }
-        let [batch, channels, height, width] = i.shape[..] else {
+        let nhwc_ok = matches!(self.model.task, Task::FaceLandmarks | Task::IrisLandmarks);
+        let nhwc = match i.layout.as_str() {
+            "NCHW" => false,
+            "NHWC" if nhwc_ok => true,
+            other => {
+                let allowed = if nhwc_ok { "NCHW or NHWC" } else { "only NCHW" };
+                return Err(bad(
+                    "input.layout",
+                    format!("{other:?} unsupported ({allowed})"),
+                ));
+            }
+        };
+        let &[batch, a, b, c] = &i.shape[..] else {
             return Err(bad(
                 "input.shape",
-                format!("must have 4 dimensions (NCHW), has {}", i.shape.len()),
+                format!(
+                    "must have 4 dimensions ({}), has {}",
+                    i.layout,
+                    i.shape.len()
+                ),
             ));
         };
+        let (channels, height, width) = if nhwc { (c, a, b) } else { (a, b, c) };
         if batch != 1 {
             return Err(bad(
                 "input.shape",
@@ -377,6 +421,46 @@ impl Manifest {
                     ));
                 }
             }
+            Task::FaceLandmarks | Task::IrisLandmarks => {
+                let (kind, what) = if self.model.task == Task::FaceLandmarks {
+                    (OutputKind::FaceMesh468, "face-mesh-468")
+                } else {
+                    (OutputKind::IrisLandmark, "iris-landmark")
+                };
+                if self.output.kind != kind {
+                    return Err(bad("output.kind", format!("must be {what} for this task")));
+                }
+                if height == 0 || width == 0 || i.color != ColorOrder::Rgb {
+                    return Err(bad(
+                        "input.shape",
+                        "a landmark model needs a fixed height and width and RGB input".into(),
+                    ));
+                }
+                let expected = if self.model.task == Task::FaceLandmarks {
+                    [(self.output.landmarks, 468, "output.landmarks")]
+                } else {
+                    [(self.output.contour_points, 71, "output.contour_points")]
+                };
+                for (got, want, key) in expected {
+                    if got != Some(want) {
+                        return Err(bad(key, format!("must be {want}, got {got:?}")));
+                    }
+                }
+                if self.model.task == Task::IrisLandmarks && self.output.iris_points != Some(5) {
+                    return Err(bad(
+                        "output.iris_points",
+                        format!("must be 5, got {:?}", self.output.iris_points),
+                    ));
+                }
+                if self.model.task == Task::FaceLandmarks
+                    && self.output.presence.as_deref() != Some("sigmoid")
+                {
+                    return Err(bad(
+                        "output.presence",
+                        "must be \"sigmoid\" (the face-presence output is a logit)".into(),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -423,11 +507,12 @@ impl LoadedModel {
 
         // Four dimensions, batch and channels non-zero: `Manifest::check`.
         let mut input_shape = manifest.input.shape.clone();
-        for (axis, name) in [(2, "height"), (3, "width")] {
+        let first = manifest.input.spatial_axes()[0];
+        for (axis, name) in [(first, "height"), (first + 1, "width")] {
             if input_shape[axis] != 0 {
                 continue;
             }
-            match size.map(|s| s[axis - 2]) {
+            match size.map(|s| s[axis - first]) {
                 Some(f) if f > 0 && f <= MAX_INPUT_SIDE => input_shape[axis] = f,
                 Some(f) => {
                     return Err(ModelError::Shape {
@@ -580,6 +665,8 @@ mod tests {
             "retinaface-mnet025.toml",
             "expression.toml",
             "expression-kd-int8.toml",
+            "face-landmark.toml",
+            "iris-landmark.toml",
         ] {
             Manifest::load(&shipped(file)).unwrap();
         }

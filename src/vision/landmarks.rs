@@ -1,0 +1,566 @@
+//! The landmark stage: MediaPipe's face mesh on a rotated square around a
+//! face, then its iris model on each eye, turned into the measurements the
+//! driver-state signals need ([`FaceMeasure`]): eye openness per eye,
+//! mouth opening, head yaw and pitch.
+//!
+//! Geometry follows MediaPipe's own graphs (the recipes are in the
+//! manifests, `models/face-landmark.toml` and `models/iris-landmark.toml`):
+//! - the face crop is a square of 1.5 × the face's size, centred on it and
+//!   rotated so the eyes are level; from a detection the eyes are the
+//!   detector's eye landmarks, from a previous mesh points 33 and 263;
+//! - an eye crop is a square of 2.3 × the eye's width between its corners
+//!   (33→133 for the subject's right eye, 362→263 for the left), rotated
+//!   along them; the left eye is mirrored so the model always sees the
+//!   outer corner on the left.
+//!
+//! Eye openness is measured on the iris model's refined eye contour, not
+//! on the 468-point mesh: on real footage the mesh's lids barely move
+//! (`../shared/notes/driver-state.md`), the refined contour does.
+
+use std::path::{Path, PathBuf};
+
+use tract_onnx::prelude::*;
+
+use crate::driver::FaceMeasure;
+use crate::frame::Frame;
+use crate::vision::classifier::{supersample, Crop};
+use crate::vision::detector::Face;
+use crate::vision::model::{LoadedModel, ModelError, Task};
+
+/// Points of the face mesh.
+pub const MESH_POINTS: usize = 468;
+
+/// Scale of the face crop over the face's size (MediaPipe's ROI).
+const FACE_ROI_SCALE: f32 = 1.5;
+/// Scale of an eye crop over the eye's width (MediaPipe's iris ROI).
+const EYE_ROI_SCALE: f32 = 2.3;
+
+/// Mesh points of the eye corners: (outer, inner) of the subject's right
+/// eye (image left) and left eye.
+const EYE_CORNERS: [(usize, usize); 2] = [(33, 133), (263, 362)];
+/// Mesh points of the mouth: inner upper and lower lip, corners.
+const MOUTH: [usize; 4] = [13, 14, 61, 291];
+/// Mesh points that fix the face's rotation (the eye line) for the next
+/// frame's crop.
+const EYE_LINE: (usize, usize) = (33, 263);
+
+/// Below this face-presence probability the mesh is not a face (a hand,
+/// the seat): MediaPipe's own threshold.
+pub const MIN_PRESENCE: f32 = 0.5;
+
+/// Beyond this |yaw| one eye is foreshortened and partly hidden by the
+/// nose: its contour is guessed, not seen, so it is not judged.
+const MAX_EYE_YAW_DEG: f32 = 40.0;
+
+/// The 468 points of one face, in frame pixels, with the model's
+/// confidence that it is a face.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mesh {
+    /// (x, y, z): x and y in frame pixels; z relative depth at the same
+    /// scale (smaller is nearer the camera).
+    pub points: Vec<[f32; 3]>,
+    /// Face-presence probability, 0–1.
+    pub presence: f32,
+}
+
+/// Which eye, as the subject has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eye {
+    /// The subject's right eye (the image's left for a frontal face).
+    Right,
+    /// The subject's left eye.
+    Left,
+}
+
+/// The 3-D points of MediaPipe's canonical face for head pose, read from
+/// `models/face-geometry.toml`.
+#[derive(Debug, Clone)]
+pub struct Geometry {
+    /// (mesh index, [x, y, z] in cm; x to the subject's left, y up, z
+    /// towards the camera).
+    pub pose: Vec<(usize, [f32; 3])>,
+}
+
+/// The face mesh, the iris model and the canonical face.
+pub struct Landmarker {
+    mesh: LoadedModel,
+    iris: LoadedModel,
+    geometry: Geometry,
+}
+
+impl Geometry {
+    /// Reads the `[pose]` point list and its `[points]` from a
+    /// face-geometry file.
+    pub fn load(path: &Path) -> Result<Geometry, ModelError> {
+        let bad = |message: String| ModelError::Manifest {
+            path: path.to_path_buf(),
+            message,
+        };
+        let bytes = crate::source::read_regular_file(path, super::model::MAX_MANIFEST_BYTES)
+            .map_err(|error| ModelError::Read {
+                path: path.to_path_buf(),
+                error,
+            })?;
+        let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8 text".into()))?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| bad(e.message().trim().to_string()))?;
+        let indices = table
+            .get("pose")
+            .and_then(|p| p.get("pnp"))
+            .and_then(|v| v.as_array())
+            .ok_or_else(|| bad("key `pose.pnp`: missing or not a list".into()))?;
+        let points = table
+            .get("points")
+            .and_then(|v| v.as_table())
+            .ok_or_else(|| bad("missing [points]".into()))?;
+        let mut pose = Vec::with_capacity(indices.len());
+        for v in indices {
+            let i = v
+                .as_integer()
+                .and_then(|i| usize::try_from(i).ok())
+                .filter(|&i| i < MESH_POINTS)
+                .ok_or_else(|| bad(format!("key `pose.pnp`: {v} is not a mesh index")))?;
+            let xyz = points
+                .get(&i.to_string())
+                .and_then(|p| p.as_array())
+                .filter(|a| a.len() == 3)
+                .and_then(|a| {
+                    let f: Vec<f32> = a
+                        .iter()
+                        .filter_map(|c| c.as_float().map(|f| f as f32))
+                        .filter(|f| f.is_finite())
+                        .collect();
+                    (f.len() == 3).then(|| [f[0], f[1], f[2]])
+                })
+                .ok_or_else(|| bad(format!("key `points.{i}`: not three finite numbers")))?;
+            pose.push((i, xyz));
+        }
+        if pose.len() < 4 {
+            return Err(bad("key `pose.pnp`: at least 4 points are needed".into()));
+        }
+        Ok(Geometry { pose })
+    }
+}
+
+impl Landmarker {
+    /// Loads the face mesh, the iris model and the canonical face from
+    /// their manifests.
+    pub fn load(mesh: &Path, iris: &Path, geometry: &Path) -> Result<Landmarker, ModelError> {
+        Ok(Landmarker {
+            mesh: LoadedModel::load(mesh, Task::FaceLandmarks, None)?,
+            iris: LoadedModel::load(iris, Task::IrisLandmarks, None)?,
+            geometry: Geometry::load(geometry)?,
+        })
+    }
+
+    /// The face mesh in `roi`, mapped back to frame pixels.
+    pub fn mesh(&self, frame: &Frame, roi: &Crop) -> Result<Mesh, ModelError> {
+        let (h, w) = hw(&self.mesh);
+        let input = nhwc_rgb(&self.mesh, frame, roi, w, h, false);
+        let outputs = self.mesh.run(input)?;
+        let mut points = None;
+        let mut presence = None;
+        for o in &outputs {
+            let v = floats(&self.mesh.path, o)?;
+            match v.len() {
+                n if n == MESH_POINTS * 3 => points = Some(v),
+                1 => presence = Some(sigmoid(v[0])),
+                _ => {}
+            }
+        }
+        let (Some(raw), Some(presence)) = (points, presence) else {
+            return Err(shape_error(
+                &self.mesh.path,
+                "no [1404] landmark output and [1] presence output",
+            ));
+        };
+        let points = raw
+            .chunks_exact(3)
+            .map(|p| {
+                let [x, y] = to_frame(roi, w, h, p[0], p[1], false);
+                // z is in crop pixels too: the same scale as x.
+                [x, y, p[2] * roi.side / w as f32]
+            })
+            .collect();
+        Ok(Mesh { points, presence })
+    }
+
+    /// The refined contour of one eye: 16 points in frame pixels: 0 outer
+    /// corner, 1–7 lower lid from outer to inner, 8 inner corner, 9–15
+    /// upper lid from outer to inner.
+    pub fn eye_contour(
+        &self,
+        frame: &Frame,
+        mesh: &Mesh,
+        eye: Eye,
+    ) -> Result<[[f32; 2]; 16], ModelError> {
+        let roi = eye_roi(mesh, eye);
+        let mirror = eye == Eye::Left;
+        let (h, w) = hw(&self.iris);
+        let input = nhwc_rgb(&self.iris, frame, &roi, w, h, mirror);
+        let outputs = self.iris.run(input)?;
+        let contour = outputs
+            .iter()
+            .find_map(|o| {
+                floats(&self.iris.path, o)
+                    .ok()
+                    .filter(|v| v.len() == 71 * 3)
+            })
+            .ok_or_else(|| shape_error(&self.iris.path, "no [213] eye-contour output"))?;
+        let mut out = [[0.0; 2]; 16];
+        for (k, p) in out.iter_mut().enumerate() {
+            *p = to_frame(&roi, w, h, contour[3 * k], contour[3 * k + 1], mirror);
+        }
+        Ok(out)
+    }
+
+    /// Everything measured on one face: mesh, eyes, mouth, pose. `roi` is
+    /// where to look (from the detection or the previous frame's mesh).
+    pub fn measure(&self, frame: &Frame, roi: &Crop) -> Result<(Mesh, FaceMeasure), ModelError> {
+        let mesh = self.mesh(frame, roi)?;
+        if mesh.presence < MIN_PRESENCE {
+            let unknown = FaceMeasure {
+                eyes: [None, None],
+                mouth: None,
+                pose: None,
+            };
+            return Ok((mesh, unknown));
+        }
+        let pose = head_pose(&mesh, &self.geometry);
+        let mut eyes = [None, None];
+        for (slot, eye) in eyes.iter_mut().zip([Eye::Right, Eye::Left]) {
+            // An eye turned away from the camera is not judged.
+            let hidden = pose.is_some_and(|(yaw, _)| yaw.abs() > MAX_EYE_YAW_DEG);
+            if !hidden {
+                *slot = eye_openness(&self.eye_contour(frame, &mesh, eye)?);
+            }
+        }
+        let measure = FaceMeasure {
+            eyes,
+            mouth: mouth_opening(&mesh),
+            pose,
+        };
+        Ok((mesh, measure))
+    }
+}
+
+/// The face crop for a detection: 1.5 × its box's longer side, rotated
+/// by the detector's eye landmarks.
+pub fn roi_for_face(face: &Face) -> Crop {
+    let [r, l] = [face.landmarks[0], face.landmarks[1]];
+    let (cx, cy) = face.bbox.center();
+    Crop {
+        cx,
+        cy,
+        side: face.bbox.w.max(face.bbox.h) * FACE_ROI_SCALE,
+        angle: (l[1] - r[1]).atan2(l[0] - r[0]),
+    }
+}
+
+/// The face crop for the next frame from this frame's mesh (MediaPipe
+/// follows a face this way between detections): the box around the
+/// points, in the eye line's frame, 1.5 ×.
+pub fn roi_from_mesh(mesh: &Mesh) -> Crop {
+    let a = mesh.points[EYE_LINE.0];
+    let b = mesh.points[EYE_LINE.1];
+    let angle = (b[1] - a[1]).atan2(b[0] - a[0]);
+    let (sin, cos) = angle.sin_cos();
+    // Extent in the rotated frame.
+    let (mut lo, mut hi) = ([f32::INFINITY; 2], [f32::NEG_INFINITY; 2]);
+    for p in &mesh.points {
+        let u = p[0] * cos + p[1] * sin;
+        let v = -p[0] * sin + p[1] * cos;
+        lo = [lo[0].min(u), lo[1].min(v)];
+        hi = [hi[0].max(u), hi[1].max(v)];
+    }
+    let (mu, mv) = ((lo[0] + hi[0]) / 2.0, (lo[1] + hi[1]) / 2.0);
+    Crop {
+        cx: mu * cos - mv * sin,
+        cy: mu * sin + mv * cos,
+        side: (hi[0] - lo[0]).max(hi[1] - lo[1]) * FACE_ROI_SCALE,
+        angle,
+    }
+}
+
+/// The eye crop from the mesh's corners of `eye`.
+fn eye_roi(mesh: &Mesh, eye: Eye) -> Crop {
+    let (a, b) = match eye {
+        Eye::Right => EYE_CORNERS[0],
+        Eye::Left => (EYE_CORNERS[1].1, EYE_CORNERS[1].0),
+    };
+    let (p0, p1) = (mesh.points[a], mesh.points[b]);
+    let (dx, dy) = (p1[0] - p0[0], p1[1] - p0[1]);
+    Crop {
+        cx: (p0[0] + p1[0]) / 2.0,
+        cy: (p0[1] + p1[1]) / 2.0,
+        side: EYE_ROI_SCALE * dx.abs().max(dy.abs()),
+        angle: dy.atan2(dx),
+    }
+}
+
+/// Eye openness of a refined contour: the mean gap between the upper and
+/// lower lid over the middle of the eye, over the corner-to-corner width.
+/// `None` for a degenerate contour (corners on top of each other).
+pub fn eye_openness(c: &[[f32; 2]; 16]) -> Option<f32> {
+    let width = dist(c[0], c[8]);
+    // Also refuses NaN from a garbage output.
+    if width.is_nan() || width <= 1.0 {
+        return None;
+    }
+    // Lower lid 1..=7 and upper lid 9..=15 run outer → inner in step, so
+    // k and k + 8 face each other; the middle three pairs carry the
+    // opening (the ends converge on the corners whatever the state).
+    let gap: f32 = (3..=5).map(|k| dist(c[k], c[k + 8])).sum::<f32>() / 3.0;
+    Some(gap / width)
+}
+
+/// Inner-lip gap over mouth width.
+fn mouth_opening(mesh: &Mesh) -> Option<f32> {
+    let p = |i: usize| [mesh.points[i][0], mesh.points[i][1]];
+    let width = dist(p(MOUTH[2]), p(MOUTH[3]));
+    (width > 1.0).then(|| dist(p(MOUTH[0]), p(MOUTH[1])) / width)
+}
+
+/// Head yaw and pitch in degrees from the mesh and the canonical face: a
+/// scaled-orthographic fit (the face is small against its distance from
+/// the camera), least squares over the pose points. Yaw is positive when
+/// the face turns to the image's right, pitch positive when it tilts up.
+pub fn head_pose(mesh: &Mesh, geometry: &Geometry) -> Option<(f32, f32)> {
+    let n = geometry.pose.len() as f64;
+    // Centre both point sets; image y points down, the model's up.
+    let (mut c2, mut c3) = ([0.0f64; 2], [0.0f64; 3]);
+    for &(i, m) in &geometry.pose {
+        let p = mesh.points[i];
+        c2[0] += p[0] as f64 / n;
+        c2[1] += -p[1] as f64 / n;
+        for k in 0..3 {
+            c3[k] += m[k] as f64 / n;
+        }
+    }
+    // Solve p = M · P for the 2×3 matrix M by normal equations:
+    // M = (Σ p Pᵀ)(Σ P Pᵀ)⁻¹.
+    let mut a = [[0.0f64; 3]; 3];
+    let mut b = [[0.0f64; 3]; 2];
+    for &(i, m) in &geometry.pose {
+        let p = mesh.points[i];
+        let q = [p[0] as f64 - c2[0], -p[1] as f64 - c2[1]];
+        let r = [
+            m[0] as f64 - c3[0],
+            m[1] as f64 - c3[1],
+            m[2] as f64 - c3[2],
+        ];
+        for (row, qv) in b.iter_mut().zip(q) {
+            for k in 0..3 {
+                row[k] += qv * r[k];
+            }
+        }
+        for (j, aj) in a.iter_mut().enumerate() {
+            for k in 0..3 {
+                aj[k] += r[j] * r[k];
+            }
+        }
+    }
+    let inv = invert3(&a)?;
+    let mut m = [[0.0f64; 3]; 2];
+    for (mr, br) in m.iter_mut().zip(&b) {
+        for k in 0..3 {
+            mr[k] = (0..3).map(|j| br[j] * inv[j][k]).sum();
+        }
+    }
+    // Rows of M are scaled rows of the rotation: normalise, make the
+    // second orthogonal to the first, and complete with their cross
+    // product.
+    let norm = |v: [f64; 3]| {
+        let l = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
+        (l > 1e-9).then(|| [v[0] / l, v[1] / l, v[2] / l])
+    };
+    let r1 = norm(m[0])?;
+    let d = r1[0] * m[1][0] + r1[1] * m[1][1] + r1[2] * m[1][2];
+    let r2 = norm([
+        m[1][0] - d * r1[0],
+        m[1][1] - d * r1[1],
+        m[1][2] - d * r1[2],
+    ])?;
+    let r3 = [
+        r1[1] * r2[2] - r1[2] * r2[1],
+        r1[2] * r2[0] - r1[0] * r2[2],
+        r1[0] * r2[1] - r1[1] * r2[0],
+    ];
+    // The face's normal (the model's +z) in camera axes is the third
+    // column of the rotation: (r1.z, r2.z, r3.z).
+    let yaw = r1[2].atan2(r3[2]).to_degrees() as f32;
+    let pitch = r2[2].atan2(r3[2]).to_degrees() as f32;
+    (yaw.is_finite() && pitch.is_finite()).then_some((yaw, pitch))
+}
+
+fn invert3(a: &[[f64; 3]; 3]) -> Option<[[f64; 3]; 3]> {
+    let det = a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
+        - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
+        + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0]);
+    if det.abs() < 1e-12 {
+        return None;
+    }
+    let mut inv = [[0.0; 3]; 3];
+    for (r, row) in inv.iter_mut().enumerate() {
+        for (c, v) in row.iter_mut().enumerate() {
+            // The cofactor of (c, r), cyclic indices giving the sign.
+            let (r1, r2) = ((c + 1) % 3, (c + 2) % 3);
+            let (c1, c2) = ((r + 1) % 3, (r + 2) % 3);
+            *v = (a[r1][c1] * a[r2][c2] - a[r1][c2] * a[r2][c1]) / det;
+        }
+    }
+    Some(inv)
+}
+
+fn dist(a: [f32; 2], b: [f32; 2]) -> f32 {
+    ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt()
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Height and width of an NHWC model's input (fixed: the manifest check).
+fn hw(model: &LoadedModel) -> (usize, usize) {
+    let [a, b] = model.manifest.input.spatial_axes();
+    (model.input_shape[a], model.input_shape[b])
+}
+
+/// A crop point (crop pixels, continuous) back in the frame.
+fn to_frame(roi: &Crop, w: usize, h: usize, x: f32, y: f32, mirror: bool) -> [f32; 2] {
+    let x = if mirror { w as f32 - x } else { x };
+    let dx = (x / w as f32 - 0.5) * roi.side;
+    let dy = (y / h as f32 - 0.5) * roi.side;
+    let (sin, cos) = roi.angle.sin_cos();
+    [roi.cx + dx * cos - dy * sin, roi.cy + dx * sin + dy * cos]
+}
+
+/// The crop as a `[1, h, w, 3]` RGB tensor scaled as the manifest says,
+/// mirrored left–right if asked.
+fn nhwc_rgb(
+    model: &LoadedModel,
+    frame: &Frame,
+    roi: &Crop,
+    w: usize,
+    h: usize,
+    mirror: bool,
+) -> Tensor {
+    let spec = &model.manifest.input;
+    let mut data = vec![0f32; h * w * 3];
+    let mut i = 0;
+    supersample(
+        roi,
+        w,
+        h,
+        |x, y| frame.rgb_bilinear(x, y),
+        |rgb| {
+            let (row, col) = (i / w, i % w);
+            let col = if mirror { w - 1 - col } else { col };
+            let at = (row * w + col) * 3;
+            for c in 0..3 {
+                data[at + c] = (rgb[c] * spec.scale - spec.mean[c]) / spec.std[c];
+            }
+            i += 1;
+        },
+    );
+    // Cannot fail: `data` has exactly h × w × 3 values.
+    tract_ndarray::Array4::from_shape_vec((1, h, w, 3), data)
+        .expect("buffer length matches the shape")
+        .into()
+}
+
+fn floats(path: &Path, v: &TValue) -> Result<Vec<f32>, ModelError> {
+    v.to_plain_array_view::<f32>()
+        .map(|a| a.iter().copied().collect())
+        .map_err(|e| shape_error(path, &format!("an output is not f32: {e}")))
+}
+
+fn shape_error(path: &Path, message: &str) -> ModelError {
+    ModelError::Shape {
+        path: PathBuf::from(path),
+        message: message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geometry() -> Geometry {
+        Geometry::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/face-geometry.toml"))
+            .unwrap()
+    }
+
+    /// A mesh whose pose points are the canonical face turned by `yaw`
+    /// and `pitch` and projected, 10 px per cm, centred at (320, 240).
+    fn posed(g: &Geometry, yaw: f32, pitch: f32) -> Mesh {
+        let (sy, cy) = yaw.to_radians().sin_cos();
+        let (sp, cp) = pitch.to_radians().sin_cos();
+        let mut points = vec![[0.0; 3]; MESH_POINTS];
+        for &(i, [x, y, z]) in &g.pose {
+            // Yaw about the vertical axis, then pitch about the horizontal.
+            let (x1, z1) = (x * cy + z * sy, -x * sy + z * cy);
+            let (y2, z2) = (y * cp + z1 * sp, -y * sp + z1 * cp);
+            points[i] = [320.0 + 10.0 * x1, 240.0 - 10.0 * y2, 10.0 * z2];
+        }
+        Mesh {
+            points,
+            presence: 1.0,
+        }
+    }
+
+    #[test]
+    fn head_pose_recovers_known_turns() {
+        let g = geometry();
+        for (yaw, pitch) in [(0.0, 0.0), (30.0, 0.0), (-25.0, 10.0), (10.0, -20.0)] {
+            let (y, p) = head_pose(&posed(&g, yaw, pitch), &g).unwrap();
+            assert!(
+                (y - yaw).abs() < 1.5 && (p - pitch).abs() < 1.5,
+                "({yaw}, {pitch}) came back as ({y}, {p})"
+            );
+        }
+    }
+
+    #[test]
+    fn crop_points_map_back_through_rotation_and_mirror() {
+        let roi = Crop {
+            cx: 100.0,
+            cy: 50.0,
+            side: 64.0,
+            angle: std::f32::consts::FRAC_PI_2,
+        };
+        // The crop's centre is the ROI's centre, mirrored or not.
+        assert_eq!(to_frame(&roi, 64, 64, 32.0, 32.0, false), [100.0, 50.0]);
+        assert_eq!(to_frame(&roi, 64, 64, 32.0, 32.0, true), [100.0, 50.0]);
+        // The crop's +x runs along the frame's +y at 90°.
+        let [x, y] = to_frame(&roi, 64, 64, 64.0, 32.0, false);
+        assert!(
+            (x - 100.0).abs() < 1e-4 && (y - 82.0).abs() < 1e-4,
+            "{x} {y}"
+        );
+        let [x, y] = to_frame(&roi, 64, 64, 64.0, 32.0, true);
+        assert!(
+            (x - 100.0).abs() < 1e-4 && (y - 18.0).abs() < 1e-4,
+            "{x} {y}"
+        );
+    }
+
+    #[test]
+    fn openness_is_the_lid_gap_over_the_width() {
+        let mut c = [[0.0f32; 2]; 16];
+        c[0] = [0.0, 0.0];
+        c[8] = [40.0, 0.0];
+        for k in 1..8 {
+            c[k] = [5.0 * k as f32, 5.0];
+            c[k + 8] = [5.0 * k as f32, -5.0];
+        }
+        assert!((eye_openness(&c).unwrap() - 0.25).abs() < 1e-6);
+        c[8] = c[0];
+        assert_eq!(eye_openness(&c), None);
+    }
+
+    #[test]
+    fn shipped_geometry_loads() {
+        assert!(geometry().pose.len() >= 6);
+    }
+}
