@@ -1182,8 +1182,10 @@ impl Config {
     /// is taken as it is. A relative one is looked up next to the config
     /// file, then by file name in [`PACKAGED_MODELS`] (where the `.deb`
     /// puts them, so a user's own config anywhere finds them), then in
-    /// `models/` next to the ferd binary (an unpacked release). The error
-    /// lists every place tried.
+    /// `models/` next to the ferd binary (an unpacked release), then in
+    /// `models/` of the current directory (ferd run from a checkout, as
+    /// `cargo run` does, with a config kept elsewhere). The error lists
+    /// every place tried.
     pub fn find_model(&self, key: &str, p: &Path) -> Result<PathBuf, ConfigError> {
         let mut fallbacks = vec![PathBuf::from(PACKAGED_MODELS)];
         fallbacks.extend(
@@ -1191,6 +1193,7 @@ impl Config {
                 .ok()
                 .and_then(|exe| exe.parent().map(|dir| dir.join("models"))),
         );
+        fallbacks.extend(std::env::current_dir().ok().map(|d| d.join("models")));
         self.find_model_in(key, p, &fallbacks)
     }
 
