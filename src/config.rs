@@ -196,6 +196,10 @@ pub struct LandmarksConfig {
     pub iris_model: PathBuf,
     /// The canonical face's 3-D points, for head pose.
     pub geometry: PathBuf,
+    /// Faces are followed by their meshes between detections; the
+    /// detector runs at least every this many frames to find new faces
+    /// (and whenever a followed face is lost).
+    pub detect_every: PositiveU32,
 }
 
 impl Default for LandmarksConfig {
@@ -204,6 +208,7 @@ impl Default for LandmarksConfig {
             mesh_model: PathBuf::from("models/face-landmark.toml"),
             iris_model: PathBuf::from("models/iris-landmark.toml"),
             geometry: PathBuf::from("models/face-geometry.toml"),
+            detect_every: PositiveU32(10),
         }
     }
 }

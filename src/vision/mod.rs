@@ -55,6 +55,22 @@ pub struct Analyzer {
     /// The landmark stage, present only when a rule needs it
     /// ([`crate::config::Config::needs_landmarks`]).
     pub landmarker: Option<landmarks::Landmarker>,
+    /// Faces followed by their meshes between detections.
+    follow: Follow,
+}
+
+/// MediaPipe's way of following faces: the mesh of one frame gives the
+/// crop for the next, so the detector runs only every `every` frames (to
+/// find new faces) and when a followed face is lost (its mesh's presence
+/// drops).
+#[derive(Debug, Default)]
+struct Follow {
+    /// Next frame's crops, one per followed face.
+    rois: Vec<classifier::Crop>,
+    /// Frames analysed since the detector last ran.
+    since_detect: u32,
+    /// Run the detector at least every this many frames.
+    every: u32,
 }
 
 impl Analyzer {
@@ -70,6 +86,10 @@ impl Analyzer {
             detector: Detector::load(detector, &config.detector)?,
             classifier: Classifier::load(classifier, &config.classifier)?,
             landmarker: None,
+            follow: Follow {
+                every: config.landmarks.detect_every.0,
+                ..Follow::default()
+            },
         })
     }
 
@@ -98,6 +118,91 @@ impl Analyzer {
     }
 }
 
+impl Analyzer {
+    /// One frame with the landmark stage: faces from the detector (every
+    /// `detect_every` frames, when nothing is followed, or after a
+    /// followed face was lost), otherwise from the crops the previous
+    /// meshes gave.
+    fn observe_with_landmarks(
+        &mut self,
+        l: &landmarks::Landmarker,
+        frame: &Frame,
+        out: &mut Vec<Observation>,
+    ) -> Result<(), ModelError> {
+        out.clear();
+        let follow = &mut self.follow;
+        let detect = follow.rois.is_empty() || follow.since_detect + 1 >= follow.every;
+        let rois: Vec<classifier::Crop> = if detect {
+            follow.since_detect = 0;
+            self.detector
+                .detect(frame)?
+                .iter()
+                .map(landmarks::roi_for_face)
+                .collect()
+        } else {
+            follow.since_detect += 1;
+            std::mem::take(&mut follow.rois)
+        };
+        let mut next = Vec::with_capacity(rois.len());
+        let mut lost = false;
+        for roi in &rois {
+            let (mesh, measure) = l.measure(frame, roi)?;
+            if mesh.presence < landmarks::MIN_PRESENCE {
+                // Not a face (any more): look again with the detector.
+                lost = true;
+                continue;
+            }
+            let face = face_from_mesh(&mesh);
+            // Two crops that drifted onto one face: keep the first.
+            if out.iter().any(|o| o.face.bbox.iou(&face.bbox) > 0.5) {
+                continue;
+            }
+            let probs = self.classifier.classify_face(frame, &face)?;
+            next.push(landmarks::roi_from_mesh(&mesh));
+            out.push(Observation {
+                face,
+                probs,
+                measure: Some(measure),
+            });
+        }
+        self.follow.rois = next;
+        if lost {
+            self.follow.since_detect = self.follow.every;
+        }
+        Ok(())
+    }
+}
+
+/// A detection made from a mesh: the box around its points (the face
+/// oval: forehead, chin, cheeks, about what the detector boxes), its
+/// presence as the score, and the detector's five landmarks taken from
+/// the mesh (eye centres, nose tip, mouth corners), so the expression crop
+/// and the tracker treat it as they treat a detection.
+fn face_from_mesh(mesh: &landmarks::Mesh) -> Face {
+    let (mut x0, mut y0, mut x1, mut y1) = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
+    for p in &mesh.points {
+        x0 = x0.min(p[0]);
+        y0 = y0.min(p[1]);
+        x1 = x1.max(p[0]);
+        y1 = y1.max(p[1]);
+    }
+    let p = |i: usize| [mesh.points[i][0], mesh.points[i][1]];
+    let mid = |a: usize, b: usize| {
+        let (a, b) = (p(a), p(b));
+        [(a[0] + b[0]) / 2.0, (a[1] + b[1]) / 2.0]
+    };
+    Face {
+        bbox: BBox {
+            x: x0,
+            y: y0,
+            w: x1 - x0,
+            h: y1 - y0,
+        },
+        score: mesh.presence,
+        landmarks: [mid(33, 133), mid(362, 263), p(1), p(61), p(291)],
+    }
+}
+
 impl Analyze for Analyzer {
     fn model_name(&self) -> &str {
         &self.classifier.model().manifest.model.name
@@ -108,6 +213,13 @@ impl Analyze for Analyzer {
         frame: &Frame,
         out: &mut Vec<Observation>,
     ) -> Result<(), ModelError> {
-        self.observe(frame, out)
+        match self.landmarker.take() {
+            Some(l) => {
+                let r = self.observe_with_landmarks(&l, frame, out);
+                self.landmarker = Some(l);
+                r
+            }
+            None => self.observe(frame, out),
+        }
     }
 }
