@@ -32,12 +32,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::driver::{EyeState, Watch, WatchChange};
+use crate::driver::{EyeState, Watch, WatchChange, PERCLOS_DISPLAY_WINDOW, PERCLOS_MIN_COVERAGE};
 use crate::events::{box_array, seconds, AlertCue, DriverCue, Event, EventKind, ProbMap};
 use crate::expression::Expression;
 use crate::frame::Frame;
 use crate::rules::{AlertChange, ClearReason, Cue, Rules};
-use crate::sink::{Display, EventSink, StatusScreen};
+use crate::sink::{Display, DriverLine, EventSink, StatusScreen};
 use crate::source::{FrameSource, SourceEvent};
 use crate::track::{TrackChange, Tracker};
 use crate::vision::{Analyze, Observation};
@@ -533,11 +533,27 @@ impl Pipeline {
             .tracks()
             .iter()
             .max_by(|a, b| (a.bbox.w * a.bbox.h).total_cmp(&(b.bbox.w * b.bbox.h)));
+        // Only with a rule that watches the eyes: expression-only configs
+        // keep their screen, and have no eye state to show anyway.
+        let t = self.last_time;
+        let driver = self.watch.as_ref().map(|watch| {
+            let perclos = main.and_then(|tr| {
+                let p = tr.driver.perclos(t, PERCLOS_DISPLAY_WINDOW);
+                p.value.filter(|_| p.coverage >= PERCLOS_MIN_COVERAGE)
+            });
+            DriverLine {
+                eyes: main.map_or(EyeState::Unknown, |tr| tr.driver.eye()),
+                closed_for: main.and_then(|tr| tr.driver.closed_for(t)),
+                perclos,
+                watching: !watch.unwatched(),
+            }
+        });
         let screen = StatusScreen {
             faces: self.tracker.tracks().len(),
             probs: main.map(|t| t.probs),
             alerts: self.rules.active().map(str::to_string).collect(),
             degraded: self.health.degraded.is_some(),
+            driver,
         };
         if let Err(e) = display.show(&screen) {
             log::error!("{e}");
@@ -1447,10 +1463,79 @@ mod tests {
     #[test]
     fn expression_only_configs_never_report_the_driver_unwatched() {
         let (mut p, record, _) = pipeline(|_| Some(0.1), "");
+        let screens = Screens::default();
+        p.display = Some(Box::new(screens.clone()));
         for n in 0..200 {
             p.process(&frame(n));
         }
         assert!(!record.lines().iter().any(|l| l.contains("driver_")));
+        let screens = screens.0.lock().unwrap();
+        assert_eq!(screens.len(), 200);
+        assert!(screens.iter().all(|s| s.driver.is_none()), "no driver line");
+    }
+
+    /// A display that keeps every screen it is shown.
+    #[derive(Clone, Default)]
+    struct Screens(Arc<Mutex<Vec<StatusScreen>>>);
+
+    impl Display for Screens {
+        fn show(
+            &mut self,
+            screen: &StatusScreen,
+        ) -> Result<(), crate::sink::display::DisplayError> {
+            self.0.lock().unwrap().push(screen.clone());
+            Ok(())
+        }
+
+        fn shutdown(&mut self) -> Result<(), crate::sink::display::DisplayError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_screen_shows_the_main_face_s_eyes_perclos_and_an_unwatched_driver() {
+        fn plan(n: u64) -> Option<FaceMeasure> {
+            let s = n as f64 / 24.0;
+            match s {
+                // Closed for 3 s at 3 s.
+                s if (3.0..6.0).contains(&s) => eyes(true),
+                // Sunglasses for 15 s at 40 s.
+                s if (40.0..55.0).contains(&s) => Some(FaceMeasure {
+                    eyes: [None; 2],
+                    mouth: Some(0.1),
+                    pose: Some((0.0, 0.0)),
+                }),
+                _ => eyes(false),
+            }
+        }
+        let (mut p, _, _) = build(Box::new(MeasureAnalyzer(plan)), FATIGUE);
+        let screens = Screens::default();
+        p.display = Some(Box::new(screens.clone()));
+        for n in 0..(24 * 60) {
+            p.process(&frame24(n));
+        }
+        let screens = screens.0.lock().unwrap();
+        let at = |s: f64| screens[(s * 24.0) as usize].driver.expect("driver line");
+        let open = at(2.0);
+        assert_eq!(open.eyes, EyeState::Open);
+        assert_eq!((open.closed_for, open.watching), (None, true));
+        // One second into the closure.
+        let closed = at(4.0);
+        assert_eq!(closed.eyes, EyeState::Closed);
+        let c = closed.closed_for.expect("in a closure").as_secs_f64();
+        assert!((c - 1.0).abs() < 0.1, "closed for {c}");
+        // Under half of the 60 s window seen: no PERCLOS yet.
+        assert_eq!(at(20.0).perclos, None);
+        // 3 s closed of 35 s seen.
+        let perclos = at(35.0).perclos.expect("enough coverage");
+        assert!((perclos - 3.0 / 35.0).abs() < 0.01, "PERCLOS {perclos}");
+        // Sunglasses: unknown, then unwatched past UNWATCHED_AFTER.
+        let unknown = at(45.0);
+        assert_eq!((unknown.eyes, unknown.watching), (EyeState::Unknown, true));
+        let late = 40.0 + crate::driver::UNWATCHED_AFTER.as_secs_f64() + 1.0;
+        assert!(!at(late).watching, "unwatched at {late} s");
+        let back = at(56.0);
+        assert_eq!((back.eyes, back.watching), (EyeState::Open, true));
     }
 
     /// One step of a scripted source.

@@ -700,6 +700,10 @@ fn events_discovery_state_and_availability() {
     assert!(state["faces"].is_u64(), "{state}");
     assert!(state["alerts"].is_array(), "{state}");
     assert!(state["degraded"].is_boolean(), "{state}");
+    assert_eq!(
+        state["watching"], true,
+        "no eye rule, never unwatched: {state}"
+    );
 
     let doc = json(&last(&retained, &discovery).unwrap().payload);
     let components = doc["components"].as_object().expect("components");

@@ -7,14 +7,14 @@
 //! | topic                                   | payload (all retained)                      |
 //! |-----------------------------------------|---------------------------------------------|
 //! | `<base>/availability`                   | [`AVAILABLE`] / [`NOT_AVAILABLE`] (will)     |
-//! | `<base>/state`                          | `{"expression":"happy","faces":2,"alerts":["eyes_closed"],"degraded":false}` |
+//! | `<base>/state`                          | `{"expression":"happy","faces":2,"alerts":["eyes_closed"],"degraded":false,"watching":true}` |
 //! | `<base>/alert/<rule name>`              | [`ALERT_ON`] / [`ALERT_OFF`]                 |
 //! | `<prefix>/device/ferd_<device_id>/config` | [`Discovery::payload`]                    |
 //!
 //! The entities read only the state fields `expression` (a string, one of
-//! [`expression_options`]), `faces` (an integer) and `degraded` (a bool);
-//! `alerts` is for other consumers, the alerts reach Home Assistant on
-//! their own topics.
+//! [`expression_options`]), `faces` (an integer), `degraded` (a bool) and,
+//! with a rule that watches the eyes, `watching` (a bool); `alerts` is for
+//! other consumers, the alerts reach Home Assistant on their own topics.
 //!
 //! # Where the rules come from
 //!
@@ -184,6 +184,10 @@ pub struct Discovery<'a> {
     pub base_topic: &'a str,
     /// The configured alert rule names, one binary sensor each, in order.
     pub rules: &'a [String],
+    /// Whether a rule watches the eyes (`eyes_closed_for`, `perclos`):
+    /// then a "Watching driver" binary sensor reads the state's
+    /// `watching`. Without one it would be on forever, so it is left out.
+    pub watches_eyes: bool,
     /// QoS at which Home Assistant subscribes to ferd's topics.
     pub qos: u8,
 }
@@ -290,6 +294,28 @@ impl Discovery<'_> {
                 "qos": qos,
             }),
         );
+        if self.watches_eyes {
+            components.insert(
+                "watching".into(),
+                json!({
+                    "platform": "binary_sensor",
+                    "name": "Watching driver",
+                    "unique_id": format!("{dev}_watching"),
+                    "state_topic": self.state_topic(),
+                    "value_template": format!(
+                        "{{{{ '{ALERT_ON}' if value_json.watching else '{ALERT_OFF}' }}}}"
+                    ),
+                    "payload_on": ALERT_ON,
+                    "payload_off": ALERT_OFF,
+                    // No device class: none means "on = can see the eyes"
+                    // (`problem` would read the other way round); off is
+                    // what a car kit's dashboard should flag.
+                    "icon": "mdi:eye-check-outline",
+                    "entity_category": "diagnostic",
+                    "qos": qos,
+                }),
+            );
+        }
 
         let mut seen: Vec<(String, &str)> = Vec::with_capacity(self.rules.len());
         for rule in self.rules {
@@ -600,8 +626,7 @@ mod tests {
     const ENTITY_PLATFORMS: &[&str] = &["sensor", "binary_sensor"];
 
     /// A state message as the publisher sends it (README of this module).
-    const SAMPLE_STATE: &str =
-        r#"{"expression":"happy","faces":2,"alerts":["eyes_closed"],"degraded":false}"#;
+    const SAMPLE_STATE: &str = r#"{"expression":"happy","faces":2,"alerts":["eyes_closed"],"degraded":false,"watching":true}"#;
 
     // ----- the checker --------------------------------------------------
 
@@ -934,6 +959,7 @@ mod tests {
             device_id: "cab12",
             base_topic: base,
             rules,
+            watches_eyes: true,
             qos: 1,
         }
     }
@@ -957,18 +983,26 @@ mod tests {
             check("homeassistant", &topic, &payload),
             Vec::<String>::new()
         );
-        // Other prefixes, QoS, no rules, many rules.
+        // Other prefixes, QoS, no rules, many rules, with and without the
+        // watching sensor.
         for qos in 0..=2 {
             for names in [rules(&[]), rules(&["x", "Y-2", "x_"])] {
-                let d = Discovery {
-                    prefix: "ha/discovery",
-                    device_id: "Dev-1_a",
-                    base_topic: "site/ferd/Dev-1_a",
-                    rules: &names,
-                    qos,
-                };
-                let errors = check(d.prefix, &d.topic(), &d.payload().unwrap());
-                assert_eq!(errors, Vec::<String>::new(), "qos {qos} rules {names:?}");
+                for watches_eyes in [false, true] {
+                    let d = Discovery {
+                        prefix: "ha/discovery",
+                        device_id: "Dev-1_a",
+                        base_topic: "site/ferd/Dev-1_a",
+                        rules: &names,
+                        watches_eyes,
+                        qos,
+                    };
+                    let errors = check(d.prefix, &d.topic(), &d.payload().unwrap());
+                    assert_eq!(
+                        errors,
+                        Vec::<String>::new(),
+                        "qos {qos} rules {names:?} watches_eyes {watches_eyes}"
+                    );
+                }
             }
         }
     }
@@ -996,6 +1030,7 @@ mod tests {
                 "expression",
                 "faces",
                 "degraded",
+                "watching",
                 "alert_eyes_closed",
                 "alert_drowsy",
                 "alert_distress"
@@ -1009,6 +1044,8 @@ mod tests {
         assert_eq!(alert["payload_off"], ALERT_OFF);
         assert_eq!(comps["expression"]["unique_id"], "ferd_cab12_expression");
         assert_eq!(comps["faces"]["unique_id"], "ferd_cab12_faces");
+        assert_eq!(comps["watching"]["unique_id"], "ferd_cab12_watching");
+        assert_eq!(comps["watching"]["name"], "Watching driver");
         assert_eq!(v["device"]["identifiers"], json!(["ferd_cab12"]));
         assert_eq!(v["device"]["manufacturer"], "ferd project");
         assert_eq!(v["device"]["sw_version"], env!("CARGO_PKG_VERSION"));
@@ -1069,7 +1106,12 @@ mod tests {
         }
         assert_eq!(
             read,
-            BTreeSet::from(["degraded".into(), "expression".into(), "faces".into()])
+            BTreeSet::from([
+                "degraded".into(),
+                "expression".into(),
+                "faces".into(),
+                "watching".into()
+            ])
         );
         assert!(expression_options().contains(&state["expression"].as_str().unwrap()));
         assert!(state["faces"].is_u64());
@@ -1079,6 +1121,28 @@ mod tests {
             .as_str()
             .unwrap();
         assert_eq!(t, "{{ 'ON' if value_json.degraded else 'OFF' }}");
+        assert!(state["watching"].is_boolean());
+        let t = v["components"]["watching"]["value_template"]
+            .as_str()
+            .unwrap();
+        assert_eq!(t, "{{ 'ON' if value_json.watching else 'OFF' }}");
+    }
+
+    /// Without a rule that watches the eyes there is no driver to watch:
+    /// no "Watching driver" sensor stuck on.
+    #[test]
+    fn watching_sensor_only_with_an_eye_rule() {
+        let r = rules(&["distress"]);
+        let d = Discovery {
+            watches_eyes: false,
+            ..discovery(&r, "ferd/cab12")
+        };
+        let v: Value = serde_json::from_str(&d.payload().unwrap()).unwrap();
+        assert!(v["components"].get("watching").is_none());
+        assert_eq!(
+            check(d.prefix, &d.topic(), &d.payload().unwrap()),
+            Vec::<String>::new()
+        );
     }
 
     // ----- the checker catches what it claims to --------------------------
@@ -1333,9 +1397,10 @@ mod tests {
     const VERSION_PLACEHOLDER: &str = "@CARGO_PKG_VERSION@";
 
     /// tests/golden/ha-discovery.json: the payload for device `cab12`, rules
-    /// `eyes_closed`, `drowsy`, `distress`, QoS 1, pretty-printed. On a
-    /// difference the new payload is written next to it as `.new` (review,
-    /// then rename it over the golden file); never overwritten here.
+    /// `eyes_closed`, `drowsy`, `distress` (so with the watching sensor),
+    /// QoS 1, pretty-printed. On a difference the new payload is written
+    /// next to it as `.new` (review, then rename it over the golden file);
+    /// never overwritten here.
     #[test]
     fn payload_matches_golden_file() {
         let (_, payload) = generated();

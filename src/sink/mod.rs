@@ -14,6 +14,6 @@ pub mod spool;
 #[cfg(feature = "ssd1306")]
 pub mod ssd1306;
 
-pub use display::{Display, Fanout, StatusScreen};
+pub use display::{Display, DriverLine, Fanout, StatusScreen};
 pub use events::{EventSink, JsonLines, SinkError};
 pub use gpio::GpioSink;

@@ -146,6 +146,10 @@ impl Settings {
                 device_id: &device_id,
                 base_topic: &base,
                 rules: &rules,
+                watches_eyes: config
+                    .rules
+                    .iter()
+                    .any(|r| r.condition.kind().watches_eyes()),
                 qos: 1,
             };
             Some((d.topic(), d.payload()?))
@@ -890,6 +894,10 @@ struct View {
     tracks: HashMap<u64, (Option<Expression>, f32)>,
     alerts: BTreeSet<String>,
     degraded: bool,
+    /// `false` from `driver_unwatched` to `driver_watched`. A degraded
+    /// spell leaves it as it was: the pipeline keeps an unwatched driver
+    /// unwatched until an eye state is known again.
+    watching: bool,
     changed: bool,
     alerts_changed: Vec<(String, bool)>,
 }
@@ -901,6 +909,7 @@ impl View {
             tracks: HashMap::new(),
             alerts: BTreeSet::new(),
             degraded: false,
+            watching: true,
             changed: true,
             alerts_changed: Vec::new(),
         }
@@ -936,6 +945,8 @@ impl View {
                 self.tracks.clear();
             }
             EventKind::Recovered { .. } => self.degraded = false,
+            EventKind::DriverUnwatched { .. } => self.watching = false,
+            EventKind::DriverWatched { .. } => self.watching = true,
             _ => return,
         }
         self.changed = true;
@@ -955,6 +966,11 @@ impl View {
             "faces": self.tracks.len(),
             "alerts": self.alerts,
             "degraded": self.degraded,
+            // Appended, so the fields before keep their place; present in
+            // every config (always true without an eye rule) so that
+            // consumers need not know the config. The eye state itself is
+            // not here: no event carries it frame by frame.
+            "watching": self.watching,
         })
         .to_string()
     }
@@ -1015,7 +1031,7 @@ mod tests {
         }));
         assert_eq!(
             v.state_json(),
-            r#"{"expression":"none","faces":1,"alerts":[],"degraded":false}"#
+            r#"{"expression":"none","faces":1,"alerts":[],"degraded":false,"watching":true}"#
         );
         v.apply(&ev(EventKind::Expression {
             track: 2,
@@ -1033,7 +1049,7 @@ mod tests {
         }));
         assert_eq!(
             v.state_json(),
-            r#"{"expression":"happy","faces":2,"alerts":["sad_face"],"degraded":false}"#
+            r#"{"expression":"happy","faces":2,"alerts":["sad_face"],"degraded":false,"watching":true}"#
         );
         assert_eq!(
             v.alert_states(),
@@ -1048,6 +1064,34 @@ mod tests {
         }));
         assert!(v.state_json().contains(r#""faces":0"#));
         assert!(v.state_json().contains(r#""degraded":true"#));
+    }
+
+    #[test]
+    fn watching_follows_driver_unwatched_and_watched() {
+        let mut v = View::new(vec!["eyes_closed".into()]);
+        let ev = |kind| Event::new(kind, Duration::ZERO, 0);
+        assert!(v.state_json().ends_with(r#""watching":true}"#));
+        v.changed = false;
+        v.apply(&ev(EventKind::DriverUnwatched { seconds: 10.04 }));
+        assert!(v.changed, "a change of watching is published");
+        assert!(v
+            .state_json()
+            .ends_with(r#""degraded":false,"watching":false}"#));
+        // Degraded and recovered in between do not end it: only an eye
+        // state known again does.
+        v.apply(&ev(EventKind::Degraded {
+            reason: "camera_lost",
+            error: String::new(),
+        }));
+        v.apply(&ev(EventKind::Recovered {
+            reason: "camera_lost",
+            duration: 3.0,
+        }));
+        assert!(v.state_json().ends_with(r#""watching":false}"#));
+        v.apply(&ev(EventKind::DriverWatched { duration: 8.0 }));
+        assert!(v
+            .state_json()
+            .ends_with(r#""degraded":false,"watching":true}"#));
     }
 
     #[test]

@@ -236,6 +236,7 @@ mod tests {
             probs: Some(Probs(p)),
             alerts: vec!["distress".into()],
             degraded: false,
+            driver: None,
         }
     }
 
