@@ -163,30 +163,61 @@ pub fn detect(inputs: &[PathBuf], json: bool, config: Option<&Path>) -> Result<b
     Ok(true)
 }
 
-/// `ferd eval`: the expression model's accuracy on a labelled folder.
-pub fn eval(data: &Path, model: &Path, json: bool) -> Result<bool> {
+/// `ferd eval`: the expression model's accuracy on a labelled folder;
+/// with `scenes` also on the same faces found in scenes by the detector
+/// (and with `landmarks` cropped from their face mesh too).
+pub fn eval(data: &Path, model: &Path, json: bool, scenes: bool, landmarks: bool) -> Result<bool> {
     use std::io::IsTerminal;
     let config = Config::defaults(Path::new("."));
     let model = &config.find_model("--model", model)?;
     let classifier = crate::vision::Classifier::load(model, &config.classifier)?;
+    let (detector, landmarker) = if scenes {
+        let detector = crate::vision::Detector::load(&config.detector_model()?, &config.detector)?;
+        let landmarker = if landmarks {
+            let [mesh, iris, geometry] = config.landmark_models()?;
+            Some(crate::vision::landmarks::Landmarker::load(
+                &mesh, &iris, &geometry,
+            )?)
+        } else {
+            None
+        };
+        (Some(detector), landmarker)
+    } else {
+        (None, None)
+    };
     let samples = crate::eval::list_dataset(data)?;
     let bar = if std::io::stderr().is_terminal() {
         indicatif::ProgressBar::new(samples.len() as u64)
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let result = crate::eval::evaluate(&classifier, &samples, || bar.inc(1))?;
+    let (result, scene_result) = match &detector {
+        Some(d) => {
+            let r = crate::eval::evaluate_scenes(
+                &classifier,
+                d,
+                landmarker.as_ref(),
+                &samples,
+                || bar.inc(1),
+            )?;
+            (r.bare.clone(), Some(r))
+        }
+        None => (
+            crate::eval::evaluate(&classifier, &samples, || bar.inc(1))?,
+            None,
+        ),
+    };
     bar.finish_and_clear();
     let name = &classifier.model().manifest.model.name;
     let mut out = std::io::stdout().lock();
     // The JSON summary comes first so that the last line is always the
     // `accuracy:` line scripts look for.
     if json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string(&result.summary(name, data))?
-        )?;
+        let summary = match &scene_result {
+            Some(r) => r.summary(name, data),
+            None => result.summary(name, data),
+        };
+        writeln!(out, "{}", serde_json::to_string(&summary)?)?;
     }
     writeln!(out, "model: {name} ({})", model.display())?;
     writeln!(
@@ -196,6 +227,9 @@ pub fn eval(data: &Path, model: &Path, json: bool) -> Result<bool> {
         result.confusion.total(),
         result.skipped.len()
     )?;
+    if let Some(r) = &scene_result {
+        write!(out, "{}", r.report())?;
+    }
     write!(out, "{}", result.confusion.report())?;
     Ok(result.skipped.is_empty())
 }

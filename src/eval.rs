@@ -5,15 +5,22 @@
 //! Its images are already face crops, so each one is classified whole
 //! ([`Crop::whole`]) through the same sampler and normalisation that crops
 //! detected faces in `ferd run`.
+//!
+//! With scenes ([`evaluate_scenes`]) each image is also pasted, enlarged,
+//! into a larger noisy frame, found there by the detector and classified
+//! from the detector's crop and, optionally, from the face mesh's crop, as
+//! `ferd run` does without and with the landmark stage.
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::expression::Expression;
+use crate::frame::{Frame, PixelFormat};
 use crate::source::{decode_image, SourceError};
 use crate::vision::classifier::Crop;
-use crate::vision::{Classifier, ModelError};
+use crate::vision::landmarks::{self, Landmarker};
+use crate::vision::{face_from_mesh, BBox, Classifier, Detector, ModelError};
 
 /// Why a dataset could not be evaluated. Causes are part of the message,
 /// never also `source()`, so that anyhow's `{:#}` prints each once.
@@ -33,6 +40,14 @@ pub enum EvalError {
     /// The model failed on an image.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// A model failed on this image (scenes).
+    #[error("{path}: {error}")]
+    Image {
+        /// The image file.
+        path: PathBuf,
+        /// The model's error; shown in the message, not chained.
+        error: ModelError,
+    },
 }
 
 /// A labelled image.
@@ -210,6 +225,9 @@ pub struct Summary<'a> {
     pub labels: [&'static str; 7],
     /// `confusion[truth][predicted]`.
     pub confusion: [[u64; 7]; 7],
+    /// The same images inside scenes (only with `--scenes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scenes: Option<SceneSummary>,
 }
 
 impl Evaluation {
@@ -227,6 +245,7 @@ impl Evaluation {
             recall: Expression::ALL.map(|e| c.recall(e)),
             labels: Expression::ALL.map(|e| e.name()),
             confusion: c.counts,
+            scenes: None,
         }
     }
 }
@@ -247,6 +266,274 @@ pub fn evaluate(
             Err(e @ (SourceError::Io { .. } | SourceError::Format { .. })) => {
                 log::warn!("skipped: {e}");
                 out.skipped.push(e.to_string());
+            }
+        }
+        progress();
+    }
+    Ok(out)
+}
+
+/// Width of a scene.
+pub const SCENE_WIDTH: u32 = 320;
+/// Height of a scene.
+pub const SCENE_HEIGHT: u32 = 240;
+/// Side of the face pasted into a scene (48 × 3).
+pub const SCENE_FACE: u32 = 144;
+
+/// The scene for image number `index`: `image` enlarged (bilinear) to
+/// [`SCENE_FACE`]² and pasted at a position drawn from a small LCG seeded
+/// by `index`, on a mid-grey background with a fixed noise texture (blobs
+/// plus grain) so the detector has something to reject. Returns the scene
+/// and where the face is. Deterministic: the same index gives the same
+/// scene.
+pub fn make_scene(image: &Frame, index: u64) -> (Frame, BBox) {
+    let (w, h, side) = (SCENE_WIDTH, SCENE_HEIGHT, SCENE_FACE);
+    let mut data = vec![0u8; (w * h) as usize];
+    for y in 0..h {
+        for x in 0..w {
+            // Coarse blobs (bilinear over a 16-px lattice) plus fine grain.
+            let (gx, gy) = (x / 16, y / 16);
+            let (fx, fy) = ((x % 16) as f32 / 16.0, (y % 16) as f32 / 16.0);
+            let n = |i: u32, j: u32| hash(i as u64, j as u64) as f32 / u32::MAX as f32 - 0.5;
+            let blob = (n(gx, gy) * (1.0 - fx) + n(gx + 1, gy) * fx) * (1.0 - fy)
+                + (n(gx, gy + 1) * (1.0 - fx) + n(gx + 1, gy + 1) * fx) * fy;
+            let grain = hash(x as u64 + 1_000, y as u64 + 7_000) as f32 / u32::MAX as f32 - 0.5;
+            let v = 128.0 + 70.0 * blob + 24.0 * grain;
+            data[(y * w + x) as usize] = v.round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    let mut lcg = Lcg(index);
+    let ox = lcg.below(w - side + 1);
+    let oy = lcg.below(h - side + 1);
+    let (sx, sy) = (
+        image.width as f32 / side as f32,
+        image.height as f32 / side as f32,
+    );
+    for y in 0..side {
+        for x in 0..side {
+            let v = image.luma_bilinear((x as f32 + 0.5) * sx - 0.5, (y as f32 + 0.5) * sy - 0.5);
+            data[((oy + y) * w + ox + x) as usize] = v.round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    let mut scene = Frame::new(w, h, PixelFormat::Grey, data);
+    scene.origin = image.origin.clone();
+    let bbox = BBox {
+        x: ox as f32,
+        y: oy as f32,
+        w: side as f32,
+        h: side as f32,
+    };
+    (scene, bbox)
+}
+
+/// A 32-bit mix of two coordinates (for the background texture).
+fn hash(a: u64, b: u64) -> u32 {
+    let mut z = a
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F));
+    z ^= z >> 29;
+    z = z.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z ^= z >> 32;
+    z as u32
+}
+
+/// Knuth's MMIX linear congruential generator.
+struct Lcg(u64);
+
+impl Lcg {
+    /// A number in `0..n` (`n` ≥ 1), from the high bits.
+    fn below(&mut self, n: u32) -> u32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((self.0 >> 33) % n.max(1) as u64) as u32
+    }
+}
+
+/// Accuracy of one way of cropping faces found in scenes.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CropResult {
+    /// Correct predictions over all scene images (a miss counts wrong).
+    pub accuracy: f64,
+    /// Images predicted correctly.
+    pub correct: u64,
+    /// Predictions against labels, for the images that got a prediction.
+    pub confusion: [[u64; 7]; 7],
+}
+
+/// JSON summary of the scene evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct SceneSummary {
+    /// Scene size `[width, height]`.
+    pub scene: [u32; 2],
+    /// Side of the pasted face.
+    pub face_side: u32,
+    /// Images put into scenes (read ones).
+    pub images: u64,
+    /// Scenes where the detector found a face.
+    pub detected: u64,
+    /// Scenes where it found none (counted wrong for both crops).
+    pub misses: u64,
+    /// Scenes whose best detection's centre lies outside the pasted face.
+    pub off_target: u64,
+    /// Crops from the detector's box ([`Classifier::classify_face`]).
+    pub detector: CropResult,
+    /// Crops from the face mesh (with `--landmarks`).
+    pub mesh: Option<CropResult>,
+    /// Detections whose mesh fell below the presence threshold (no mesh
+    /// crop, counted wrong; the pipeline drops such faces too).
+    pub mesh_lost: Option<u64>,
+}
+
+/// The outcome of [`evaluate_scenes`].
+#[derive(Debug, Clone, Default)]
+pub struct SceneEvaluation {
+    /// The images classified whole, as [`evaluate`] does.
+    pub bare: Evaluation,
+    /// Detector crops of the detected faces.
+    pub detector: Confusion,
+    /// Mesh crops (`None` without a landmarker).
+    pub mesh: Option<Confusion>,
+    /// Scenes without a detection.
+    pub misses: u64,
+    /// Best detections off the pasted face.
+    pub off_target: u64,
+    /// Detections whose mesh was not present.
+    pub mesh_lost: u64,
+}
+
+impl SceneEvaluation {
+    /// Scenes evaluated (images that could be read).
+    pub fn images(&self) -> u64 {
+        self.bare.confusion.total()
+    }
+
+    /// The scene part of the JSON summary.
+    pub fn scene_summary(&self) -> SceneSummary {
+        let images = self.images();
+        let result = |c: &Confusion| {
+            let correct = (0..7).map(|i| c.counts[i][i]).sum();
+            CropResult {
+                accuracy: ratio(correct, images),
+                correct,
+                confusion: c.counts,
+            }
+        };
+        SceneSummary {
+            scene: [SCENE_WIDTH, SCENE_HEIGHT],
+            face_side: SCENE_FACE,
+            images,
+            detected: images - self.misses,
+            misses: self.misses,
+            off_target: self.off_target,
+            detector: result(&self.detector),
+            mesh: self.mesh.as_ref().map(result),
+            mesh_lost: self.mesh.as_ref().map(|_| self.mesh_lost),
+        }
+    }
+
+    /// The whole JSON summary: the bare one with `scenes` added.
+    pub fn summary<'a>(&self, model: &'a str, data: &'a Path) -> Summary<'a> {
+        Summary {
+            scenes: Some(self.scene_summary()),
+            ..self.bare.summary(model, data)
+        }
+    }
+
+    /// Text lines for the scene results (the bare report follows them).
+    pub fn report(&self) -> String {
+        let s = self.scene_summary();
+        let mut out = format!(
+            "scenes: {} images, each enlarged to {}×{} in a {}×{} noisy scene\n",
+            s.images, SCENE_FACE, SCENE_FACE, SCENE_WIDTH, SCENE_HEIGHT
+        );
+        out.push_str(&format!(
+            "  detector crop accuracy: {:.4} ({} correct)\n",
+            s.detector.accuracy, s.detector.correct
+        ));
+        if let (Some(m), Some(lost)) = (&s.mesh, s.mesh_lost) {
+            out.push_str(&format!(
+                "  mesh crop accuracy:     {:.4} ({} correct, {} meshes lost)\n",
+                m.accuracy, m.correct, lost
+            ));
+        }
+        out.push_str(&format!(
+            "  detection misses: {} (counted wrong), best detection off the face: {}\n\nbare crops (each image whole):\n",
+            s.misses, s.off_target
+        ));
+        out
+    }
+}
+
+/// Everything [`evaluate`] does, and each image also in a scene
+/// ([`make_scene`]): the detector's highest-scoring face classified from
+/// its box, and with `landmarker` also from the box of its mesh
+/// ([`face_from_mesh`], as `ferd run` does when it follows faces by
+/// mesh). A model error names the image.
+pub fn evaluate_scenes(
+    classifier: &Classifier,
+    detector: &Detector,
+    landmarker: Option<&Landmarker>,
+    samples: &[Sample],
+    mut progress: impl FnMut(),
+) -> Result<SceneEvaluation, EvalError> {
+    let mut out = SceneEvaluation {
+        mesh: landmarker.map(|_| Confusion::default()),
+        ..SceneEvaluation::default()
+    };
+    for (index, s) in samples.iter().enumerate() {
+        let frame = match decode_image(&s.path) {
+            Ok(frame) => frame,
+            Err(e @ (SourceError::Io { .. } | SourceError::Format { .. })) => {
+                log::warn!("skipped: {e}");
+                out.bare.skipped.push(e.to_string());
+                progress();
+                continue;
+            }
+        };
+        let named = |error| EvalError::Image {
+            path: s.path.clone(),
+            error,
+        };
+        let probs = classifier
+            .classify(&frame, &Crop::whole(&frame))
+            .map_err(named)?;
+        out.bare.confusion.add(s.label, probs.top().0);
+
+        let (scene, truth) = make_scene(&frame, index as u64);
+        let best = detector
+            .detect(&scene)
+            .map_err(named)?
+            .into_iter()
+            .max_by(|a, b| a.score.total_cmp(&b.score));
+        let Some(face) = best else {
+            out.misses += 1;
+            progress();
+            continue;
+        };
+        let (cx, cy) = face.bbox.center();
+        if !(truth.x..truth.x + truth.w).contains(&cx)
+            || !(truth.y..truth.y + truth.h).contains(&cy)
+        {
+            out.off_target += 1;
+        }
+        let probs = classifier.classify_face(&scene, &face).map_err(named)?;
+        out.detector.add(s.label, probs.top().0);
+
+        if let (Some(l), Some(mesh_confusion)) = (landmarker, out.mesh.as_mut()) {
+            // The mesh alone: `measure` computes it first and then only
+            // adds eye, mouth and pose measurements, which this ignores.
+            let mesh = l
+                .mesh(&scene, &landmarks::roi_for_face(&face))
+                .map_err(named)?;
+            if mesh.presence < landmarks::MIN_PRESENCE || mesh.points.len() <= 362 {
+                out.mesh_lost += 1;
+            } else {
+                let probs = classifier
+                    .classify_face(&scene, &face_from_mesh(&mesh))
+                    .map_err(named)?;
+                mesh_confusion.add(s.label, probs.top().0);
             }
         }
         progress();
@@ -282,6 +569,34 @@ mod tests {
         let chain = format!("{:#}", anyhow::Error::new(err).context("evaluating"));
         assert_eq!(chain.matches(&io).count(), 1, "{chain}");
         assert!(chain.contains("nowhere"), "{chain}");
+    }
+
+    #[test]
+    fn scenes_are_deterministic_and_hold_the_face() {
+        let face = Frame::new(
+            48,
+            48,
+            PixelFormat::Grey,
+            (0..48 * 48).map(|i| (i % 251) as u8).collect(),
+        );
+        let (a, box_a) = make_scene(&face, 5);
+        let (b, box_b) = make_scene(&face, 5);
+        let (_, box_c) = make_scene(&face, 6);
+        assert_eq!(a.data, b.data);
+        assert_eq!(box_a, box_b);
+        assert_ne!(box_a, box_c);
+        assert_eq!((a.width, a.height), (SCENE_WIDTH, SCENE_HEIGHT));
+        assert!(
+            box_a.x + box_a.w <= SCENE_WIDTH as f32 && box_a.y + box_a.h <= SCENE_HEIGHT as f32
+        );
+        // Enlarged 3×: the face's top-left pixel is its first pixel.
+        assert_eq!(
+            a.data[(box_a.y as u32 * SCENE_WIDTH + box_a.x as u32) as usize],
+            0
+        );
+        // The background is textured, not flat.
+        let row = &a.data[..SCENE_WIDTH as usize];
+        assert!(row.iter().max().unwrap() - row.iter().min().unwrap() > 20);
     }
 
     #[test]

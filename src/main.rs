@@ -60,7 +60,7 @@ enum Command {
     /// Measure the expression model's accuracy on a labelled folder
     /// (Kaggle layout: DIR/angry/*.jpg ... DIR/neutral/*.jpg).
     #[command(
-        after_help = "Examples:\n  ferd eval --data ../shared/datasets/fer2013/val\n  ferd eval --data val/ --model models/expression.toml --json\n\nThe last line of the text report is `accuracy: 0.XXXX`."
+        after_help = "Examples:\n  ferd eval --data ../shared/datasets/fer2013/val\n  ferd eval --data val/ --model models/expression.toml --json\n  ferd eval --data val/ --scenes --landmarks\n\nThe last line of the text report is `accuracy: 0.XXXX`."
     )]
     Eval {
         /// The dataset folder.
@@ -73,6 +73,15 @@ enum Command {
         /// Also print a JSON summary (as the first line).
         #[arg(long)]
         json: bool,
+        /// Also paste each image, enlarged to 144×144, into a 320×240 noisy
+        /// scene, find it with the detector (models/retinaface-mnet025.toml)
+        /// and classify the detector's crop of the best face.
+        #[arg(long)]
+        scenes: bool,
+        /// With --scenes: also classify the crop from the face mesh's box
+        /// (models/face-landmark.toml), as `run` does with landmarks.
+        #[arg(long, requires = "scenes")]
+        landmarks: bool,
     },
     /// List V4L2 capture devices with their formats and frame sizes.
     Cameras,
@@ -107,7 +116,13 @@ fn main() -> ExitCode {
             realtime,
         }),
         Command::CheckConfig { file } => ferd::commands::check_config(&file),
-        Command::Eval { data, model, json } => ferd::commands::eval(&data, &model, json),
+        Command::Eval {
+            data,
+            model,
+            json,
+            scenes,
+            landmarks,
+        } => ferd::commands::eval(&data, &model, json, scenes, landmarks),
         Command::Cameras => ferd::commands::cameras(),
     };
     match result {

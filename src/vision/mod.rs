@@ -178,7 +178,7 @@ impl Analyzer {
 /// presence as the score, and the detector's five landmarks taken from
 /// the mesh (eye centres, nose tip, mouth corners), so the expression crop
 /// and the tracker treat it as they treat a detection.
-fn face_from_mesh(mesh: &landmarks::Mesh) -> Face {
+pub(crate) fn face_from_mesh(mesh: &landmarks::Mesh) -> Face {
     let (mut x0, mut y0, mut x1, mut y1) = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
     for p in &mesh.points {
         x0 = x0.min(p[0]);
