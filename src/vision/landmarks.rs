@@ -15,7 +15,9 @@
 //!
 //! Eye openness is measured on the iris model's refined eye contour, not
 //! on the 468-point mesh: on real footage the mesh's lids barely move
-//! (`../shared/notes/driver-state.md`), the refined contour does.
+//! (`../shared/notes/driver-state.md`), the refined contour does. An eye
+//! the camera cannot see (sunglasses, a hand) is unknown, not measured:
+//! the models draw an eye there all the same ([`MIN_EYE_CONTRAST`]).
 
 use std::path::{Path, PathBuf};
 
@@ -51,6 +53,36 @@ pub const MIN_PRESENCE: f32 = 0.5;
 /// Beyond this |yaw| one eye is foreshortened and partly hidden by the
 /// nose: its contour is guessed, not seen, so it is not judged.
 const MAX_EYE_YAW_DEG: f32 = 40.0;
+
+/// An eye whose box shows less luma spread than this, relative to the
+/// face, is not seen (sunglasses, a hand, a dark shadow over it) and is
+/// judged unknown: the models still draw an eye there, an open-looking
+/// one (over an opaque lens 0.55–1.1 of the open level; shut eyes behind
+/// a tinted lens up to 0.7, a hand over open eyes 0.2–0.6, which the eye
+/// state takes for a closure). The spread is [`eye_contrast`]: the 70th
+/// minus the 10th percentile of the luma over the eye's box, over the
+/// face's median luma. A real eye, open or shut, has dark lashes, iris or
+/// lid crease against lighter skin or sclera. Measured (`tests/driver.rs`
+/// paints the same covers):
+/// - real eyes, both eyes of the 472 frames of the development clip, of
+///   its mirrored, half-size, darker copy and of the 72 frames of the
+///   other clip: 0.46–0.93 (1% under 0.53);
+/// - painted over the development clip's frames, at most 0.33: sunglasses
+///   letting 15% (0.02–0.19) or 30% (0.05–0.33) of the light through, or
+///   opaque (0.04–0.09), all with a soft reflection; an opaque graded lens
+///   (0.13–0.31); a skin-coloured hand with shaded fingers (0.16–0.28).
+///
+/// A mirror lens whose bright reflection covers a third of the eye reaches
+/// the real range (a fifth of such frames did); this gate does not catch
+/// it.
+pub const MIN_EYE_CONTRAST: f32 = 0.4;
+
+/// The eye's box for [`eye_contrast`], in eye widths (corner to corner):
+/// from 0.1 to 0.9 of the way between the corners, 0.3 either side of
+/// the line through the contour's centre.
+const EYE_BOX: (f32, f32) = (0.4, 0.3);
+/// Samples along and across the eye's box.
+const EYE_BOX_SAMPLES: (usize, usize) = (24, 12);
 
 /// The 468 points of one face, in frame pixels, with the model's
 /// confidence that it is a face.
@@ -227,12 +259,19 @@ impl Landmarker {
             return Ok((mesh, unknown));
         }
         let pose = head_pose(&mesh, &self.geometry);
+        let face = face_level(frame, &mesh);
         let mut eyes = [None, None];
         for (slot, eye) in eyes.iter_mut().zip([Eye::Right, Eye::Left]) {
             // An eye turned away from the camera is not judged.
             let hidden = pose.is_some_and(|(yaw, _)| yaw.abs() > MAX_EYE_YAW_DEG);
             if !hidden {
-                *slot = eye_openness(&self.eye_contour(frame, &mesh, eye)?);
+                let contour = self.eye_contour(frame, &mesh, eye)?;
+                // Nor is one the camera cannot see (sunglasses, a hand).
+                let seen =
+                    eye_contrast(frame, &contour, face).is_some_and(|c| c >= MIN_EYE_CONTRAST);
+                if seen {
+                    *slot = eye_openness(&contour);
+                }
             }
         }
         let measure = FaceMeasure {
@@ -312,6 +351,52 @@ pub fn eye_openness(c: &[[f32; 2]; 16]) -> Option<f32> {
     // opening (the ends converge on the corners whatever the state).
     let gap: f32 = (3..=5).map(|k| dist(c[k], c[k + 8])).sum::<f32>() / 3.0;
     Some(gap / width)
+}
+
+/// The face's median luma over the mesh's points: the level
+/// [`eye_contrast`] is measured against (most points lie on skin; an
+/// occluder over the eyes covers too few of them to move the median far).
+pub fn face_level(frame: &Frame, mesh: &Mesh) -> f32 {
+    let mut v: Vec<f32> = mesh
+        .points
+        .iter()
+        .map(|p| frame.luma_bilinear(p[0], p[1]))
+        .collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mid = v.len() / 2;
+    *v.select_nth_unstable_by(mid, f32::total_cmp).1
+}
+
+/// How visible an eye is: over a box around its contour (see
+/// [`EYE_BOX`]), the 70th minus the 10th percentile of the luma, over
+/// `face` (the face's level, [`face_level`]). `None` when it cannot be
+/// measured (a degenerate contour, a black face).
+pub fn eye_contrast(frame: &Frame, c: &[[f32; 2]; 16], face: f32) -> Option<f32> {
+    let (dx, dy) = (c[8][0] - c[0][0], c[8][1] - c[0][1]);
+    let width = (dx * dx + dy * dy).sqrt();
+    if width.is_nan() || width <= 1.0 || face.is_nan() || face < 1.0 {
+        return None;
+    }
+    // Along the corner line and across it, in pixels per eye width.
+    let (ax, ay) = (dx, dy);
+    let (nx, ny) = (-dy, dx);
+    let n = c.len() as f32;
+    let cx = c.iter().map(|p| p[0]).sum::<f32>() / n;
+    let cy = c.iter().map(|p| p[1]).sum::<f32>() / n;
+    let (nu, nv) = EYE_BOX_SAMPLES;
+    let mut v = Vec::with_capacity(nu * nv);
+    for i in 0..nu {
+        let u = EYE_BOX.0 * (2.0 * (i as f32 + 0.5) / nu as f32 - 1.0);
+        for j in 0..nv {
+            let w = EYE_BOX.1 * (2.0 * (j as f32 + 0.5) / nv as f32 - 1.0);
+            v.push(frame.luma_bilinear(cx + u * ax + w * nx, cy + u * ay + w * ny));
+        }
+    }
+    v.sort_unstable_by(f32::total_cmp);
+    let q = |p: f32| v[((v.len() - 1) as f32 * p) as usize];
+    Some((q(0.7) - q(0.1)) / face)
 }
 
 /// Inner-lip gap over mouth width.
@@ -562,5 +647,53 @@ mod tests {
     #[test]
     fn shipped_geometry_loads() {
         assert!(geometry().pose.len() >= 6);
+    }
+
+    #[test]
+    fn an_eye_without_dark_features_or_without_skin_around_is_not_seen() {
+        use crate::frame::PixelFormat;
+        // A 40 px wide eye at (50, 30) on skin of luma 150.
+        let mut c = [[0.0f32; 2]; 16];
+        c[0] = [30.0, 30.0];
+        c[8] = [70.0, 30.0];
+        for k in 1..8 {
+            c[k] = [30.0 + 5.0 * k as f32, 33.0];
+            c[k + 8] = [30.0 + 5.0 * k as f32, 27.0];
+        }
+        let picture = |f: &dyn Fn(f32, f32) -> u8| {
+            let data = (0..60 * 100)
+                .map(|i| f((i % 100) as f32, (i / 100) as f32))
+                .collect();
+            Frame::new(100, 60, PixelFormat::Grey, data)
+        };
+        // Lashes and an iris: a dark ellipse over a third of the box.
+        let eye = picture(&|x, y| {
+            if ((x - 50.0) / 14.0).powi(2) + ((y - 30.0) / 5.0).powi(2) <= 1.0 {
+                25
+            } else {
+                150
+            }
+        });
+        let seen = eye_contrast(&eye, &c, 150.0).unwrap();
+        assert!((seen - 125.0 / 150.0).abs() < 0.01, "{seen}");
+        assert!(seen >= MIN_EYE_CONTRAST);
+        // Skin all over (a hand), or dark all over (a lens).
+        for level in [150, 20] {
+            let flat = picture(&|_, _| level);
+            assert_eq!(eye_contrast(&flat, &c, 150.0), Some(0.0));
+        }
+        // The face's level is the median over the mesh's points.
+        let mut points = vec![[50.0, 30.0, 0.0]; 100];
+        points.extend(vec![[5.0, 5.0, 0.0]; 101]);
+        let mesh = Mesh {
+            points,
+            presence: 1.0,
+        };
+        assert_eq!(face_level(&eye, &mesh), 150.0);
+        // Nothing to measure against: a black face, a degenerate eye.
+        assert_eq!(eye_contrast(&eye, &c, 0.0), None);
+        let mut flat = c;
+        flat[8] = flat[0];
+        assert_eq!(eye_contrast(&eye, &flat, 150.0), None);
     }
 }
