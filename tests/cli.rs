@@ -581,28 +581,9 @@ fn sigterm_ends_the_run_cleanly_and_clears_alerts() {
         .any(|e| e["type"] == "alert_cleared" && e["reason"] == "shutdown"));
 }
 
-/// FER2013 PublicTest (`val/`): `../shared/datasets/fer2013/val` beside the
-/// repository, or `$FERD_FER2013/val`. None (the test SKIPs, or fails under
-/// CI=true) where the dataset is absent, as on a fresh machine.
-fn fer2013_val() -> Option<PathBuf> {
-    let base = std::env::var_os("FERD_FER2013")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/fer2013")
-        });
-    let val = base.join("val");
-    let found = val.is_dir();
-    common::require(
-        &format!("the FER2013 dataset's val/ folder at {}", val.display()),
-        found,
-        "put the dataset at ../shared/datasets/fer2013 beside the repository, or set FERD_FER2013 to its folder",
-    )
-    .then_some(val)
-}
-
 #[test]
 fn shipped_model_keeps_its_accuracy_on_val() {
-    let Some(val) = fer2013_val() else {
+    let Some(val) = common::fer2013_val() else {
         return;
     };
     let o = ferd(&["eval", "--data", val.to_str().unwrap(), "--json"]);

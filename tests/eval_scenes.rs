@@ -1,32 +1,14 @@
 //! `ferd eval --scenes --landmarks` on one FER2013 val image per class:
 //! it runs, and its counts add up.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 mod common;
 
-/// `../shared/datasets/fer2013/val` beside the repository, or
-/// `$FERD_FER2013/val`; None (SKIP, or failure under CI=true) if absent.
-fn fer2013_val() -> Option<PathBuf> {
-    let base = std::env::var_os("FERD_FER2013")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/fer2013")
-        });
-    let val = base.join("val");
-    let found = val.is_dir();
-    common::require(
-        &format!("the FER2013 dataset's val/ folder at {}", val.display()),
-        found,
-        "put the dataset at ../shared/datasets/fer2013 beside the repository, or set FERD_FER2013 to its folder",
-    )
-    .then_some(val)
-}
-
 #[test]
 fn eval_scenes_counts_add_up() {
-    let Some(val) = fer2013_val() else {
+    let Some(val) = common::fer2013_val() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

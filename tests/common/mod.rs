@@ -56,3 +56,22 @@ pub fn scratch_models(dir: &Path) -> PathBuf {
     .unwrap();
     config
 }
+
+/// FER2013 PublicTest (`val/`): `../shared/datasets/fer2013/val` beside the
+/// repository, or `$FERD_FER2013/val`. None (the test SKIPs, or fails under
+/// CI=true) where the dataset is absent, as on a fresh machine.
+pub fn fer2013_val() -> Option<PathBuf> {
+    let base = std::env::var_os("FERD_FER2013")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/fer2013")
+        });
+    let val = base.join("val");
+    let found = val.is_dir();
+    require(
+        &format!("the FER2013 dataset's val/ folder at {}", val.display()),
+        found,
+        "put the dataset at ../shared/datasets/fer2013 beside the repository, or set FERD_FER2013 to its folder",
+    )
+    .then_some(val)
+}
