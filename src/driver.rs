@@ -516,19 +516,22 @@ impl DriverTrack {
         self.last_t = Some(t);
     }
 
+    /// A closure starting at `t` if the eyes are closed now.
+    fn closure_from(&self, t: Duration) -> Option<Closure> {
+        (self.eye == EyeState::Closed).then_some(Closure {
+            onset: t,
+            open: None,
+            unknown_since: None,
+        })
+    }
+
     /// Advances the current closure by this frame's eye state. `dt` is the
     /// (capped) interval since the previous frame: the time the previous
     /// frame's state stood for, and the best guess of how long this one's
     /// will.
     fn update_closure(&mut self, t: Duration, last: Option<Duration>, gap: bool, dt: Duration) {
         let Some(mut c) = self.closure else {
-            if self.eye == EyeState::Closed {
-                self.closure = Some(Closure {
-                    onset: t,
-                    open: None,
-                    unknown_since: None,
-                });
-            }
+            self.closure = self.closure_from(t);
             return;
         };
         if gap {
@@ -542,14 +545,7 @@ impl DriverTrack {
         if c.unknown_since
             .is_some_and(|u| t.saturating_sub(u) > UNKNOWN_BRIDGE)
         {
-            self.closure = None;
-            if self.eye == EyeState::Closed {
-                self.closure = Some(Closure {
-                    onset: t,
-                    open: None,
-                    unknown_since: None,
-                });
-            }
+            self.closure = self.closure_from(t);
             return;
         }
         match self.eye {

@@ -80,17 +80,19 @@ fn labels(file: &str, windows: bool) -> (BTreeSet<u64>, BTreeSet<u64>) {
     (closed, open)
 }
 
-/// Mean openness of both eyes of the largest face, per frame index.
-fn openness(clip: &Path) -> Vec<(u64, Option<f32>)> {
+/// The shipped detector and landmark stage, found as a config in the
+/// repository finds them.
+fn models() -> (Detector, Landmarker) {
     let config = Config::load(&root().join("systemd/ferd.toml")).unwrap();
     let detector = Detector::load(&config.detector_model().unwrap(), &config.detector).unwrap();
-    let models = root().join("models");
-    let landmarker = Landmarker::load(
-        &models.join("face-landmark.toml"),
-        &models.join("iris-landmark.toml"),
-        &models.join("face-geometry.toml"),
-    )
-    .unwrap();
+    let [mesh, iris, geometry] = config.landmark_models().unwrap();
+    let landmarker = Landmarker::load(&mesh, &iris, &geometry).unwrap();
+    (detector, landmarker)
+}
+
+/// Mean openness of both eyes of the largest face, per frame index.
+fn openness(clip: &Path) -> Vec<(u64, Option<f32>)> {
+    let (detector, landmarker) = models();
     let mut source = ferd::source::open(clip).unwrap();
     let mut out = Vec::new();
     let mut index = 0;
@@ -630,15 +632,7 @@ fn sunglasses_and_a_hand_over_the_eyes_make_them_unknown_not_open() {
         return;
     };
     let (w, h, frames) = read_y4m(&clip);
-    let config = Config::load(&root().join("systemd/ferd.toml")).unwrap();
-    let detector = Detector::load(&config.detector_model().unwrap(), &config.detector).unwrap();
-    let models = root().join("models");
-    let landmarker = Landmarker::load(
-        &models.join("face-landmark.toml"),
-        &models.join("iris-landmark.toml"),
-        &models.join("face-geometry.toml"),
-    )
-    .unwrap();
+    let (detector, landmarker) = models();
     let frame = |data: Vec<u8>| Frame::new(w as u32, h as u32, PixelFormat::I420, data);
     let largest = |faces: Vec<Face>| {
         faces
