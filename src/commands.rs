@@ -1,4 +1,5 @@
-//! The one-shot commands: `detect`, `eval`, `check-config` and `cameras`.
+//! The one-shot commands: `detect`, `eval`, `bench`, `check-config` and
+//! `cameras`.
 //! Each writes its report to stdout and returns whether everything it was
 //! given could be processed (the exit status).
 
@@ -232,6 +233,19 @@ pub fn eval(data: &Path, model: &Path, json: bool, scenes: bool, landmarks: bool
     }
     write!(out, "{}", result.confusion.report())?;
     Ok(result.skipped.is_empty())
+}
+
+/// `ferd bench`: the stage-by-stage timing of [`crate::bench::bench`], as
+/// text or one JSON object.
+pub fn bench(options: &crate::bench::BenchOptions, json: bool) -> Result<bool> {
+    let report = crate::bench::bench(options)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", report.json())?;
+    } else {
+        write!(out, "{}", report.text())?;
+    }
+    Ok(true)
 }
 
 /// `ferd cameras`: V4L2 capture devices with their formats and sizes.

@@ -83,6 +83,32 @@ enum Command {
         #[arg(long, requires = "scenes")]
         landmarks: bool,
     },
+    /// Time the configured pipeline on a recorded clip, stage by stage
+    /// (no display, no GPIO, events to nowhere).
+    #[command(
+        after_help = "Examples:\n  ferd bench --config systemd/ferd.toml --source clip.y4m\n  ferd bench --config ferd.toml --source clip.y4m --frames 300 --json\n\nThe last line of the text report is `fps: N.N`; --json prints one object whose frame_ms.median is the median whole-frame time."
+    )]
+    Bench {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The clip: a .y4m file, an image or a folder of images.
+        #[arg(long)]
+        source: PathBuf,
+        /// Count at most this many frames (default: the whole clip).
+        #[arg(long)]
+        frames: Option<u64>,
+        /// Frames run first and not counted.
+        #[arg(long, default_value_t = 5)]
+        warmup: u64,
+        /// One JSON object instead of the text report.
+        #[arg(long)]
+        json: bool,
+        /// Write each counted frame's face boxes to FILE
+        /// ({"frame": i, "boxes": [[x, y, w, h], ...]} per line).
+        #[arg(long, value_name = "FILE")]
+        faces_out: Option<PathBuf>,
+    },
     /// List V4L2 capture devices with their formats and frame sizes.
     Cameras,
     /// Validate a configuration file without touching hardware; exit 0 if valid.
@@ -123,6 +149,23 @@ fn main() -> ExitCode {
             scenes,
             landmarks,
         } => ferd::commands::eval(&data, &model, json, scenes, landmarks),
+        Command::Bench {
+            config,
+            source,
+            frames,
+            warmup,
+            json,
+            faces_out,
+        } => ferd::commands::bench(
+            &ferd::bench::BenchOptions {
+                config,
+                source,
+                frames,
+                warmup,
+                faces_out,
+            },
+            json,
+        ),
         Command::Cameras => ferd::commands::cameras(),
     };
     match result {

@@ -40,7 +40,7 @@ use crate::rules::{AlertChange, ClearReason, Cue, Rules};
 use crate::sink::{Display, DriverLine, EventSink, StatusScreen};
 use crate::source::{FrameSource, SourceEvent};
 use crate::track::{TrackChange, Tracker};
-use crate::vision::{Analyze, Observation};
+use crate::vision::{Analyze, Observation, StageTimes};
 
 /// Counters of one run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -145,6 +145,20 @@ pub struct Pipeline {
     health: Health,
     /// Whether the driver can be watched; only with an eye rule.
     watch: Option<Watch>,
+    /// Where the last frame's time went.
+    times: FrameTimes,
+}
+
+/// Where [`Pipeline::process`] spent one frame's time (`ferd bench`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FrameTimes {
+    /// The analyser's stages (detector, landmarks, classifier).
+    pub analysis: StageTimes,
+    /// Tracker, expression reports and rules, the event sinks excluded.
+    pub track_rules: Duration,
+    /// Handing events to the sinks (the bus's queue and GPIO state),
+    /// flushes included.
+    pub sinks: Duration,
 }
 
 impl Pipeline {
@@ -172,6 +186,7 @@ impl Pipeline {
             observations: Vec::new(),
             track_changes: Vec::new(),
             alert_changes: Vec::new(),
+            times: FrameTimes::default(),
             health: Health {
                 degraded_after: Duration::from_secs_f64(config.health.degraded_after.0),
                 camera_lost: false,
@@ -187,6 +202,17 @@ impl Pipeline {
     /// The counters so far.
     pub fn summary(&self) -> Summary {
         self.summary
+    }
+
+    /// Where the last [`Pipeline::process`] spent its time.
+    pub fn times(&self) -> FrameTimes {
+        self.times
+    }
+
+    /// What the last analysed frame's analyser saw (empty after a failed
+    /// frame).
+    pub fn observations(&self) -> &[Observation] {
+        &self.observations
     }
 
     /// Why ferd is degraded, if it is.
@@ -236,12 +262,20 @@ impl Pipeline {
                 self.health.degraded_after.as_secs_f64()
             );
         }
+        self.times = FrameTimes {
+            analysis: self.analyzer.stage_times(),
+            ..FrameTimes::default()
+        };
         let analysed = match result {
             Ok(()) => {
                 self.health.failing_since = None;
                 self.health.stalled = false;
                 self.update_health();
+                let (began, sinks) = (Instant::now(), self.times.sinks);
                 self.observe(t, &observations);
+                // `emit` counted the sinks' share of that in `times.sinks`.
+                let emitting = self.times.sinks.saturating_sub(sinks);
+                self.times.track_rules = began.elapsed().saturating_sub(emitting);
                 true
             }
             Err(e) => {
@@ -561,6 +595,7 @@ impl Pipeline {
     }
 
     fn emit(&mut self, kind: EventKind) {
+        let began = Instant::now();
         let event = Event::new(kind, self.last_time, self.last_frame);
         for sink in &mut self.sinks {
             if let Err(e) = sink.emit(&event) {
@@ -572,9 +607,11 @@ impl Pipeline {
                 }
             }
         }
+        self.times.sinks += began.elapsed();
     }
 
     fn flush(&mut self) {
+        let began = Instant::now();
         for sink in &mut self.sinks {
             if let Err(e) = sink.flush() {
                 self.summary.sink_errors += 1;
@@ -583,6 +620,7 @@ impl Pipeline {
                 }
             }
         }
+        self.times.sinks += began.elapsed();
     }
 }
 

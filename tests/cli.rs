@@ -610,3 +610,60 @@ fn shipped_model_keeps_its_accuracy_on_val() {
         "accuracy {accuracy:.4} fell below the stated {stated:.4} - 0.005"
     );
 }
+
+#[test]
+fn bench_times_every_stage_and_writes_the_faces_it_saw() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = demo_prefix(dir.path(), 20);
+    let faces = dir.path().join("faces.jsonl");
+    let clip = clip.to_str().unwrap();
+    let o = ferd(&[
+        "bench",
+        "--config",
+        "systemd/ferd.toml",
+        "--source",
+        clip,
+        "--warmup",
+        "2",
+        "--json",
+        "--faces-out",
+        faces.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["frames"], 18, "{j}");
+    let frame = j["frame_ms"]["median"].as_f64().unwrap();
+    let detect = j["stages"]["detect"]["median"].as_f64().unwrap();
+    assert!(frame > 0.0 && detect > 0.0 && detect <= j["frame_ms"]["max"].as_f64().unwrap());
+    for stage in ["decode", "landmarks", "classify", "track_rules", "sinks"] {
+        assert!(j["stages"][stage]["p95"].is_f64(), "{stage}: {j}");
+    }
+    // The demo's first seconds: one face in every frame (examples/demo.txt).
+    assert_eq!(j["faces_per_frame"], 1.0, "{j}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&faces)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 18);
+    assert_eq!(lines[0]["frame"], 2);
+    assert_eq!(lines[0]["boxes"].as_array().unwrap().len(), 1);
+
+    let o = ferd(&[
+        "bench",
+        "--config",
+        "systemd/ferd.toml",
+        "--source",
+        clip,
+        "--frames",
+        "5",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("frames: 5 "), "{out}");
+    let last = out.lines().last().unwrap();
+    let fps: f64 = last.strip_prefix("fps: ").unwrap().parse().unwrap();
+    assert!(fps > 0.0, "{out}");
+}

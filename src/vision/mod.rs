@@ -12,6 +12,7 @@ pub mod landmarks;
 pub mod model;
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 pub use classifier::Classifier;
 pub use detector::{BBox, Detector, Face};
@@ -34,6 +35,28 @@ pub struct Observation {
     pub measure: Option<FaceMeasure>,
 }
 
+/// Where one frame's analysis time went, stage by stage (`ferd bench`).
+/// Each is the wall time of that stage's calls, pre- and post-processing
+/// included (the detector's resize and decoding are in `detect`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimes {
+    /// The face detector.
+    pub detect: Duration,
+    /// The landmark stage (mesh, eyes, pose), all faces.
+    pub landmarks: Duration,
+    /// The expression classifier, all faces.
+    pub classify: Duration,
+}
+
+/// Runs `f`, adding its wall time to `total`. Two clock reads per stage
+/// call: a few tens of nanoseconds against milliseconds of model time.
+fn timed<T>(total: &mut Duration, f: impl FnOnce() -> T) -> T {
+    let began = Instant::now();
+    let out = f();
+    *total += began.elapsed();
+    out
+}
+
 /// One frame in, the faces seen in it out.
 pub trait Analyze {
     /// The expression model's name, for the `started` event.
@@ -44,6 +67,12 @@ pub trait Analyze {
     /// means this frame could not be analysed; the next one may be.
     fn analyze_into(&mut self, frame: &Frame, out: &mut Vec<Observation>)
         -> Result<(), ModelError>;
+
+    /// Where the last [`Analyze::analyze_into`] spent its time; zero for
+    /// analysers that do not measure it.
+    fn stage_times(&self) -> StageTimes {
+        StageTimes::default()
+    }
 }
 
 /// Detector and classifier together: one frame in, observations out.
@@ -57,6 +86,8 @@ pub struct Analyzer {
     pub landmarker: Option<landmarks::Landmarker>,
     /// Faces followed by their meshes between detections.
     follow: Follow,
+    /// The last frame's stage times.
+    times: StageTimes,
 }
 
 /// MediaPipe's way of following faces: the mesh of one frame gives the
@@ -90,22 +121,35 @@ impl Analyzer {
                 every: config.landmarks.detect_every.0,
                 ..Follow::default()
             },
+            times: StageTimes::default(),
         })
     }
 
     /// Finds and classifies every face of a frame.
     pub fn analyze(&self, frame: &Frame) -> Result<Vec<Observation>, ModelError> {
         let mut out = Vec::new();
-        self.observe(frame, &mut out)?;
+        self.observe(frame, &mut out, &mut StageTimes::default())?;
         Ok(out)
     }
 
-    fn observe(&self, frame: &Frame, out: &mut Vec<Observation>) -> Result<(), ModelError> {
+    fn observe(
+        &self,
+        frame: &Frame,
+        out: &mut Vec<Observation>,
+        times: &mut StageTimes,
+    ) -> Result<(), ModelError> {
         out.clear();
-        for face in self.detector.detect(frame)? {
-            let probs = self.classifier.classify_face(frame, &face)?;
+        for face in timed(&mut times.detect, || self.detector.detect(frame))? {
+            let probs = timed(&mut times.classify, || {
+                self.classifier.classify_face(frame, &face)
+            })?;
             let measure = match &self.landmarker {
-                Some(l) => Some(l.measure(frame, &landmarks::roi_for_face(&face))?.1),
+                Some(l) => Some(
+                    timed(&mut times.landmarks, || {
+                        l.measure(frame, &landmarks::roi_for_face(&face))
+                    })?
+                    .1,
+                ),
                 None => None,
             };
             out.push(Observation {
@@ -130,12 +174,12 @@ impl Analyzer {
         out: &mut Vec<Observation>,
     ) -> Result<(), ModelError> {
         out.clear();
+        let times = &mut self.times;
         let follow = &mut self.follow;
         let detect = follow.rois.is_empty() || follow.since_detect + 1 >= follow.every;
         let rois: Vec<classifier::Crop> = if detect {
             follow.since_detect = 0;
-            self.detector
-                .detect(frame)?
+            timed(&mut times.detect, || self.detector.detect(frame))?
                 .iter()
                 .map(landmarks::roi_for_face)
                 .collect()
@@ -146,7 +190,7 @@ impl Analyzer {
         let mut next = Vec::with_capacity(rois.len());
         let mut lost = false;
         for roi in &rois {
-            let (mesh, measure) = l.measure(frame, roi)?;
+            let (mesh, measure) = timed(&mut times.landmarks, || l.measure(frame, roi))?;
             if mesh.presence < landmarks::MIN_PRESENCE {
                 // Not a face (any more): look again with the detector.
                 lost = true;
@@ -157,7 +201,9 @@ impl Analyzer {
             if out.iter().any(|o| o.face.bbox.iou(&face.bbox) > 0.5) {
                 continue;
             }
-            let probs = self.classifier.classify_face(frame, &face)?;
+            let probs = timed(&mut times.classify, || {
+                self.classifier.classify_face(frame, &face)
+            })?;
             next.push(landmarks::roi_from_mesh(&mesh));
             out.push(Observation {
                 face,
@@ -213,13 +259,23 @@ impl Analyze for Analyzer {
         frame: &Frame,
         out: &mut Vec<Observation>,
     ) -> Result<(), ModelError> {
+        self.times = StageTimes::default();
         match self.landmarker.take() {
             Some(l) => {
                 let r = self.observe_with_landmarks(&l, frame, out);
                 self.landmarker = Some(l);
                 r
             }
-            None => self.observe(frame, out),
+            None => {
+                let mut times = StageTimes::default();
+                let r = self.observe(frame, out, &mut times);
+                self.times = times;
+                r
+            }
         }
+    }
+
+    fn stage_times(&self) -> StageTimes {
+        self.times
     }
 }
