@@ -527,7 +527,7 @@ pub fn evaluate_scenes(
             let mesh = l
                 .mesh(&scene, &landmarks::roi_for_face(&face))
                 .map_err(named)?;
-            if mesh.presence < landmarks::MIN_PRESENCE || mesh.points.len() <= 362 {
+            if mesh.presence < landmarks::MIN_PRESENCE {
                 out.mesh_lost += 1;
             } else {
                 let probs = classifier

@@ -63,6 +63,8 @@ pub struct Tracker {
     pairs: Vec<(f32, usize, usize)>,
     /// Per track, the observation it was matched with in this frame.
     matched: Vec<Option<usize>>,
+    /// Per observation, whether a track took it in this frame.
+    taken: Vec<bool>,
 }
 
 impl Tracker {
@@ -76,6 +78,7 @@ impl Tracker {
             next_id: 1,
             pairs: Vec::new(),
             matched: Vec::new(),
+            taken: Vec::new(),
         }
     }
 
@@ -102,21 +105,22 @@ impl Tracker {
             }
         }
         // Best overlaps first; ties broken by index so the result does not
-        // depend on sort stability.
+        // depend on sort stability (the unstable sort needs no buffer).
         self.pairs
-            .sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+            .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
         self.matched.clear();
         self.matched.resize(self.tracks.len(), None);
-        let mut obs_taken = vec![false; observations.len()];
+        self.taken.clear();
+        self.taken.resize(observations.len(), false);
         for t in &mut self.tracks {
             t.seen_now = false;
         }
         for &(_, ti, oi) in &self.pairs {
-            if self.matched[ti].is_some() || obs_taken[oi] {
+            if self.matched[ti].is_some() || self.taken[oi] {
                 continue;
             }
             self.matched[ti] = Some(oi);
-            obs_taken[oi] = true;
+            self.taken[oi] = true;
             let track = &mut self.tracks[ti];
             let o = &observations[oi];
             track.bbox = o.face.bbox;
@@ -133,7 +137,7 @@ impl Tracker {
             track.driver.update(t, measure.as_ref());
         }
         for (oi, o) in observations.iter().enumerate() {
-            if obs_taken[oi] {
+            if self.taken[oi] {
                 continue;
             }
             let id = self.next_id;

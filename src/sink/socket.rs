@@ -473,6 +473,11 @@ impl Clients {
             match listener.accept() {
                 Ok((stream, _)) => {
                     if self.list.len() >= MAX_CLIENTS {
+                        // Clients may have closed since this wake's reap:
+                        // their slots are free for this one.
+                        self.reap();
+                    }
+                    if self.list.len() >= MAX_CLIENTS {
                         // Dropped here: the client reads end-of-file.
                         self.refused += 1;
                         if self.refused == 1 || self.refused % 100 == 0 {

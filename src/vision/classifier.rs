@@ -11,8 +11,6 @@
 
 use std::path::Path;
 
-use tract_onnx::prelude::*;
-
 use super::detector::Face;
 use super::model::{ColorOrder, InputSpec, LoadedModel, ModelError, OutputKind, Task};
 use crate::config::ClassifierConfig;
@@ -105,23 +103,32 @@ impl Classifier {
 
     /// Classifies a region of a frame.
     pub fn classify(&self, frame: &Frame, crop: &Crop) -> Result<Probs, ModelError> {
-        let input = self.input_tensor(frame, crop);
-        let outputs = self.model.run(input)?;
+        let shape = &self.model.input_shape;
+        let spec = &self.model.manifest.input;
         let bad = |message: String| ModelError::Shape {
             path: self.model.path.clone(),
             message,
         };
-        let out = outputs
-            .first()
-            .ok_or_else(|| bad("model has no output".into()))?;
-        let view = out
-            .to_plain_array_view::<f32>()
-            .map_err(|e| bad(format!("output is not f32: {e}")))?;
-        let values: Vec<f32> = view.iter().copied().collect();
-        let raw: [f32; 7] = values
-            .as_slice()
-            .try_into()
-            .map_err(|_| bad(format!("output has {} values, expected 7", values.len())))?;
+        // Four dimensions (the manifest check), height and width fixed.
+        let raw = self.model.run_with(
+            |input| crop_into(spec, shape[3], shape[2], frame, crop, input),
+            |outputs| {
+                let out = outputs
+                    .first()
+                    .ok_or_else(|| bad("model has no output".into()))?;
+                let view = out
+                    .to_plain_array_view::<f32>()
+                    .map_err(|e| bad(format!("output is not f32: {e}")))?;
+                if view.len() != 7 {
+                    return Err(bad(format!("output has {} values, expected 7", view.len())));
+                }
+                let mut raw = [0f32; 7];
+                for (r, v) in raw.iter_mut().zip(view.iter()) {
+                    *r = *v;
+                }
+                Ok(raw)
+            },
+        )?;
         // NaN or infinite scores would pass through softmax as NaN and
         // silently never match a rule; a broken model is an error instead.
         if raw.iter().any(|v| !v.is_finite()) {
@@ -132,31 +139,30 @@ impl Classifier {
             _ => Probs::from_logits(&raw),
         })
     }
-
-    /// Samples the crop into the model's normalised `[1, C, H, W]` input
-    /// (C from the manifest's `input.color`).
-    pub fn input_tensor(&self, frame: &Frame, crop: &Crop) -> Tensor {
-        let shape = &self.model.input_shape;
-        // Four dimensions (the manifest check), height and width fixed.
-        crop_tensor(&self.model.manifest.input, shape[3], shape[2], frame, crop)
-    }
 }
 
-/// The crop as a normalised `[1, C, h, w]` tensor: one plane of luma for a
-/// `grey` model, else three planes in the model's channel order.
-pub fn crop_tensor(spec: &InputSpec, w: usize, h: usize, frame: &Frame, crop: &Crop) -> Tensor {
+/// Samples the crop into a normalised `[1, C, h, w]` input (`out`, C × h ×
+/// w values): one plane of luma for a `grey` model, else three planes in
+/// the model's channel order.
+pub fn crop_into(
+    spec: &InputSpec,
+    w: usize,
+    h: usize,
+    frame: &Frame,
+    crop: &Crop,
+    out: &mut [f32],
+) {
     // `mean` and `std` have one entry per channel: the manifest check.
     let norm = |c: usize| move |v: f32| (v * spec.scale - spec.mean[c]) / spec.std[c];
-    let (channels, data) = match spec.color {
-        ColorOrder::Grey => (1, sample_grey(frame, crop, w, h, norm(0))),
+    match spec.color {
+        ColorOrder::Grey => sample_grey(frame, crop, w, h, norm(0), out),
         ColorOrder::Rgb | ColorOrder::Bgr => {
             let order = if spec.color == ColorOrder::Bgr {
                 [2, 1, 0]
             } else {
                 [0, 1, 2]
             };
-            let mut data = vec![0f32; 3 * w * h];
-            let (first, rest) = data.split_at_mut(w * h);
+            let (first, rest) = out.split_at_mut(w * h);
             let (second, third) = rest.split_at_mut(w * h);
             let mut planes = [first, second, third];
             let mut i = 0;
@@ -172,16 +178,12 @@ pub fn crop_tensor(spec: &InputSpec, w: usize, h: usize, frame: &Frame, crop: &C
                     i += 1;
                 },
             );
-            (3, data)
         }
-    };
-    // Cannot fail: `data` has exactly channels × h × w values.
-    tract_ndarray::Array4::from_shape_vec((1, channels, h, w), data)
-        .expect("buffer length matches the shape")
-        .into()
+    }
 }
 
-/// Samples a rotated square of the frame into a `w` × `h` grey image,
+/// Samples a rotated square of the frame into a `w` × `h` grey image
+/// (`out`, at least `w` × `h` values),
 /// averaging `k`×`k` bilinear samples per output pixel when shrinking so
 /// that a large face is not aliased. `map` turns 0..255 into model units.
 pub fn sample_grey(
@@ -190,16 +192,19 @@ pub fn sample_grey(
     w: usize,
     h: usize,
     map: impl Fn(f32) -> f32,
-) -> Vec<f32> {
-    let mut out = Vec::with_capacity(w * h);
+    out: &mut [f32],
+) {
+    let mut i = 0;
     supersample(
         crop,
         w,
         h,
         |x, y| [frame.luma_bilinear(x, y)],
-        |[v]| out.push(map(v)),
+        |[v]| {
+            out[i] = map(v);
+            i += 1;
+        },
     );
-    out
 }
 
 /// The sampling grid shared by the grey and colour crops: for each output
@@ -246,7 +251,8 @@ mod tests {
     fn whole_crop_of_same_size_is_identity() {
         let data: Vec<u8> = (0..48 * 48).map(|i| (i % 251) as u8).collect();
         let f = Frame::new(48, 48, PixelFormat::Grey, data.clone());
-        let out = sample_grey(&f, &Crop::whole(&f), 48, 48, |v| v);
+        let mut out = vec![0.0; 48 * 48];
+        sample_grey(&f, &Crop::whole(&f), 48, 48, |v| v, &mut out);
         for (a, b) in out.iter().zip(&data) {
             assert!((a - *b as f32).abs() < 1e-3);
         }
@@ -259,7 +265,8 @@ mod tests {
             .map(|i| if (i % 64 + i / 64) % 2 == 0 { 0 } else { 200 })
             .collect();
         let f = Frame::new(64, 64, PixelFormat::Grey, data);
-        let out = sample_grey(&f, &Crop::whole(&f), 16, 16, |v| v);
+        let mut out = vec![0.0; 16 * 16];
+        sample_grey(&f, &Crop::whole(&f), 16, 16, |v| v, &mut out);
         for v in out {
             assert!((v - 100.0).abs() < 1.0, "{v}");
         }
@@ -282,12 +289,12 @@ mod tests {
         // Pure red: R plane 1, G and B planes 0.
         let red: Vec<u8> = [255u8, 0, 0].repeat(8 * 8);
         let f = Frame::new(8, 8, PixelFormat::Rgb, red);
-        let planes = |color| {
-            let t = crop_tensor(&spec(color), 4, 4, &f, &Crop::whole(&f));
-            let v = t.to_plain_array_view::<f32>().unwrap();
-            assert_eq!(v.shape(), &[1, color.channels(), 4, 4]);
+        let planes = |color: ColorOrder| {
+            let mut v = vec![f32::NAN; color.channels() * 16];
+            crop_into(&spec(color), 4, 4, &f, &Crop::whole(&f), &mut v);
+            assert!(v.iter().all(|x| x.is_finite()), "every value written");
             (0..color.channels())
-                .map(|c| v[[0, c, 2, 1]])
+                .map(|c| v[c * 16 + 2 * 4 + 1])
                 .collect::<Vec<f32>>()
         };
         let near = |a: Vec<f32>, b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);

@@ -163,33 +163,40 @@ impl Detector {
 
     /// Finds the faces in a frame, highest score first.
     pub fn detect(&self, frame: &Frame) -> Result<Vec<Face>, ModelError> {
-        let scale = (self.input_w as f32 / frame.width as f32)
-            .min(self.input_h as f32 / frame.height as f32);
-        let input = self.input_tensor(frame, scale);
-        let outputs = self.model.run(input)?;
-        let mut faces = self.decode(&outputs, scale)?;
-        faces.retain(|f| f.bbox.w.min(f.bbox.h) >= self.min_face_size);
-        let mut faces = nms(faces, self.nms_iou);
-        faces.truncate(self.max_faces);
-        for f in &mut faces {
-            f.bbox = f.bbox.clip(frame.width, frame.height);
-        }
+        let mut faces = Vec::new();
+        self.detect_into(frame, &mut faces)?;
         Ok(faces)
     }
 
-    /// Letterboxes the frame into the normalised NCHW input tensor.
-    fn input_tensor(&self, frame: &Frame, scale: f32) -> Tensor {
-        letterbox(
-            &self.model.manifest.input,
-            self.input_w as usize,
-            self.input_h as usize,
-            frame,
-            scale,
-        )
+    /// [`Detector::detect`] into `faces` (cleared first, its allocation
+    /// reused frame after frame).
+    pub fn detect_into(&self, frame: &Frame, faces: &mut Vec<Face>) -> Result<(), ModelError> {
+        faces.clear();
+        let scale = (self.input_w as f32 / frame.width as f32)
+            .min(self.input_h as f32 / frame.height as f32);
+        let spec = &self.model.manifest.input;
+        let (w, h) = (self.input_w as usize, self.input_h as usize);
+        self.model.run_with(
+            |input| letterbox(spec, w, h, frame, scale, input),
+            |outputs| self.decode(outputs, scale, faces),
+        )?;
+        faces.retain(|f| f.bbox.w.min(f.bbox.h) >= self.min_face_size);
+        nms(faces, self.nms_iou);
+        faces.truncate(self.max_faces);
+        for f in faces.iter_mut() {
+            f.bbox = f.bbox.clip(frame.width, frame.height);
+        }
+        Ok(())
     }
 
-    /// Turns the raw outputs into faces in frame coordinates.
-    fn decode(&self, outputs: &[TValue], scale: f32) -> Result<Vec<Face>, ModelError> {
+    /// Turns the raw outputs into faces in frame coordinates, added to
+    /// `faces`.
+    fn decode(
+        &self,
+        outputs: &[TValue],
+        scale: f32,
+        faces: &mut Vec<Face>,
+    ) -> Result<(), ModelError> {
         let bad = |message: String| ModelError::Shape {
             path: self.model.path.clone(),
             message,
@@ -203,11 +210,10 @@ impl Detector {
             let view = o
                 .to_plain_array_view::<f32>()
                 .map_err(|e| bad(format!("output is not f32: {e}")))?;
-            let shape = view.shape().to_vec();
             let slice = view
                 .to_slice()
                 .ok_or_else(|| bad("output is not contiguous".into()))?;
-            match shape.as_slice() {
+            match view.shape() {
                 [1, n, 4] if *n == self.anchors.len() => loc = Some(slice),
                 [1, n, 2] if *n == self.anchors.len() => conf = Some(slice),
                 [1, n, 10] if *n == self.anchors.len() => landmarks = Some(slice),
@@ -226,7 +232,6 @@ impl Detector {
         };
         let (iw, ih) = (self.input_w as f32, self.input_h as f32);
         let [vc, vs] = self.variance;
-        let mut faces = Vec::new();
         // Indexing is in bounds: each output's shape was matched against
         // [1, anchors, k] above, so it has k values per anchor.
         for (i, a) in self.anchors.iter().enumerate() {
@@ -256,7 +261,7 @@ impl Detector {
                 landmarks,
             });
         }
-        Ok(faces)
+        Ok(())
     }
 }
 
@@ -278,11 +283,13 @@ fn anchor_count(strides: &[u32], sizes: &[Vec<f32>], width: usize, height: usize
 /// The frame scaled by `scale` into the top-left of a `w` × `h` input,
 /// normalised as `spec` says: one plane of luma for a `grey` model, three
 /// planes in the model's channel order otherwise. The rest is padding at
-/// the mean, i.e. 0 after normalisation.
-fn letterbox(spec: &InputSpec, w: usize, h: usize, frame: &Frame, scale: f32) -> Tensor {
+/// the mean, i.e. 0 after normalisation. `data` holds channels × h × w
+/// values, overwritten.
+fn letterbox(spec: &InputSpec, w: usize, h: usize, frame: &Frame, scale: f32, data: &mut [f32]) {
     let plane = w * h;
     let channels = spec.color.channels();
-    let mut data = vec![0f32; channels * plane];
+    // The buffer is reused: the padding must be cleared each time.
+    data.fill(0.0);
     let used_w = ((frame.width as f32 * scale).round() as usize).clamp(1, w);
     let used_h = ((frame.height as f32 * scale).round() as usize).clamp(1, h);
     let order: [usize; 3] = match spec.color {
@@ -306,23 +313,23 @@ fn letterbox(spec: &InputSpec, w: usize, h: usize, frame: &Frame, scale: f32) ->
             }
         }
     }
-    // Cannot fail: `data` has exactly channels × h × w values.
-    tract_ndarray::Array4::from_shape_vec((1, channels, h, w), data)
-        .expect("buffer length matches the shape")
-        .into()
 }
 
-/// Greedy non-maximum suppression: keeps the best-scoring face of every
-/// group overlapping by more than `iou`. Returns faces by falling score.
-pub fn nms(mut faces: Vec<Face>, iou: f32) -> Vec<Face> {
-    faces.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let mut kept: Vec<Face> = Vec::with_capacity(faces.len().min(16));
-    for f in faces {
-        if kept.iter().all(|k| k.bbox.iou(&f.bbox) <= iou) {
-            kept.push(f);
+/// Greedy non-maximum suppression, in place: keeps the best-scoring face
+/// of every group overlapping by more than `iou`, by falling score.
+pub fn nms(faces: &mut Vec<Face>, iou: f32) {
+    // Unstable: the stable sort allocates a scratch buffer per call. It is
+    // still deterministic, and faces of equal score are either order.
+    faces.sort_unstable_by(|a, b| b.score.total_cmp(&a.score));
+    let mut kept = 0;
+    for i in 0..faces.len() {
+        let f = faces[i];
+        if faces[..kept].iter().all(|k| k.bbox.iou(&f.bbox) <= iou) {
+            faces[kept] = f;
+            kept += 1;
         }
     }
-    kept
+    faces.truncate(kept);
 }
 
 #[cfg(test)]
@@ -352,7 +359,8 @@ mod tests {
 
     #[test]
     fn nms_keeps_best_of_overlapping() {
-        let kept = nms(vec![face(0.0, 0.8), face(1.0, 0.9), face(30.0, 0.7)], 0.4);
+        let mut kept = vec![face(0.0, 0.8), face(1.0, 0.9), face(30.0, 0.7)];
+        nms(&mut kept, 0.4);
         assert_eq!(kept.len(), 2);
         assert_eq!(kept[0].score, 0.9);
         assert_eq!(kept[1].bbox.x, 30.0);
@@ -371,12 +379,12 @@ mod tests {
             std: vec![2.0],
         };
         let f = Frame::new(4, 2, crate::frame::PixelFormat::Grey, vec![120; 8]);
-        let t = letterbox(&spec, 8, 8, &f, 2.0);
-        let v = t.to_plain_array_view::<f32>().unwrap();
-        assert_eq!(v.shape(), &[1, 1, 8, 8]);
-        assert_eq!(v[[0, 0, 0, 0]], 10.0);
+        // A reused buffer: whatever was there is overwritten.
+        let mut v = vec![f32::NAN; 64];
+        letterbox(&spec, 8, 8, &f, 2.0, &mut v);
+        assert_eq!(v[0], 10.0);
         // Padding below the letterboxed frame is the mean: 0.
-        assert_eq!(v[[0, 0, 7, 0]], 0.0);
+        assert_eq!(v[7 * 8], 0.0);
     }
 
     #[test]

@@ -90,7 +90,7 @@ const EYE_BOX_SAMPLES: (usize, usize) = (24, 12);
 pub struct Mesh {
     /// (x, y, z): x and y in frame pixels; z relative depth at the same
     /// scale (smaller is nearer the camera).
-    pub points: Vec<[f32; 3]>,
+    pub points: [[f32; 3]; MESH_POINTS],
     /// Face-presence probability, 0–1.
     pub presence: f32,
 }
@@ -188,33 +188,35 @@ impl Landmarker {
     /// The face mesh in `roi`, mapped back to frame pixels.
     pub fn mesh(&self, frame: &Frame, roi: &Crop) -> Result<Mesh, ModelError> {
         let (h, w) = hw(&self.mesh);
-        let input = nhwc_rgb(&self.mesh, frame, roi, w, h, false);
-        let outputs = self.mesh.run(input)?;
-        let mut points = None;
-        let mut presence = None;
-        for o in &outputs {
-            let v = floats(&self.mesh.path, o)?;
-            match v.len() {
-                n if n == MESH_POINTS * 3 => points = Some(v),
-                1 => presence = Some(sigmoid(v[0])),
-                _ => {}
-            }
-        }
-        let (Some(raw), Some(presence)) = (points, presence) else {
-            return Err(shape_error(
-                &self.mesh.path,
-                "no [1404] landmark output and [1] presence output",
-            ));
-        };
-        let points = raw
-            .chunks_exact(3)
-            .map(|p| {
-                let [x, y] = to_frame(roi, w, h, p[0], p[1], false);
-                // z is in crop pixels too: the same scale as x.
-                [x, y, p[2] * roi.side / w as f32]
-            })
-            .collect();
-        Ok(Mesh { points, presence })
+        let path = &self.mesh.path;
+        self.mesh.run_with(
+            |input| nhwc_rgb(&self.mesh, frame, roi, w, h, false, input),
+            |outputs| {
+                let mut raw = None;
+                let mut presence = None;
+                for o in outputs {
+                    let v = floats(path, o)?;
+                    match v.len() {
+                        n if n == MESH_POINTS * 3 => raw = Some(v),
+                        1 => presence = Some(sigmoid(v[0])),
+                        _ => {}
+                    }
+                }
+                let (Some(raw), Some(presence)) = (raw, presence) else {
+                    return Err(shape_error(
+                        path,
+                        "no [1404] landmark output and [1] presence output",
+                    ));
+                };
+                let mut points = [[0.0; 3]; MESH_POINTS];
+                for (p, r) in points.iter_mut().zip(raw.chunks_exact(3)) {
+                    let [x, y] = to_frame(roi, w, h, r[0], r[1], false);
+                    // z is in crop pixels too: the same scale as x.
+                    *p = [x, y, r[2] * roi.side / w as f32];
+                }
+                Ok(Mesh { points, presence })
+            },
+        )
     }
 
     /// The refined contour of one eye: 16 points in frame pixels: 0 outer
@@ -229,21 +231,21 @@ impl Landmarker {
         let roi = eye_roi(mesh, eye);
         let mirror = eye == Eye::Left;
         let (h, w) = hw(&self.iris);
-        let input = nhwc_rgb(&self.iris, frame, &roi, w, h, mirror);
-        let outputs = self.iris.run(input)?;
-        let contour = outputs
-            .iter()
-            .find_map(|o| {
-                floats(&self.iris.path, o)
-                    .ok()
-                    .filter(|v| v.len() == 71 * 3)
-            })
-            .ok_or_else(|| shape_error(&self.iris.path, "no [213] eye-contour output"))?;
-        let mut out = [[0.0; 2]; 16];
-        for (k, p) in out.iter_mut().enumerate() {
-            *p = to_frame(&roi, w, h, contour[3 * k], contour[3 * k + 1], mirror);
-        }
-        Ok(out)
+        let path = &self.iris.path;
+        self.iris.run_with(
+            |input| nhwc_rgb(&self.iris, frame, &roi, w, h, mirror, input),
+            |outputs| {
+                let contour = outputs
+                    .iter()
+                    .find_map(|o| floats(path, o).ok().filter(|v| v.len() == 71 * 3))
+                    .ok_or_else(|| shape_error(path, "no [213] eye-contour output"))?;
+                let mut out = [[0.0; 2]; 16];
+                for (k, p) in out.iter_mut().enumerate() {
+                    *p = to_frame(&roi, w, h, contour[3 * k], contour[3 * k + 1], mirror);
+                }
+                Ok(out)
+            },
+        )
     }
 
     /// Everything measured on one face: mesh, eyes, mouth, pose. `roi` is
@@ -357,13 +359,9 @@ pub fn eye_openness(c: &[[f32; 2]; 16]) -> Option<f32> {
 /// [`eye_contrast`] is measured against (most points lie on skin; an
 /// occluder over the eyes covers too few of them to move the median far).
 pub fn face_level(frame: &Frame, mesh: &Mesh) -> f32 {
-    let mut v: Vec<f32> = mesh
-        .points
-        .iter()
-        .map(|p| frame.luma_bilinear(p[0], p[1]))
-        .collect();
-    if v.is_empty() {
-        return 0.0;
+    let mut v = [0f32; MESH_POINTS];
+    for (l, p) in v.iter_mut().zip(&mesh.points) {
+        *l = frame.luma_bilinear(p[0], p[1]);
     }
     let mid = v.len() / 2;
     *v.select_nth_unstable_by(mid, f32::total_cmp).1
@@ -386,13 +384,12 @@ pub fn eye_contrast(frame: &Frame, c: &[[f32; 2]; 16], face: f32) -> Option<f32>
     let cx = c.iter().map(|p| p[0]).sum::<f32>() / n;
     let cy = c.iter().map(|p| p[1]).sum::<f32>() / n;
     let (nu, nv) = EYE_BOX_SAMPLES;
-    let mut v = Vec::with_capacity(nu * nv);
-    for i in 0..nu {
+    let mut v = [0f32; EYE_BOX_SAMPLES.0 * EYE_BOX_SAMPLES.1];
+    for (k, l) in v.iter_mut().enumerate() {
+        let (i, j) = (k / nv, k % nv);
         let u = EYE_BOX.0 * (2.0 * (i as f32 + 0.5) / nu as f32 - 1.0);
-        for j in 0..nv {
-            let w = EYE_BOX.1 * (2.0 * (j as f32 + 0.5) / nv as f32 - 1.0);
-            v.push(frame.luma_bilinear(cx + u * ax + w * nx, cy + u * ay + w * ny));
-        }
+        let w = EYE_BOX.1 * (2.0 * (j as f32 + 0.5) / nv as f32 - 1.0);
+        *l = frame.luma_bilinear(cx + u * ax + w * nx, cy + u * ay + w * ny);
     }
     v.sort_unstable_by(f32::total_cmp);
     let q = |p: f32| v[((v.len() - 1) as f32 * p) as usize];
@@ -520,8 +517,8 @@ fn to_frame(roi: &Crop, w: usize, h: usize, x: f32, y: f32, mirror: bool) -> [f3
     [roi.cx + dx * cos - dy * sin, roi.cy + dx * sin + dy * cos]
 }
 
-/// The crop as a `[1, h, w, 3]` RGB tensor scaled as the manifest says,
-/// mirrored left–right if asked.
+/// The crop as a `[1, h, w, 3]` RGB input (`data`, h × w × 3 values,
+/// overwritten) scaled as the manifest says, mirrored left–right if asked.
 fn nhwc_rgb(
     model: &LoadedModel,
     frame: &Frame,
@@ -529,9 +526,9 @@ fn nhwc_rgb(
     w: usize,
     h: usize,
     mirror: bool,
-) -> Tensor {
+    data: &mut [f32],
+) {
     let spec = &model.manifest.input;
-    let mut data = vec![0f32; h * w * 3];
     let mut i = 0;
     supersample(
         roi,
@@ -548,16 +545,15 @@ fn nhwc_rgb(
             i += 1;
         },
     );
-    // Cannot fail: `data` has exactly h × w × 3 values.
-    tract_ndarray::Array4::from_shape_vec((1, h, w, 3), data)
-        .expect("buffer length matches the shape")
-        .into()
 }
 
-fn floats(path: &Path, v: &TValue) -> Result<Vec<f32>, ModelError> {
-    v.to_plain_array_view::<f32>()
-        .map(|a| a.iter().copied().collect())
-        .map_err(|e| shape_error(path, &format!("an output is not f32: {e}")))
+/// An output's values, borrowed (tract's outputs are contiguous).
+fn floats<'a>(path: &Path, v: &'a TValue) -> Result<&'a [f32], ModelError> {
+    let view = v
+        .to_plain_array_view::<f32>()
+        .map_err(|e| shape_error(path, &format!("an output is not f32: {e}")))?;
+    view.to_slice()
+        .ok_or_else(|| shape_error(path, "an output is not contiguous"))
 }
 
 fn shape_error(path: &Path, message: &str) -> ModelError {
@@ -581,7 +577,7 @@ mod tests {
     fn posed(g: &Geometry, yaw: f32, pitch: f32) -> Mesh {
         let (sy, cy) = yaw.to_radians().sin_cos();
         let (sp, cp) = pitch.to_radians().sin_cos();
-        let mut points = vec![[0.0; 3]; MESH_POINTS];
+        let mut points = [[0.0; 3]; MESH_POINTS];
         for &(i, [x, y, z]) in &g.pose {
             // Yaw about the vertical axis, then pitch about the horizontal.
             let (x1, z1) = (x * cy + z * sy, -x * sy + z * cy);
@@ -683,8 +679,10 @@ mod tests {
             assert_eq!(eye_contrast(&flat, &c, 150.0), Some(0.0));
         }
         // The face's level is the median over the mesh's points.
-        let mut points = vec![[50.0, 30.0, 0.0]; 100];
-        points.extend(vec![[5.0, 5.0, 0.0]; 101]);
+        let mut points = [[50.0, 30.0, 0.0]; MESH_POINTS];
+        for p in &mut points[MESH_POINTS / 2 - 1..] {
+            *p = [5.0, 5.0, 0.0];
+        }
         let mesh = Mesh {
             points,
             presence: 1.0,

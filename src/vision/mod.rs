@@ -88,6 +88,9 @@ pub struct Analyzer {
     follow: Follow,
     /// The last frame's stage times.
     times: StageTimes,
+    /// The detector's faces of the current frame (kept for its
+    /// allocation).
+    faces: Vec<Face>,
 }
 
 /// MediaPipe's way of following faces: the mesh of one frame gives the
@@ -98,6 +101,8 @@ pub struct Analyzer {
 struct Follow {
     /// Next frame's crops, one per followed face.
     rois: Vec<classifier::Crop>,
+    /// A spare buffer for the crops after next (swapped with `rois`).
+    next: Vec<classifier::Crop>,
     /// Frames analysed since the detector last ran.
     since_detect: u32,
     /// Run the detector at least every this many frames.
@@ -122,24 +127,31 @@ impl Analyzer {
                 ..Follow::default()
             },
             times: StageTimes::default(),
+            faces: Vec::new(),
         })
     }
 
     /// Finds and classifies every face of a frame.
     pub fn analyze(&self, frame: &Frame) -> Result<Vec<Observation>, ModelError> {
         let mut out = Vec::new();
-        self.observe(frame, &mut out, &mut StageTimes::default())?;
+        self.observe(frame, &mut out, &mut StageTimes::default(), &mut Vec::new())?;
         Ok(out)
     }
 
+    /// Every face of `frame` from the detector into `out`; `faces` is the
+    /// detector's buffer.
     fn observe(
         &self,
         frame: &Frame,
         out: &mut Vec<Observation>,
         times: &mut StageTimes,
+        faces: &mut Vec<Face>,
     ) -> Result<(), ModelError> {
         out.clear();
-        for face in timed(&mut times.detect, || self.detector.detect(frame))? {
+        timed(&mut times.detect, || {
+            self.detector.detect_into(frame, faces)
+        })?;
+        for &face in faces.iter() {
             let probs = timed(&mut times.classify, || {
                 self.classifier.classify_face(frame, &face)
             })?;
@@ -177,17 +189,22 @@ impl Analyzer {
         let times = &mut self.times;
         let follow = &mut self.follow;
         let detect = follow.rois.is_empty() || follow.since_detect + 1 >= follow.every;
-        let rois: Vec<classifier::Crop> = if detect {
+        // This frame's crops: from the detector, or the last meshes'.
+        let mut rois = std::mem::take(&mut follow.rois);
+        if detect {
             follow.since_detect = 0;
-            timed(&mut times.detect, || self.detector.detect(frame))?
-                .iter()
-                .map(landmarks::roi_for_face)
-                .collect()
+            let faces = &mut self.faces;
+            timed(&mut times.detect, || {
+                self.detector.detect_into(frame, faces)
+            })?;
+            rois.clear();
+            rois.extend(faces.iter().map(landmarks::roi_for_face));
         } else {
             follow.since_detect += 1;
-            std::mem::take(&mut follow.rois)
-        };
-        let mut next = Vec::with_capacity(rois.len());
+        }
+        // The next frame's crops, in the buffer of the frame before.
+        let mut next = std::mem::take(&mut follow.next);
+        next.clear();
         let mut lost = false;
         for roi in &rois {
             let (mesh, measure) = timed(&mut times.landmarks, || l.measure(frame, roi))?;
@@ -212,6 +229,7 @@ impl Analyzer {
             });
         }
         self.follow.rois = next;
+        self.follow.next = rois;
         if lost {
             self.follow.since_detect = self.follow.every;
         }
@@ -267,9 +285,10 @@ impl Analyze for Analyzer {
                 r
             }
             None => {
-                let mut times = StageTimes::default();
-                let r = self.observe(frame, out, &mut times);
-                self.times = times;
+                let (mut times, mut faces) =
+                    (StageTimes::default(), std::mem::take(&mut self.faces));
+                let r = self.observe(frame, out, &mut times, &mut faces);
+                (self.times, self.faces) = (times, faces);
                 r
             }
         }

@@ -8,7 +8,7 @@
 //! error instead of a silent garbage result.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -220,7 +220,7 @@ pub struct DetectorSpec {
 }
 
 /// A model ready to run, with its manifest.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct LoadedModel {
     /// The manifest it was loaded from.
     pub manifest: Manifest,
@@ -230,6 +230,21 @@ pub struct LoadedModel {
     pub input_shape: Vec<usize>,
     /// The optimised plan.
     pub plan: Arc<TypedRunnableModel>,
+    /// What one run needs, kept from run to run so that a frame allocates
+    /// neither an input tensor nor tract's per-run state. A mutex, not a
+    /// `RefCell`: `ferd eval` shares models between threads. Runs of one
+    /// model never overlap in the daemon, so it is never contended there.
+    scratch: Mutex<Scratch>,
+}
+
+/// The reusable part of a run.
+#[derive(Debug)]
+struct Scratch {
+    /// tract's per-run state (its value slots and op states).
+    state: TypedSimpleState,
+    /// The input, shared with tract during a run and unique again after
+    /// it (the state drops its values at the end of each run).
+    input: Arc<Tensor>,
 }
 
 impl InputSpec {
@@ -540,34 +555,149 @@ impl LoadedModel {
             stage,
             message: format!("{e:#}"),
         };
-        let model = tract_onnx::onnx()
-            .model_for_read(&mut &bytes[..])
-            .map_err(|e| tract_err("parse the ONNX graph", &path, e))?;
-        check_declared_input(&model, &manifest.input, &path, manifest_path)?;
-        let model = model
-            .with_input_fact(0, f32::fact(&input_shape).into())
-            .and_then(|m| m.into_optimized())
-            .map_err(|e| tract_err("type and optimise the graph", &path, e))?;
+        let model = if is_nnef(&manifest.model.file) {
+            // tract's own format: already typed (and, for int8 models,
+            // holding the integer convolutions tract runs as such).
+            let model = tract_nnef::nnef()
+                .model_for_read(&mut &bytes[..])
+                .map_err(|e| tract_err("parse the NNEF archive", &path, e))?;
+            check_typed_input(&model, &input_shape, &path, manifest_path)?;
+            model
+                .into_optimized()
+                .map_err(|e| tract_err("optimise the graph", &path, e))?
+        } else {
+            let model = tract_onnx::onnx()
+                .model_for_read(&mut &bytes[..])
+                .map_err(|e| tract_err("parse the ONNX graph", &path, e))?;
+            check_declared_input(&model, &manifest.input, &path, manifest_path)?;
+            model
+                .with_input_fact(0, f32::fact(&input_shape).into())
+                .and_then(|m| m.into_optimized())
+                .map_err(|e| tract_err("type and optimise the graph", &path, e))?
+        };
         let plan = model
             .into_runnable()
             .map_err(|e| tract_err("build the execution plan", &path, e))?;
+        let state = TypedSimpleState::new(&plan)
+            .map_err(|e| tract_err("build the execution state", &path, e))?;
+        let input = Arc::new(
+            Tensor::zero::<f32>(&input_shape)
+                .map_err(|e| tract_err("allocate the input", &path, e))?,
+        );
         Ok(LoadedModel {
             manifest,
             path,
             input_shape,
             plan,
+            scratch: Mutex::new(Scratch { state, input }),
         })
     }
 
-    /// Runs the plan on one input tensor and returns its outputs.
-    pub fn run(&self, input: Tensor) -> Result<TVec<TValue>, ModelError> {
-        self.plan
-            .run(tvec!(input.into()))
-            .map_err(|e| ModelError::Tract {
-                path: self.path.clone(),
-                stage: "run",
-                message: format!("{e:#}"),
-            })
+    /// Runs the model once: `fill` writes the input (every value of the
+    /// `input_shape` tensor, in its layout; the buffer holds the previous
+    /// run's values), `read` takes what it needs from the outputs.
+    pub fn run_with<R>(
+        &self,
+        fill: impl FnOnce(&mut [f32]),
+        read: impl FnOnce(&[TValue]) -> Result<R, ModelError>,
+    ) -> Result<R, ModelError> {
+        let tract_err = |e: anyhow::Error| ModelError::Tract {
+            path: self.path.clone(),
+            stage: "run",
+            message: format!("{e:#}"),
+        };
+        // A panic inside an earlier run poisons the lock; the state is
+        // reset at the start of every run, so it is still usable.
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let scratch = &mut *scratch;
+        if Arc::get_mut(&mut scratch.input).is_none() {
+            // tract kept a reference (it does not in 0.23: values are
+            // dropped at the end of a run); start a fresh buffer.
+            let fresh = Tensor::zero::<f32>(&self.input_shape).map_err(tract_err)?;
+            scratch.input = Arc::new(fresh);
+        }
+        // Unique: checked or made so just above.
+        let tensor = Arc::get_mut(&mut scratch.input).expect("the input is not shared");
+        let mut view = tensor.to_plain_array_view_mut::<f32>().map_err(tract_err)?;
+        // A fresh f32 tensor is contiguous.
+        fill(
+            view.as_slice_mut()
+                .expect("a tensor's own buffer is contiguous"),
+        );
+        let outputs = {
+            let _scope = TractScope::enter();
+            let input = TValue::from_const(Arc::clone(&scratch.input));
+            scratch.state.run(tvec!(input)).map_err(tract_err)?
+        };
+        read(&outputs)
+    }
+}
+
+thread_local! {
+    /// Whether this thread is inside a tract call ([`in_tract`]).
+    static IN_TRACT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is inside a tract call made by
+/// [`LoadedModel::run`]. A counting allocator (tests/alloc.rs) uses it to
+/// tell tract's allocations from ferd's own; it costs two thread-local
+/// writes per model run.
+pub fn in_tract() -> bool {
+    IN_TRACT.with(|t| t.get())
+}
+
+/// Marks the thread as inside tract until dropped (an unwinding panic
+/// included).
+struct TractScope;
+
+impl TractScope {
+    fn enter() -> TractScope {
+        IN_TRACT.with(|t| t.set(true));
+        TractScope
+    }
+}
+
+impl Drop for TractScope {
+    fn drop(&mut self) {
+        IN_TRACT.with(|t| t.set(false));
+    }
+}
+
+/// Whether a manifest's `file` is an NNEF archive (`.nnef.tgz` or
+/// `.nnef.tar`) rather than ONNX.
+pub fn is_nnef(file: &Path) -> bool {
+    let name = file.file_name().unwrap_or_default().to_string_lossy();
+    name.ends_with(".nnef.tgz") || name.ends_with(".nnef.tar")
+}
+
+/// An NNEF graph fixes its input: it must be f32 and of exactly the shape
+/// the manifest (with the configured size) gives.
+fn check_typed_input(
+    model: &TypedModel,
+    expected: &[usize],
+    path: &Path,
+    manifest: &Path,
+) -> Result<(), ModelError> {
+    let bad = |message: String| ModelError::Shape {
+        path: path.to_path_buf(),
+        message,
+    };
+    let fact = model
+        .input_fact(0)
+        .map_err(|e| bad(format!("no input: {e:#}")))?;
+    if fact.datum_type != f32::datum_type() {
+        return Err(bad(format!(
+            "graph input is {:?}, ferd feeds f32",
+            fact.datum_type
+        )));
+    }
+    match fact.shape.as_concrete() {
+        Some(dims) if dims == expected => Ok(()),
+        _ => Err(bad(format!(
+            "graph input shape is {:?}, {} says input.shape = {expected:?}",
+            fact.shape,
+            manifest.display()
+        ))),
     }
 }
 
@@ -665,11 +795,70 @@ mod tests {
             "retinaface-mnet025.toml",
             "expression.toml",
             "expression-kd-int8.toml",
+            "expression-kd-int8-nnef.toml",
             "face-landmark.toml",
             "iris-landmark.toml",
         ] {
             Manifest::load(&shipped(file)).unwrap();
         }
+    }
+
+    /// One run of `model` on a ramp image, its 7 logits.
+    fn logits(model: &LoadedModel) -> [f32; 7] {
+        model
+            .run_with(
+                |input| {
+                    for (i, v) in input.iter_mut().enumerate() {
+                        *v = ((i % 48) as f32 / 47.0 - 0.5) / 0.5;
+                    }
+                },
+                |outputs| {
+                    let v = outputs[0].to_plain_array_view::<f32>().unwrap();
+                    Ok(std::array::from_fn(|i| v.as_slice().unwrap()[i]))
+                },
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn the_int8_nnef_model_runs_as_its_fp32_twin_does() {
+        let fp32 = LoadedModel::load(&shipped("expression.toml"), Task::Expression, None).unwrap();
+        let int8 = LoadedModel::load(
+            &shipped("expression-kd-int8-nnef.toml"),
+            Task::Expression,
+            None,
+        )
+        .unwrap();
+        let (a, b) = (logits(&fp32), logits(&int8));
+        let top = |l: &[f32; 7]| (0..7).max_by(|&i, &j| l[i].total_cmp(&l[j])).unwrap();
+        assert_eq!(top(&a), top(&b), "{a:?} {b:?}");
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 0.5, "{a:?} {b:?}");
+        }
+        // The reused input and state give the same answer twice.
+        assert_eq!(logits(&int8), b);
+    }
+
+    #[test]
+    fn an_nnef_model_whose_input_differs_from_its_manifest_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = edited(
+            dir.path(),
+            "expression-kd-int8-nnef.toml",
+            &[("shape = [1, 1, 48, 48]", "shape = [1, 1, 64, 64]")],
+        );
+        std::fs::copy(
+            shipped("expression-kd-int8.nnef.tgz"),
+            dir.path().join("expression-kd-int8.nnef.tgz"),
+        )
+        .unwrap();
+        let e = LoadedModel::load(&manifest, Task::Expression, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("graph input shape") && e.contains("[1, 1, 64, 64]"),
+            "{e}"
+        );
     }
 
     #[test]
