@@ -5,21 +5,31 @@ Example (the quick model)::
     python training/nnef_export.py --run training/runs/quick \
         --out models/expression-quick-int8.nnef.tgz
 
+or, from a shipped fp32 ONNX file when its checkpoint is not at hand (the
+network is rebuilt by training/onnx_to_torch.py, BatchNorm already folded)::
+
+    python training/nnef_export.py --onnx models/expression-kd.onnx \
+        --out models/expression-kd-int8.nnef.tgz --eval
+
 Steps:
 
-1. load ``<run>/best.pt``, fuse every conv3x3-BN-ReLU into one ``ConvReLU2d``;
+1. load ``<run>/best.pt`` (or rebuild the ``--onnx`` file), fuse every
+   conv3x3-BN-ReLU (conv3x3-ReLU for ``--onnx``) into one ``ConvReLU2d``;
 2. eager-mode static PTQ (``torch.ao.quantization``): a ``QuantStub`` before
    the first conv, ``DeQuantStub`` after the linear head, observers calibrated on
    ``--calib`` FER2013 *training* images; quint8 activations (per-tensor),
    dequantized after the last conv (global mean + linear head stay f32: a
    quantized ``mean`` fails to load in tract 0.23.9, see ``--int8-tail``),
-   qint8 weights (``--qconfig qnnpack``: per-tensor; ``fbgemm``: per-channel,
-   7-bit activations);
+   qint8 weights (``--qconfig qnnpack``: per-tensor symmetric, zero point 0;
+   ``fbgemm``: per-channel, 7-bit activations); ``--observer minmax`` swaps the
+   qconfig's activation observer (``HistogramObserver`` by default) for a
+   ``MinMaxObserver``;
 3. export the quantized module with ``torch_to_nnef`` (target ``TractNNEF``
    0.23.9, ``check_io=False`` because the check would download a tract binary:
    nothing may be downloaded here; a stand-in script answers the ``tract
    --version`` query that TractNNEF makes anyway) to an NNEF ``.tgz`` archive;
-4. report the PyTorch-quantized val accuracy (``--eval``) next to fp32.
+4. report the PyTorch-quantized val accuracy (``--eval``) next to fp32 (with
+   no ``--out``, only that: for comparing calibration settings).
 
 training/tract_bench.py then loads the archive with the ``tract`` Python
 bindings and measures agreement and latency. Figures in training/INT8.md.
@@ -65,21 +75,38 @@ class QuantFerNet(nn.Module):
         return self.head(self.dequant(x).mean(dim=(2, 3)))
 
 
-def quantize(ckpt_path: Path, calib: np.ndarray, qconfig: str,
-             int8_tail: bool = False) -> tuple[nn.Module, nn.Module]:
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    fp32 = build_model(ckpt["model_config"])
-    fp32.load_state_dict(ckpt["model"])
-    fp32.eval()
-    ref = build_model(ckpt["model_config"])
-    ref.load_state_dict(ckpt["model"])
-    ref.eval()
+def load_fp32(source: Path) -> nn.Module:
+    """fp32 FerNet in eval mode from a checkpoint (``best.pt``) or an export.py ONNX file."""
+    if source.suffix == ".onnx":
+        from onnx_to_torch import load_onnx
+        return load_onnx(source).eval()
+    ckpt = torch.load(source, map_location="cpu", weights_only=False)
+    model = build_model(ckpt["model_config"])
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def quantize(source: Path, calib: np.ndarray, qconfig: str, int8_tail: bool = False,
+             observer: str = "histogram") -> tuple[nn.Module, nn.Module]:
+    """(fp32 reference, PyTorch int8 model) for ``source`` (``best.pt`` or ``.onnx``)."""
+    fp32 = load_fp32(source)
+    ref = load_fp32(source)
     q = QuantFerNet(fp32, int8_tail).eval()
     for name, m in q.features.named_children():
         if isinstance(m, nn.Sequential) and len(m) == 3:  # ConvBNReLU
             torch.ao.quantization.fuse_modules(m, ["0", "1", "2"], inplace=True)
+        elif isinstance(m, nn.Sequential) and len(m) == 2:  # Conv-ReLU, BN folded (onnx_to_torch)
+            torch.ao.quantization.fuse_modules(m, ["0", "1"], inplace=True)
     torch.backends.quantized.engine = qconfig
     q.qconfig = torch.ao.quantization.get_default_qconfig(qconfig)
+    if observer == "minmax":
+        q.qconfig = torch.ao.quantization.QConfig(
+            activation=torch.ao.quantization.MinMaxObserver.with_args(
+                dtype=torch.quint8, qscheme=torch.per_tensor_affine,
+                reduce_range=qconfig == "fbgemm"),
+            weight=q.qconfig.weight)
+    elif observer != "histogram":
+        raise ValueError(f"unknown observer {observer!r}")
     if not int8_tail:
         q.head.qconfig = None
     torch.ao.quantization.prepare(q, inplace=True)
@@ -93,9 +120,13 @@ def quantize(ckpt_path: Path, calib: np.ndarray, qconfig: str,
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="PyTorch PTQ int8 + torch_to_nnef export",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--run", type=Path, required=True, help="run dir (uses <run>/best.pt)")
-    ap.add_argument("--out", type=Path, required=True, help="output archive, e.g. models/x.nnef.tgz")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", type=Path, help="run dir (uses <run>/best.pt)")
+    src.add_argument("--onnx", type=Path, help="fp32 ONNX from training/export.py (BatchNorm folded)")
+    ap.add_argument("--out", type=Path, help="output archive, e.g. models/x.nnef.tgz (none: no export)")
     ap.add_argument("--qconfig", default="qnnpack", choices=["qnnpack", "fbgemm"])
+    ap.add_argument("--observer", default="histogram", choices=["histogram", "minmax"],
+                    help="activation observer (weights: the qconfig's MinMax)")
     ap.add_argument("--calib", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tract-version", default="0.23.9")
@@ -112,9 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     xtr, _ = fer_data.load_split(args.data, "train")
     rng = np.random.default_rng(args.seed)
     calib = normalize(xtr[rng.choice(len(xtr), size=args.calib, replace=False)])
-    ref, q = quantize(args.run / "best.pt", calib, args.qconfig, args.int8_tail)
+    source = args.onnx if args.onnx else args.run / "best.pt"
+    ref, q = quantize(source, calib, args.qconfig, args.int8_tail, args.observer)
     model = ref if args.fp32 else q
     print(model)
+    if not args.fp32:
+        ws = [m.weight() for m in q.modules() if callable(getattr(m, "weight", None))]
+        per_tensor = [w for w in ws if w.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric)]
+        print(f"[quant] {len(ws)} quantized weight tensors, {len(per_tensor)} per-tensor; weight zero points "
+              f"{sorted({int(w.q_zero_point()) for w in per_tensor})}")
 
     if args.eval:
         xva, yva = fer_data.load_split(args.data, "val")
@@ -122,9 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             lf = torch.cat([ref(xv[i:i + 256]) for i in range(0, len(xv), 256)]).numpy()
             lq = torch.cat([q(xv[i:i + 256]) for i in range(0, len(xv), 256)]).numpy()
-        print(f"[eval] val: fp32 {np.mean(lf.argmax(1) == yva):.4f}, PyTorch int8 ({args.qconfig}) "
-              f"{np.mean(lq.argmax(1) == yva):.4f}, agreement {np.mean(lf.argmax(1) == lq.argmax(1)) * 100:.2f}%")
+        print(f"[eval] val: fp32 {np.mean(lf.argmax(1) == yva):.4f}, PyTorch int8 ({args.qconfig}, "
+              f"{args.observer}, calib {args.calib} seed {args.seed}) {np.mean(lq.argmax(1) == yva):.4f}, "
+              f"agreement {np.mean(lf.argmax(1) == lq.argmax(1)) * 100:.2f}%")
 
+    if args.out is None:
+        return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # TractNNEF insists on a tract CLI binary (it downloads one from GitHub when
     # none is given) even with check_io=False, where it only asks its --version:

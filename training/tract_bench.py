@@ -18,8 +18,11 @@ on every val image one at a time (tract runs single-threaded here). Reported:
 - argmax agreement and max |logit diff| against that file's reference:
   onnxruntime with graph optimisations **off** for ONNX files (for QDQ files
   the simulated quantization), and PyTorch for NNEF files (fp32, or the
-  PyTorch-quantized model rebuilt from ``--ref-run`` with training/nnef_export.py's
+  PyTorch-quantized model rebuilt from ``--ref-run`` (or ``--ref-onnx``, for
+  files made by ``nnef_export.py --onnx``) with training/nnef_export.py's
   calibration when the name contains ``int8``);
+- argmax agreement and max |logit diff| between every pair of the models
+  given, all run in tract (e.g. int8 NNEF against the fp32 ONNX);
 - latency: median and p10 of ``--latency`` single-image runs, models
   interleaved round-robin so that machine load hits them alike.
 """
@@ -59,17 +62,18 @@ def tract_logits(run, x: np.ndarray) -> np.ndarray:
 
 
 def reference(name: str, path: Path, x: np.ndarray, ref_run: Path | None, qconfig: str, calib_n: int,
-              int8_tail: bool = False):
+              int8_tail: bool = False, ref_onnx: Path | None = None, observer: str = "histogram",
+              seed: int = 0):
     if path.suffix == ".onnx":
         from quantize import run_all, session
         return run_all(session(path, 1, optimise=False), x)[0], "onnxruntime (graph optimisations off)"
     import torch
     from nnef_export import quantize
-    if ref_run is None:
-        return None, "none (give --ref-run)"
+    if ref_run is None and ref_onnx is None:
+        return None, "none (give --ref-run or --ref-onnx)"
     xtr, _ = fer_data.load_split(fer_data.DEFAULT_DATA, "train", verbose=False)
-    calib = normalize(xtr[np.random.default_rng(0).choice(len(xtr), size=calib_n, replace=False)])
-    fp32, q = quantize(ref_run / "best.pt", calib, qconfig, int8_tail)
+    calib = normalize(xtr[np.random.default_rng(seed).choice(len(xtr), size=calib_n, replace=False)])
+    fp32, q = quantize(ref_onnx if ref_onnx else ref_run / "best.pt", calib, qconfig, int8_tail, observer)
     m = q if "int8" in name else fp32
     with torch.no_grad():
         out = torch.cat([m(torch.from_numpy(x[i:i + 256])) for i in range(0, len(x), 256)]).numpy()
@@ -81,8 +85,11 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--model", action="append", required=True, help="NAME=PATH (repeat)")
     ap.add_argument("--ref-run", type=Path, help="run dir whose best.pt the NNEF files came from")
+    ap.add_argument("--ref-onnx", type=Path, help="fp32 ONNX the NNEF files came from (nnef_export.py --onnx)")
     ap.add_argument("--qconfig", default="qnnpack", help="as given to nnef_export.py")
+    ap.add_argument("--observer", default="histogram", help="as given to nnef_export.py")
     ap.add_argument("--calib", type=int, default=500, help="as given to nnef_export.py")
+    ap.add_argument("--seed", type=int, default=0, help="as given to nnef_export.py")
     ap.add_argument("--int8-tail", action="store_true", help="as given to nnef_export.py")
     ap.add_argument("--latency", type=int, default=300, help="single-image runs per model for timing")
     ap.add_argument("--limit", type=int, default=0, help="only the first N val images (0: all)")
@@ -97,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit:
         xva, yva = xva[:args.limit], yva[:args.limit]
     xv = normalize(xva)
-    results, runs = {}, {}
+    results, runs, logits = {}, {}, {}
     for spec in args.model:
         name, path = spec.split("=", 1)
         path = Path(path)
@@ -111,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
             r["error"] = f"{type(e).__name__}: {e}".split("Stack backtrace")[0].strip()
             print(f"[{name}] load FAILED: {r['error']}")
             continue
-        lt = tract_logits(runs[name], xv)
-        ref, ref_kind = reference(name, path, xv, args.ref_run, args.qconfig, args.calib, args.int8_tail)
+        lt = logits[name] = tract_logits(runs[name], xv)
+        ref, ref_kind = reference(name, path, xv, args.ref_run, args.qconfig, args.calib, args.int8_tail,
+                                  args.ref_onnx, args.observer, args.seed)
         r["accuracy"] = float((lt.argmax(1) == yva).mean())
         r["reference"] = ref_kind
         if ref is not None:
@@ -122,6 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{name}] tract acc {r['accuracy']:.4f}; ref {ref_kind} acc {r.get('ref_accuracy', float('nan')):.4f}, "
               f"agreement {r.get('agreement', float('nan')) * 100:.2f}%, "
               f"max |diff| {r.get('max_abs_diff', float('nan')):.4f}")
+
+    names = list(logits)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            agree = float((logits[a].argmax(1) == logits[b].argmax(1)).mean())
+            diff = float(np.abs(logits[a] - logits[b]).max())
+            results[a].setdefault("vs", {})[b] = {"agreement": agree, "max_abs_diff": diff}
+            print(f"[{a} vs {b}] (both in tract) agreement {agree * 100:.2f}%, max |diff| {diff:.4f}")
 
     # latency, round-robin
     times: dict[str, list[float]] = {n: [] for n in runs}
