@@ -88,6 +88,9 @@ pub struct Config {
     /// When ferd counts itself unable to see.
     #[serde(default)]
     pub health: HealthConfig,
+    /// How the models are run.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
     /// Events to an MQTT broker (and Home Assistant); off without the
     /// table.
     pub mqtt: Option<MqttConfig>,
@@ -888,6 +891,54 @@ impl Default for HealthConfig {
         HealthConfig {
             degraded_after: PositiveSeconds(2.0),
         }
+    }
+}
+
+/// `[runtime]`: how tract runs the models.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Threads for tract's matrix products: 1 runs everything on the
+    /// analysis thread; 0 uses one per core.
+    pub threads: Threads,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            threads: Threads(1),
+        }
+    }
+}
+
+/// A thread count, 0 (one per core) to [`Threads::MAX`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Threads(pub u32);
+
+impl Threads {
+    /// More than any board ferd runs on has cores.
+    pub const MAX: u32 = 64;
+
+    /// The count to use: 0 resolved to the cores this process may run on
+    /// (1 if that cannot be known).
+    pub fn resolve(self) -> usize {
+        match self.0 {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n as usize,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Threads {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = i64::deserialize(d)?;
+        if !(0..=Threads::MAX as i64).contains(&v) {
+            return Err(serde::de::Error::custom(format!(
+                "must be 0 (one per core) to {}, got {v}",
+                Threads::MAX
+            )));
+        }
+        Ok(Threads(v as u32))
     }
 }
 

@@ -324,8 +324,15 @@ fn open_camera(_cam: &crate::config::CameraConfig) -> Result<Input, DaemonError>
 }
 
 /// The models of a config, found with [`Config::find_model`]; the
-/// landmark models only when a rule needs them.
+/// landmark models only when a rule needs them. Also sets tract's thread
+/// pool for the process from `[runtime] threads`.
 pub fn load_analyzer(config: &Config) -> Result<Analyzer, DaemonError> {
+    crate::vision::model::use_threads(config.runtime.threads.resolve()).map_err(|e| {
+        DaemonError::Setup {
+            what: "starting tract's threads ([runtime] threads)",
+            error: std::io::Error::other(e),
+        }
+    })?;
     let mut analyzer = Analyzer::load(
         &config.detector_model()?,
         &config.classifier_model()?,

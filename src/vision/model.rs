@@ -633,6 +633,25 @@ impl LoadedModel {
     }
 }
 
+/// Runs tract's matrix products on `threads` threads from now on (1: on
+/// the calling thread, tract's default). Process-wide: tract keeps one
+/// default executor, and a process runs one pipeline. The pool is built
+/// here rather than by `Executor::multithread`, which panics when threads
+/// cannot be started.
+pub fn use_threads(threads: usize) -> Result<(), rayon::ThreadPoolBuildError> {
+    use tract_linalg::multithread::{set_default_executor, Executor};
+    set_default_executor(if threads > 1 {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("ferd-tract-{i}"))
+            .num_threads(threads)
+            .build()?;
+        Executor::MultiThread(Arc::new(pool))
+    } else {
+        Executor::SingleThread
+    });
+    Ok(())
+}
+
 thread_local! {
     /// Whether this thread is inside a tract call ([`in_tract`]).
     static IN_TRACT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };

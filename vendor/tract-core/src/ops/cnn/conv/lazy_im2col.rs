@@ -1,0 +1,478 @@
+use crate::internal::*;
+use crate::ops::matmul::pack::DynPackedExoticFact;
+use std::fmt::{Debug, Display};
+use std::ops::Range;
+use tract_linalg::WeightType;
+use tract_linalg::mmm::{MMMInputFormat, MMMInputValue, PackedMatrixStorage};
+use tract_linalg::pack::{PackedFormat, PackedI8K4, PackingWriter};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct LazyIm2colParams {
+    pub packer: PackedFormat,
+    /// ferd patch (quantized lazy im2col): when set, panels are written in the K=4-inner
+    /// int8 layout of the dot-product kernels (arm64 dotprod, x86 VNNI/AMX) instead of
+    /// `packer`'s K-major one. `packer` still gives `r` and the element type. Only the
+    /// quantized conv path (`Conv::wire_as_quant_lazy_im2col`) sets it.
+    pub i8k4: Option<PackedI8K4>,
+    pub n_byte_offsets: Vec<isize>,
+    pub k_byte_offsets: Vec<isize>,
+}
+
+impl MMMInputFormat for LazyIm2colParams {
+    fn r(&self) -> usize {
+        self.packer.r
+    }
+
+    fn precursor(&self) -> WeightType {
+        self.packer.precursor()
+    }
+
+    fn prepare_tensor(&self, _t: &Tensor, _k_axis: usize, _mn_axis: usize) -> TractResult<Tensor> {
+        bail!("Unexpected call to prepare_tensor on LazyIm2Col")
+    }
+
+    fn k_alignment(&self) -> usize {
+        1
+    }
+
+    fn mem_size(&self, k: TDim, mn: TDim) -> TDim {
+        k * mn * self.packer.dt.size_of()
+    }
+
+    fn extract_at_mn_f16(
+        &self,
+        _data: &tract_linalg::mmm::EagerPackedInput,
+        _mn: usize,
+        _slice: &mut [f16],
+    ) -> TractResult<()> {
+        unimplemented!()
+    }
+    fn extract_at_mn_f32(
+        &self,
+        _data: &tract_linalg::mmm::EagerPackedInput,
+        _mn: usize,
+        _slice: &mut [f32],
+    ) -> TractResult<()> {
+        unimplemented!()
+    }
+
+    fn prepare_one_view(
+        &self,
+        _t: &TensorView,
+        _k_axis: usize,
+        _mn_axis: usize,
+    ) -> TractResult<Box<dyn MMMInputValue>> {
+        bail!("Unexpected call to prepare_one_view on LazyIm2Col")
+    }
+
+    fn prepare_one(
+        &self,
+        _t: &Tensor,
+        _k_axis: usize,
+        _mn_axis: usize,
+    ) -> TractResult<Box<dyn MMMInputValue>> {
+        bail!("Unexpected call to prepare_one on LazyIm2Col")
+    }
+}
+
+impl Display for LazyIm2colParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LazyIm2Col")
+    }
+}
+
+impl ExoticFact for LazyIm2colParams {
+    fn buffer_sizes(&self) -> TVec<TDim> {
+        tvec!(MMMInputFormat::mem_size(
+            self,
+            self.k_byte_offsets.len().to_dim(),
+            self.n_byte_offsets.len().to_dim(),
+        ))
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct LazyIm2Col {
+    pub params: Arc<LazyIm2colParams>,
+    /// Number of groups for grouped convolution (1 if ungrouped). The output is then a
+    /// `[1, group]`-batched packed tensor; each group reads from a different slice of the
+    /// input via a per-group offset of `g * ci_per_group * c_stride * size_of`.
+    pub group: usize,
+    /// Byte stride between consecutive groups in the input tensor's flat byte buffer.
+    /// Equal to `ci_per_group * c_stride * size_of(input)`. Unused (0) when `group == 1`.
+    pub group_stride_bytes: isize,
+}
+
+impl Op for LazyIm2Col {
+    fn name(&self) -> StaticName {
+        "LazyIm2col".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for LazyIm2Col {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let tensor = args_1!(inputs);
+        let dt = tensor.datum_type();
+        let mut values: TVec<Box<dyn MMMInputValue>> = TVec::with_capacity(self.group);
+        for g in 0..self.group {
+            let group_offset_bytes = g as isize * self.group_stride_bytes;
+            values.push(Box::new(LazyIm2colInput {
+                tensor: tensor.clone(),
+                im2col: self.params.clone(),
+                group_offset_bytes,
+            }));
+        }
+        let output = PackedMatrixStorage::new_batched(&[1, self.group], values).into_tensor(dt);
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for LazyIm2Col {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let exotic_fact = DynPackedExoticFact {
+            k: self.params.k_byte_offsets.len().to_dim(),
+            mn: self.params.n_byte_offsets.len().to_dim(),
+            packers: vec![if let Some(k4) = &self.params.i8k4 {
+                Box::new(k4.clone()) as Box<dyn MMMInputFormat>
+            } else {
+                Box::new(self.params.packer.clone()) as Box<dyn MMMInputFormat>
+            }],
+        };
+        Ok(tvec!(inputs[0].datum_type.fact([1, self.group]).with_exotic_fact(exotic_fact)))
+    }
+
+    as_op!();
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct LazyIm2colInput {
+    tensor: TValue,
+    im2col: Arc<LazyIm2colParams>,
+    /// Per-group base byte offset added to every gather. For group g this is
+    /// `g * ci_per_group * c_stride * size_of(input)`. Zero for ungrouped convs.
+    group_offset_bytes: isize,
+}
+
+impl Display for LazyIm2colInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+impl Hash for LazyIm2colInput {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.tensor.as_bytes(), &self.im2col, self.group_offset_bytes).hash(state);
+    }
+}
+
+unsafe impl Send for LazyIm2colInput {}
+unsafe impl Sync for LazyIm2colInput {}
+
+impl LazyIm2colInput {
+    fn input_8n<T: Datum + Copy>(
+        &self,
+        writer: &mut impl PackingWriter<T>,
+        k_range: Range<isize>,
+        n: isize,
+    ) {
+        let k_byte_offsets = self.im2col.k_byte_offsets.as_ptr();
+        let n_byte_offsets = self.im2col.n_byte_offsets.as_ptr();
+        unsafe {
+            let ptr = self.tensor.as_ptr_unchecked::<u8>().offset(self.group_offset_bytes);
+            let o1 = *n_byte_offsets.offset(n);
+            let o2 = *n_byte_offsets.offset(n + 1);
+            let o3 = *n_byte_offsets.offset(n + 2);
+            let o4 = *n_byte_offsets.offset(n + 3);
+            let o5 = *n_byte_offsets.offset(n + 4);
+            let o6 = *n_byte_offsets.offset(n + 5);
+            let o7 = *n_byte_offsets.offset(n + 6);
+            let o8 = *n_byte_offsets.offset(n + 7);
+            for k in k_range.start..k_range.end {
+                let ptr = ptr.offset(*k_byte_offsets.offset(k));
+                let v1 = *(ptr.offset(o1) as *const T);
+                let v2 = *(ptr.offset(o2) as *const T);
+                let v3 = *(ptr.offset(o3) as *const T);
+                let v4 = *(ptr.offset(o4) as *const T);
+                let v5 = *(ptr.offset(o5) as *const T);
+                let v6 = *(ptr.offset(o6) as *const T);
+                let v7 = *(ptr.offset(o7) as *const T);
+                let v8 = *(ptr.offset(o8) as *const T);
+                writer.write(v1);
+                writer.write(v2);
+                writer.write(v3);
+                writer.write(v4);
+                writer.write(v5);
+                writer.write(v6);
+                writer.write(v7);
+                writer.write(v8);
+            }
+        }
+    }
+
+    fn input_6n<T: Datum + Copy>(
+        &self,
+        writer: &mut impl PackingWriter<T>,
+        k_range: Range<isize>,
+        n: isize,
+    ) {
+        unsafe {
+            let ptr = self.tensor.as_ptr_unchecked::<u8>().offset(self.group_offset_bytes);
+            let k_byte_offsets = self.im2col.k_byte_offsets.as_ptr();
+            let n_byte_offsets = self.im2col.n_byte_offsets.as_ptr();
+            let o1 = *n_byte_offsets.offset(n);
+            let o2 = *n_byte_offsets.offset(n + 1);
+            let o3 = *n_byte_offsets.offset(n + 2);
+            let o4 = *n_byte_offsets.offset(n + 3);
+            let o5 = *n_byte_offsets.offset(n + 4);
+            let o6 = *n_byte_offsets.offset(n + 5);
+            for k in k_range.start..k_range.end {
+                let ptr = ptr.offset(*k_byte_offsets.offset(k));
+                let v1 = *(ptr.offset(o1) as *const T);
+                let v2 = *(ptr.offset(o2) as *const T);
+                let v3 = *(ptr.offset(o3) as *const T);
+                let v4 = *(ptr.offset(o4) as *const T);
+                let v5 = *(ptr.offset(o5) as *const T);
+                let v6 = *(ptr.offset(o6) as *const T);
+                writer.write(v1);
+                writer.write(v2);
+                writer.write(v3);
+                writer.write(v4);
+                writer.write(v5);
+                writer.write(v6);
+            }
+        }
+    }
+
+    fn input_4n<T: Datum + Copy>(
+        &self,
+        writer: &mut impl PackingWriter<T>,
+        k_range: Range<isize>,
+        n: isize,
+    ) {
+        unsafe {
+            let ptr = self.tensor.as_ptr_unchecked::<u8>().offset(self.group_offset_bytes);
+            let k_byte_offsets = self.im2col.k_byte_offsets.as_ptr();
+            let n_byte_offsets = self.im2col.n_byte_offsets.as_ptr();
+            let o1 = *n_byte_offsets.offset(n);
+            let o2 = *n_byte_offsets.offset(n + 1);
+            let o3 = *n_byte_offsets.offset(n + 2);
+            let o4 = *n_byte_offsets.offset(n + 3);
+            for k in k_range.start..k_range.end {
+                let ptr = ptr.offset(*k_byte_offsets.offset(k));
+                let v1 = *(ptr.offset(o1) as *const T);
+                let v2 = *(ptr.offset(o2) as *const T);
+                let v3 = *(ptr.offset(o3) as *const T);
+                let v4 = *(ptr.offset(o4) as *const T);
+                writer.write(v1);
+                writer.write(v2);
+                writer.write(v3);
+                writer.write(v4);
+            }
+        }
+    }
+
+    fn input_2n<T: Datum + Copy>(
+        &self,
+        writer: &mut impl PackingWriter<T>,
+        k_range: Range<isize>,
+        n: isize,
+    ) {
+        unsafe {
+            let ptr = self.tensor.as_ptr_unchecked::<u8>().offset(self.group_offset_bytes);
+            let k_byte_offsets = self.im2col.k_byte_offsets.as_ptr();
+            let n_byte_offsets = self.im2col.n_byte_offsets.as_ptr();
+            let o1 = *n_byte_offsets.offset(n);
+            let o2 = *n_byte_offsets.offset(n + 1);
+            for k in k_range.start..k_range.end {
+                let ptr = ptr.offset(*k_byte_offsets.offset(k));
+                let v1 = *(ptr.offset(o1) as *const T);
+                let v2 = *(ptr.offset(o2) as *const T);
+                writer.write(v1);
+                writer.write(v2);
+            }
+        }
+    }
+
+    fn write<T: Datum + Copy>(
+        &self,
+        writer: &mut impl PackingWriter<T>,
+        k_range: std::ops::Range<isize>,
+        mn_range: std::ops::Range<isize>,
+    ) {
+        let mn_end = mn_range.end.min(self.im2col.n_byte_offsets.len() as isize);
+        let n_range = mn_range.start..mn_end;
+        match n_range.len() {
+            8 => return self.input_8n(writer, k_range, n_range.start),
+            6 => return self.input_6n(writer, k_range, n_range.start),
+            4 => return self.input_4n(writer, k_range, n_range.start),
+            2 => return self.input_2n(writer, k_range, n_range.start),
+            _ => (),
+        }
+        unsafe {
+            let ptr = self.tensor.as_ptr_unchecked::<u8>().offset(self.group_offset_bytes);
+            let k_byte_offsets = self.im2col.k_byte_offsets.as_ptr();
+            let n_byte_offsets = self.im2col.n_byte_offsets.as_ptr();
+            for k in k_range.start..k_range.end {
+                let ptr = ptr.offset(*k_byte_offsets.offset(k));
+                let mut n = n_range.start;
+                while n + 8 <= n_range.end {
+                    let o1 = *n_byte_offsets.offset(n);
+                    let o2 = *n_byte_offsets.offset(n + 1);
+                    let o3 = *n_byte_offsets.offset(n + 2);
+                    let o4 = *n_byte_offsets.offset(n + 3);
+                    let o5 = *n_byte_offsets.offset(n + 4);
+                    let o6 = *n_byte_offsets.offset(n + 5);
+                    let o7 = *n_byte_offsets.offset(n + 6);
+                    let o8 = *n_byte_offsets.offset(n + 7);
+                    let v1 = *(ptr.offset(o1) as *const T);
+                    let v2 = *(ptr.offset(o2) as *const T);
+                    let v3 = *(ptr.offset(o3) as *const T);
+                    let v4 = *(ptr.offset(o4) as *const T);
+                    let v5 = *(ptr.offset(o5) as *const T);
+                    let v6 = *(ptr.offset(o6) as *const T);
+                    let v7 = *(ptr.offset(o7) as *const T);
+                    let v8 = *(ptr.offset(o8) as *const T);
+                    writer.write(v1);
+                    writer.write(v2);
+                    writer.write(v3);
+                    writer.write(v4);
+                    writer.write(v5);
+                    writer.write(v6);
+                    writer.write(v7);
+                    writer.write(v8);
+                    n += 8;
+                }
+                while n + 6 <= n_range.end {
+                    let o1 = *n_byte_offsets.offset(n);
+                    let o2 = *n_byte_offsets.offset(n + 1);
+                    let o3 = *n_byte_offsets.offset(n + 2);
+                    let o4 = *n_byte_offsets.offset(n + 3);
+                    let o5 = *n_byte_offsets.offset(n + 4);
+                    let o6 = *n_byte_offsets.offset(n + 5);
+                    let v1 = *(ptr.offset(o1) as *const T);
+                    let v2 = *(ptr.offset(o2) as *const T);
+                    let v3 = *(ptr.offset(o3) as *const T);
+                    let v4 = *(ptr.offset(o4) as *const T);
+                    let v5 = *(ptr.offset(o5) as *const T);
+                    let v6 = *(ptr.offset(o6) as *const T);
+                    writer.write(v1);
+                    writer.write(v2);
+                    writer.write(v3);
+                    writer.write(v4);
+                    writer.write(v5);
+                    writer.write(v6);
+                    n += 6;
+                }
+                while n + 4 <= n_range.end {
+                    let o1 = *n_byte_offsets.offset(n);
+                    let o2 = *n_byte_offsets.offset(n + 1);
+                    let o3 = *n_byte_offsets.offset(n + 2);
+                    let o4 = *n_byte_offsets.offset(n + 3);
+                    let v1 = *(ptr.offset(o1) as *const T);
+                    let v2 = *(ptr.offset(o2) as *const T);
+                    let v3 = *(ptr.offset(o3) as *const T);
+                    let v4 = *(ptr.offset(o4) as *const T);
+                    writer.write(v1);
+                    writer.write(v2);
+                    writer.write(v3);
+                    writer.write(v4);
+                    n += 4;
+                }
+                while n < n_range.end {
+                    let o1 = *n_byte_offsets.offset(n);
+                    let v1 = *(ptr.offset(o1) as *const T);
+                    writer.write(v1);
+                    n += 1;
+                }
+            }
+        }
+    }
+}
+
+impl MMMInputValue for LazyIm2colInput {
+    fn scratch_panel_buffer_layout(&self) -> Option<std::alloc::Layout> {
+        let k = self.im2col.k_byte_offsets.len();
+        if let Some(k4) = &self.im2col.i8k4 {
+            let size = k4.single_panel_len(k) * self.tensor.datum_type().size_of();
+            return Some(std::alloc::Layout::from_size_align(size, k4.alignment()).unwrap());
+        }
+        Some(self.im2col.packer.single_panel_layout(k, self.tensor.datum_type().size_of()))
+    }
+
+    fn panel_bytes(&self, i: usize, buffer: Option<*mut u8>) -> TractResult<*const u8> {
+        Ok(dispatch_copy!(Self::do_panel(self.tensor.datum_type())(self, i, buffer)))
+    }
+
+    fn k(&self) -> usize {
+        self.im2col.k_byte_offsets.len()
+    }
+
+    fn mn(&self) -> usize {
+        self.im2col.n_byte_offsets.len()
+    }
+
+    fn format(&self) -> &dyn MMMInputFormat {
+        &*self.im2col
+    }
+
+    fn exotic_fact(&self) -> &dyn ExoticFact {
+        &*self.im2col
+    }
+    fn extract_at_mn_f16(&self, _mn: usize, _slice: &mut [f16]) -> TractResult<()> {
+        unimplemented!()
+    }
+    fn extract_at_mn_f32(&self, _mn: usize, _slice: &mut [f32]) -> TractResult<()> {
+        unimplemented!()
+    }
+}
+
+impl LazyIm2colInput {
+    fn do_panel<T: Datum + Copy>(&self, i: usize, buffer: Option<*mut u8>) -> *const u8 {
+        let r = self.im2col.packer.r;
+        let mn_start = i * r;
+        let mn_end = (mn_start + self.im2col.packer.r).min(self.im2col.n_byte_offsets.len());
+        let k = self.im2col.k_byte_offsets.len();
+        let mn_range = mn_start as isize..mn_end as isize;
+        let k_range = 0..k as isize;
+        let packed = buffer.unwrap();
+        if let Some(k4) = &self.im2col.i8k4 {
+            // ferd patch: K=4-inner int8 layout, out[(k/4)*r*4 + n*4 + k%4] = patch(k, n),
+            // gathered straight into place (the generic KOut4Writer pays a branchy cursor
+            // update per byte). Cells past k or past the panel's last column are padding:
+            // clear them first so the kernel never reads stale bytes of the scratch buffer.
+            if !k.is_multiple_of(4) || mn_range.len() != r {
+                let bytes = k4.single_panel_len(k) * std::mem::size_of::<T>();
+                unsafe { std::ptr::write_bytes(packed, 0, bytes) };
+            }
+            unsafe {
+                let src = self.tensor.as_ptr_unchecked::<u8>().offset(self.group_offset_bytes);
+                let out = packed as *mut T;
+                let n_offsets = &self.im2col.n_byte_offsets[mn_start..mn_end];
+                for (kk, &k_offset) in self.im2col.k_byte_offsets.iter().enumerate() {
+                    let row = src.offset(k_offset);
+                    let dst = out.add((kk / 4) * r * 4 + kk % 4);
+                    for (n, &n_offset) in n_offsets.iter().enumerate() {
+                        *dst.add(n * 4) = *(row.offset(n_offset) as *const T);
+                    }
+                }
+            }
+            return packed;
+        }
+        if mn_range.len() == r && mn_start.is_multiple_of(r) {
+            let mut writer = self.im2col.packer.write_single_panel_with_k_outer(packed as *mut T);
+            self.write(&mut writer, k_range, mn_range);
+        } else {
+            let mut writer = self.im2col.packer.write_with_k_outer(
+                packed as *mut T,
+                k_range.len(),
+                mn_range.len(),
+            );
+            self.write(&mut writer, k_range, mn_range);
+        }
+        packed
+    }
+}
