@@ -200,12 +200,16 @@ fn detector(c: &mut Criterion) {
     g.finish();
 }
 
+fn load_classifier(config: &Config) -> Classifier {
+    let path = config.classifier_model().expect("classifier manifest");
+    Classifier::load(&path, &config.classifier).expect("loading the classifier")
+}
+
 fn classifier(c: &mut Criterion) {
     let config = config();
     let frame = one_face();
     let face = detect_one(&load_detector(&config), &frame);
-    let path = config.classifier_model().expect("classifier manifest");
-    let classifier = Classifier::load(&path, &config.classifier).expect("loading the classifier");
+    let classifier = load_classifier(&config);
     let mut g = c.benchmark_group("classifier");
     g.sampling_mode(SamplingMode::Flat);
     g.bench_function("classify_face/one_face", |b| {
@@ -240,8 +244,7 @@ fn tracker_rules(c: &mut Criterion) {
     let config = config();
     let frame = one_face();
     let face = detect_one(&load_detector(&config), &frame);
-    let path = config.classifier_model().expect("classifier manifest");
-    let classifier = Classifier::load(&path, &config.classifier).expect("loading the classifier");
+    let classifier = load_classifier(&config);
     let probs = classifier
         .classify_face(&frame, &face)
         .expect("classifier run");
