@@ -1801,6 +1801,24 @@ face_absent_for = 6.0            # no face at all
     }
 
     #[test]
+    fn runtime_threads_are_bounded_and_zero_means_every_core() {
+        let c = parse("").unwrap();
+        assert_eq!(c.runtime.threads.resolve(), 1);
+        let all = parse("[runtime]\nthreads = 0\n").unwrap();
+        assert!(all.runtime.threads.resolve() >= 1);
+        for bad in ["-1", "65"] {
+            let err = parse(&format!("[runtime]\nthreads = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("test.toml:2:11: key `runtime.threads`")
+                    && err.contains("one per core"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn models_are_found_next_to_the_config_else_the_error_lists_where_ferd_looked() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("m")).unwrap();
