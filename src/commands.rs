@@ -266,6 +266,59 @@ pub fn cameras() -> Result<bool> {
     bail!("this ferd was built without the `v4l2` feature")
 }
 
+/// The exit statuses of `ferd` (README, "Exit status"). A service manager
+/// can tell from them whether a restart may help: a configuration or
+/// model problem stays until someone edits a file, a missing device may
+/// come back.
+pub mod exit {
+    /// Everything given was processed.
+    pub const OK: u8 = 0;
+    /// A run failed, or some inputs could not be processed, or events were
+    /// lost.
+    pub const FAILURE: u8 = 1;
+    /// The command line is wrong (clap's own status).
+    pub const USAGE: u8 = 2;
+    /// The configuration is invalid: file, line and key are in the message.
+    pub const CONFIG: u8 = 3;
+    /// A model cannot be used: missing, wrong checksum, unreadable by tract.
+    pub const MODEL: u8 = 4;
+    /// An input or output cannot be opened at start: the camera or input
+    /// file, a GPIO chip or line, a display, the event socket or output.
+    pub const DEVICE: u8 = 5;
+}
+
+/// The exit status for an error: the first error in its chain that says
+/// what kind of problem it is ([`exit`]), else [`exit::FAILURE`].
+pub fn exit_status(error: &anyhow::Error) -> u8 {
+    use crate::daemon::DaemonError as D;
+    for cause in error.chain() {
+        if let Some(e) = cause.downcast_ref::<D>() {
+            return match e {
+                D::Config(_) | D::DisplaySpec { .. } | D::Unsupported(_) | D::NoInput(_) => {
+                    exit::CONFIG
+                }
+                D::Model(_) => exit::MODEL,
+                D::Source(_) | D::Sink(_) | D::Socket(_) | D::Display(_) | D::Gpio(_) => {
+                    exit::DEVICE
+                }
+                #[cfg(feature = "mqtt")]
+                D::Mqtt(_) => exit::DEVICE,
+                D::Run(_) | D::Setup { .. } => exit::FAILURE,
+            };
+        }
+        if cause.is::<crate::config::ConfigError>() {
+            return exit::CONFIG;
+        }
+        if cause.is::<crate::vision::ModelError>() {
+            return exit::MODEL;
+        }
+        if cause.is::<source::SourceError>() {
+            return exit::DEVICE;
+        }
+    }
+    exit::FAILURE
+}
+
 /// `ferd run`: the daemon ([`crate::daemon::run`]); false if events were
 /// lost.
 pub fn run(options: &crate::daemon::RunOptions) -> Result<bool> {

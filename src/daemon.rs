@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::{Config, ConfigError};
-use crate::pipeline::{self, Pace, Pipeline, RunError, Summary, Watchdog};
+use crate::pipeline::{self, Pace, Pipeline, RunError, Service, Summary};
 use crate::sink::bus::{self, Stamp, Worker};
 use crate::sink::display::DisplayError;
 use crate::sink::gpio::{GpioError, GpioSink, GpioState};
@@ -351,8 +351,9 @@ pub fn load_analyzer(config: &Config) -> Result<Analyzer, DaemonError> {
 pub const SINK_DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 /// Runs the daemon as `ferd run` does, until the input ends or SIGINT or
-/// SIGTERM. Returns the run's counters; events that could not be written
-/// are in `sink_errors`.
+/// SIGTERM; SIGHUP reloads the configuration ([`Supervisor`]). Returns
+/// the run's counters; events that could not be written are in
+/// `sink_errors`.
 pub fn run(options: &RunOptions) -> Result<Summary, DaemonError> {
     let config = Config::load(&options.config)?;
     let display = open_displays(&config, &options.displays)?;
@@ -367,8 +368,13 @@ pub fn run(options: &RunOptions) -> Result<Summary, DaemonError> {
     log::info!("source: {}", input.source.describe());
 
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(|error| {
+    let hangup = Arc::new(AtomicBool::new(false));
+    for (signal, flag) in [
+        (signal_hook::consts::SIGINT, &stop),
+        (signal_hook::consts::SIGTERM, &stop),
+        (signal_hook::consts::SIGHUP, &hangup),
+    ] {
+        signal_hook::flag::register(signal, Arc::clone(flag)).map_err(|error| {
             DaemonError::Setup {
                 what: "installing signal handlers",
                 error,
@@ -387,19 +393,27 @@ pub fn run(options: &RunOptions) -> Result<Summary, DaemonError> {
         driver
     });
     let mut pipeline = Pipeline::new(Box::new(analyzer), &config, sinks, display);
-    let mut notifier = crate::systemd::Notifier::from_env();
+    let notifier = crate::systemd::Notifier::from_env();
     if let Some(w) = notifier.watchdog() {
         log::info!("watchdog: {} s", w.as_secs_f64());
     }
-    notifier.ready(&format!("analysing {}", input.name));
+    let status = format!("analysing {}", input.name);
+    notifier.ready(&status);
+    let mut supervisor = Supervisor {
+        notifier,
+        hangup,
+        options,
+        config,
+        status,
+    };
     let result = pipeline::run(
         input.source,
         &mut pipeline,
         input.pace,
         &stop,
-        &mut notifier,
+        &mut supervisor,
     );
-    notifier.stopping();
+    supervisor.notifier.stopping();
     let mut summary = pipeline.summary();
     // Dropping the pipeline drops the bus: the sink threads deliver what
     // they hold and end.
@@ -420,8 +434,113 @@ pub fn run(options: &RunOptions) -> Result<Summary, DaemonError> {
     Ok(summary)
 }
 
-impl Watchdog for crate::systemd::Notifier {
+/// The daemon's [`Service`]: systemd's watchdog, and configuration
+/// reloads on SIGHUP.
+///
+/// A reload reads the configuration file again, with every check of a
+/// start (`ferd check-config`'s), and loads and verifies its models
+/// (sha256 against the manifests: a model swapped on disk since the start
+/// is used only after a reload that verified it). Only then does it
+/// switch the pipeline over ([`Pipeline::reconfigure`]): rules, models,
+/// thresholds, tracker and health settings. A configuration that fails,
+/// or that changes what is opened once at start (see
+/// [`restart_needed_for`]), is refused as a whole: the running one stays.
+/// systemd hears `RELOADING=1`, then `READY=1` either way. Frames that
+/// arrive while models load are dropped and counted, as when analysis is
+/// slow.
+struct Supervisor<'a> {
+    notifier: crate::systemd::Notifier,
+    hangup: Arc<AtomicBool>,
+    options: &'a RunOptions,
+    /// The configuration in force.
+    config: Config,
+    /// The systemd status line.
+    status: String,
+}
+
+impl Service for Supervisor<'_> {
     fn alive(&mut self) {
-        crate::systemd::Notifier::alive(self);
+        self.notifier.alive();
     }
+
+    fn between_frames(&mut self, pipeline: &mut Pipeline) {
+        if !self.hangup.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let name = self.options.config.display().to_string();
+        self.notifier.reloading();
+        log::info!("SIGHUP: reloading {name}");
+        match self.load() {
+            Ok((analyzer, config)) => {
+                pipeline.reconfigure(Box::new(analyzer), &config, &name);
+                log::info!("reloaded {name}: {} rules", config.rules.len());
+                self.config = config;
+                self.notifier.ready(&self.status);
+            }
+            Err(error) => {
+                let error = format!("{error:#}");
+                pipeline.reload_failed(&name, &error);
+                self.notifier
+                    .ready(&format!("{} (reload refused: {error})", self.status));
+            }
+        }
+    }
+}
+
+impl Supervisor<'_> {
+    /// The new configuration and its analyser, or why not.
+    fn load(&self) -> anyhow::Result<(Analyzer, Config)> {
+        let config = Config::load(&self.options.config)?;
+        let changed = restart_needed_for(&self.config, &config, self.options);
+        if !changed.is_empty() {
+            anyhow::bail!(
+                "{} changed {}, which ferd opens only at start: restart it to apply \
+                 (systemctl restart ferd)",
+                self.options.config.display(),
+                changed.join(", ")
+            );
+        }
+        let analyzer = load_analyzer(&config)?;
+        Ok((analyzer, config))
+    }
+}
+
+/// What a reload from `old` to `new` would change that is opened or
+/// announced only at start: the input, the outputs, the MQTT connection,
+/// and with MQTT the set of rule names (Home Assistant's entities are
+/// announced once). Sections the command line overrides (`--source`,
+/// `--display`) do not count.
+pub fn restart_needed_for(old: &Config, new: &Config, options: &RunOptions) -> Vec<&'static str> {
+    let names = |c: &Config| c.rules.iter().map(|r| r.name.0.clone()).collect::<Vec<_>>();
+    let events = |c: &Config| {
+        (
+            c.events.output.clone(),
+            c.events.socket.clone(),
+            c.events.socket_group.clone(),
+        )
+    };
+    [
+        (old.camera != new.camera, "[camera]"),
+        (
+            options.source.is_none() && old.source != new.source,
+            "[source]",
+        ),
+        (
+            options.displays.is_empty() && old.display != new.display,
+            "[display]",
+        ),
+        (old.gpio != new.gpio, "[[gpio]]"),
+        (
+            events(old) != events(new),
+            "[events] output, socket or socket_group",
+        ),
+        (old.mqtt != new.mqtt, "[mqtt]"),
+        (
+            new.mqtt.is_some() && names(old) != names(new),
+            "the rule names (announced to Home Assistant through [mqtt])",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(changed, what)| changed.then_some(what))
+    .collect()
 }

@@ -760,6 +760,15 @@ impl Watch {
         self.unwatched_at.is_some()
     }
 
+    /// Stops watching (a reload removed the last eye rule): `Watched` if
+    /// the driver was unwatched, so that what `Unwatched` turned on goes
+    /// off.
+    pub fn end(self, t: Duration) -> Option<WatchChange> {
+        self.unwatched_at.map(|u| WatchChange::Watched {
+            duration: t.saturating_sub(u),
+        })
+    }
+
     /// Counting starts again at the next frame (after ferd was degraded:
     /// time it could not see at all is not time the eyes were unknown).
     /// An unwatched driver stays so until an eye state is known.

@@ -13,7 +13,7 @@ use crate::vision::BBox;
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// Every event `type`, as [`Event::type_name`] gives them.
-pub const EVENT_TYPES: [&str; 14] = [
+pub const EVENT_TYPES: [&str; 16] = [
     "started",
     "face_appeared",
     "expression",
@@ -27,6 +27,8 @@ pub const EVENT_TYPES: [&str; 14] = [
     "events_dropped",
     "driver_unwatched",
     "driver_watched",
+    "config_reloaded",
+    "reload_failed",
     "status",
 ];
 
@@ -140,6 +142,24 @@ pub enum EventKind {
     DriverWatched {
         /// Seconds the driver was unwatched.
         duration: f64,
+    },
+    /// SIGHUP: the configuration file was read again and its rules,
+    /// models and thresholds now apply. Tracks are kept; alerts of rules
+    /// that were removed or changed were cleared just before
+    /// (`reason: "reload"`).
+    ConfigReloaded {
+        /// The configuration file.
+        config: String,
+        /// Rules in force now.
+        rules: usize,
+    },
+    /// SIGHUP: the configuration file could not be applied; the running
+    /// configuration stays in force, unchanged.
+    ReloadFailed {
+        /// The configuration file.
+        config: String,
+        /// Why, naming the file and key or model.
+        error: String,
     },
     /// End-of-run counters.
     Status {
@@ -295,6 +315,8 @@ impl Event {
             EventKind::EventsDropped { .. } => "events_dropped",
             EventKind::DriverUnwatched { .. } => "driver_unwatched",
             EventKind::DriverWatched { .. } => "driver_watched",
+            EventKind::ConfigReloaded { .. } => "config_reloaded",
+            EventKind::ReloadFailed { .. } => "reload_failed",
             EventKind::Status { .. } => "status",
         }
     }
@@ -358,6 +380,14 @@ mod tests {
             },
             EventKind::DriverUnwatched { seconds: 10.1 },
             EventKind::DriverWatched { duration: 3.0 },
+            EventKind::ConfigReloaded {
+                config: "/etc/ferd/ferd.toml".into(),
+                rules: 2,
+            },
+            EventKind::ReloadFailed {
+                config: "/etc/ferd/ferd.toml".into(),
+                error: "x".into(),
+            },
         ];
         for kind in kinds {
             let e = Event::new(kind, Duration::ZERO, 0);

@@ -174,7 +174,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // `{:#}`: the whole chain on one line, each cause once.
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(ferd::commands::exit_status(&e))
         }
     }
 }

@@ -16,7 +16,7 @@
 //! live source that delivers nothing for that long (wall time), or a lost
 //! camera make ferd **degraded**: a `degraded` event, every track lost and
 //! every alert cleared, a heartbeat output off and a tell-tale output on
-//! (sink/gpio.rs), and the watchdog starved ([`Watchdog`]). The first
+//! (sink/gpio.rs), and the watchdog starved ([`Service::alive`]). The first
 //! analysed frame after it (or the camera's return) is `recovered`.
 //!
 //! [`run`] drives it from a [`FrameSource`], in one of three [`Pace`]s:
@@ -342,25 +342,75 @@ impl Pipeline {
                 .tracks()
                 .iter()
                 .any(|tr| tr.driver.eye() != EyeState::Unknown);
-            match watch.update(t, known) {
-                Some(WatchChange::Unwatched { unknown }) => {
-                    log::warn!(
-                        "cannot watch the driver: no eye state known for {:.1} s",
-                        unknown.as_secs_f64()
-                    );
-                    self.emit(EventKind::DriverUnwatched {
-                        seconds: seconds(unknown),
-                    });
-                }
-                Some(WatchChange::Watched { duration }) => {
-                    log::info!("watching the driver again");
-                    self.emit(EventKind::DriverWatched {
-                        duration: seconds(duration),
-                    });
-                }
-                None => {}
+            if let Some(change) = watch.update(t, known) {
+                self.emit_watch_change(change);
             }
         }
+    }
+
+    fn emit_watch_change(&mut self, change: WatchChange) {
+        match change {
+            WatchChange::Unwatched { unknown } => {
+                log::warn!(
+                    "cannot watch the driver: no eye state known for {:.1} s",
+                    unknown.as_secs_f64()
+                );
+                self.emit(EventKind::DriverUnwatched {
+                    seconds: seconds(unknown),
+                });
+            }
+            WatchChange::Watched { duration } => {
+                log::info!("watching the driver again");
+                self.emit(EventKind::DriverWatched {
+                    duration: seconds(duration),
+                });
+            }
+        }
+    }
+
+    /// Switches to a reloaded configuration between two frames: its
+    /// analyser (models already loaded and verified), rules, tracker
+    /// settings, expression interval and health timeout. Tracks are kept;
+    /// alerts of removed or changed rules are cleared (`reason: reload`,
+    /// see [`Rules::reconfigure`]); then `config_reloaded`. The outputs
+    /// (sinks, display, GPIO) are the caller's: it must not reload a
+    /// configuration that changes them.
+    pub fn reconfigure(&mut self, analyzer: Box<dyn Analyze + Send>, config: &Config, name: &str) {
+        self.analyzer = analyzer;
+        self.tracker.set_config(&config.tracker);
+        let interval = config.events.expression_interval.0;
+        self.expression_interval = (interval > 0.0).then(|| Duration::from_secs_f64(interval));
+        self.health.degraded_after = Duration::from_secs_f64(config.health.degraded_after.0);
+        self.alert_changes.clear();
+        self.rules
+            .reconfigure(&config.rules, self.last_time, &mut self.alert_changes);
+        self.emit_alert_changes();
+        match (self.rules.watches_eyes(), self.watch.take()) {
+            (true, watch) => self.watch = Some(watch.unwrap_or_default()),
+            (false, Some(watch)) => {
+                if let Some(change) = watch.end(self.last_time) {
+                    self.emit_watch_change(change);
+                }
+            }
+            (false, None) => {}
+        }
+        self.emit(EventKind::ConfigReloaded {
+            config: name.to_string(),
+            rules: config.rules.len(),
+        });
+        self.update_display();
+        self.flush();
+    }
+
+    /// A reload was refused: the running configuration stays; the error
+    /// goes to the log and the event stream (`reload_failed`).
+    pub fn reload_failed(&mut self, name: &str, error: &str) {
+        log::error!("reload of {name} refused, the running configuration stays: {error}");
+        self.emit(EventKind::ReloadFailed {
+            config: name.to_string(),
+            error: error.to_string(),
+        });
+        self.flush();
     }
 
     /// A live source has delivered no frame for `elapsed` (wall time):
@@ -808,11 +858,16 @@ pub enum Pace {
     Live,
 }
 
-/// Told when the pipeline is really working: after every analysed frame,
-/// and never while ferd is degraded. The service watchdog hangs on it.
-pub trait Watchdog {
-    /// A frame was analysed and ferd is not degraded.
+/// The service manager's side of a run (systemd, through the daemon).
+pub trait Service {
+    /// A frame was analysed and ferd is not degraded: told after every
+    /// such frame and never while degraded. The watchdog hangs on it.
     fn alive(&mut self);
+    /// Called between frames, at least once per tick of a live source:
+    /// applies what the service manager asked for since the last call
+    /// (a configuration reload on SIGHUP) to the pipeline. The default
+    /// does nothing (`ferd bench`, tests).
+    fn between_frames(&mut self, _pipeline: &mut Pipeline) {}
 }
 
 /// Why a run ended early.
@@ -836,7 +891,7 @@ pub fn run(
     pipeline: &mut Pipeline,
     pace: Pace,
     stop: &Arc<AtomicBool>,
-    watchdog: &mut dyn Watchdog,
+    service: &mut dyn Service,
 ) -> Result<Summary, RunError> {
     pipeline.start(&source.describe());
     if pace == Pace::Replay {
@@ -847,9 +902,10 @@ pub fn run(
             }
             match item {
                 None => break,
-                Some(Ok(frame)) => analyse(pipeline, &frame, watchdog),
+                Some(Ok(frame)) => analyse(pipeline, &frame, service),
                 Some(Err(e)) => pipeline.skip(&e),
             }
+            service.between_frames(pipeline);
         }
         return Ok(pipeline.finish(ClearReason::Shutdown));
     }
@@ -880,7 +936,7 @@ pub fn run(
         match mailbox.take_timeout(tick) {
             Ok(Delivery::Item(frame)) => {
                 last_delivery = Instant::now();
-                analyse(pipeline, &frame, watchdog);
+                analyse(pipeline, &frame, service);
             }
             Ok(Delivery::Event(e)) => {
                 last_delivery = Instant::now();
@@ -889,6 +945,7 @@ pub fn run(
             Err(true) => pipeline.idle(last_delivery.elapsed()),
             Err(false) => break,
         }
+        service.between_frames(pipeline);
         if stop.load(Ordering::Relaxed) {
             break;
         }
@@ -911,11 +968,11 @@ pub fn run(
     }
 }
 
-/// Processes one frame; the watchdog hears of it only if the frame was
+/// Processes one frame; the service hears of it only if the frame was
 /// analysed and ferd is not degraded.
-fn analyse(pipeline: &mut Pipeline, frame: &Frame, watchdog: &mut dyn Watchdog) {
+fn analyse(pipeline: &mut Pipeline, frame: &Frame, service: &mut dyn Service) {
     if pipeline.process(frame) && pipeline.degraded().is_none() {
-        watchdog.alive();
+        service.alive();
     }
 }
 
@@ -1228,7 +1285,7 @@ mod tests {
     #[test]
     fn watchdog_is_fed_only_for_analysed_frames_while_not_degraded() {
         struct Count(u64);
-        impl Watchdog for Count {
+        impl Service for Count {
             fn alive(&mut self) {
                 self.0 += 1;
             }
@@ -1613,7 +1670,7 @@ mod tests {
             let mut steps: Vec<Step> = (0..10).map(|n| Step::Frame(frame(n))).collect();
             steps.push(Step::Panic);
             struct Quiet;
-            impl Watchdog for Quiet {
+            impl Service for Quiet {
                 fn alive(&mut self) {}
             }
             let stop = Arc::new(AtomicBool::new(false));

@@ -41,6 +41,8 @@ pub enum ClearReason {
     Degraded,
     /// The run ended on an error (a failed capture thread).
     Error,
+    /// A configuration reload removed or changed the alert's rule.
+    Reload,
 }
 
 impl ClearReason {
@@ -52,6 +54,7 @@ impl ClearReason {
             ClearReason::CameraLost => "camera_lost",
             ClearReason::Degraded => "degraded",
             ClearReason::Error => "error",
+            ClearReason::Reload => "reload",
         }
     }
 }
@@ -440,6 +443,41 @@ impl Rules {
                 (phase, _) => phase,
             };
         }
+    }
+
+    /// Switches to the rules of a reloaded configuration at frame time
+    /// `t`. A rule whose name and settings are unchanged keeps its state
+    /// (an active alert stays active, a pending hold keeps counting); an
+    /// active alert whose rule was removed or changed is cleared
+    /// (`reason: reload`), and changed or new rules start idle.
+    pub fn reconfigure(
+        &mut self,
+        configs: &[RuleConfig],
+        t: Duration,
+        changes: &mut Vec<AlertChange>,
+    ) {
+        let mut old = std::mem::take(&mut self.rules);
+        for rule in &old {
+            let kept = configs.iter().any(|c| *c == rule.cfg);
+            if let (false, Phase::Active { since, .. }) = (kept, rule.phase) {
+                changes.push(AlertChange::Cleared {
+                    alert: rule.cfg.name.0.clone(),
+                    duration: t.saturating_sub(since),
+                    reason: ClearReason::Reload,
+                });
+            }
+        }
+        self.rules = configs
+            .iter()
+            .map(|cfg| match old.iter().position(|r| r.cfg == *cfg) {
+                Some(i) => old.swap_remove(i),
+                None => Rule {
+                    cfg: cfg.clone(),
+                    phase: Phase::Idle,
+                    memory: ConditionMemory::default(),
+                },
+            })
+            .collect();
     }
 
     /// Clears every active alert for `reason` and returns every rule to

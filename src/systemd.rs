@@ -66,6 +66,17 @@ impl Notifier {
     }
 
     /// Shutting down.
+    /// A reload began (SIGHUP): systemd shows the unit "reloading" until
+    /// the next [`Notifier::ready`].
+    pub fn reloading(&self) {
+        // MONOTONIC_USEC lets systemd (`Type=notify-reload`, 253+) tell this
+        // reload from an older one; with `ExecReload=` it is harmless.
+        let mut states = vec![NotifyState::Reloading];
+        states.extend(NotifyState::monotonic_usec_now().ok());
+        self.send(&states);
+    }
+
+    /// The service is stopping.
     pub fn stopping(&self) {
         self.send(&[NotifyState::Stopping]);
     }

@@ -70,16 +70,26 @@ pub struct Tracker {
 impl Tracker {
     /// An empty tracker.
     pub fn new(cfg: &TrackerConfig) -> Tracker {
-        Tracker {
-            min_iou: cfg.min_iou.0,
-            smoothing: cfg.smoothing.0,
-            lost_after: Duration::from_secs_f64(cfg.lost_after.0),
+        let mut tracker = Tracker {
+            min_iou: 0.0,
+            smoothing: 0.0,
+            lost_after: Duration::ZERO,
             tracks: Vec::new(),
             next_id: 1,
             pairs: Vec::new(),
             matched: Vec::new(),
             taken: Vec::new(),
-        }
+        };
+        tracker.set_config(cfg);
+        tracker
+    }
+
+    /// Takes the settings of a reloaded configuration; the live tracks and
+    /// their ids are kept.
+    pub fn set_config(&mut self, cfg: &TrackerConfig) {
+        self.min_iou = cfg.min_iou.0;
+        self.smoothing = cfg.smoothing.0;
+        self.lost_after = Duration::from_secs_f64(cfg.lost_after.0);
     }
 
     /// The live tracks, oldest first.
