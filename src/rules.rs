@@ -594,6 +594,53 @@ mod tests {
     }
 
     #[test]
+    fn reconfigure_keeps_unchanged_rules_and_clears_removed_or_changed_ones() {
+        let named = |name: &str, hold: f64| RuleConfig {
+            name: RuleName(name.into()),
+            ..rule(hold, 1.0, 0.0)
+        };
+        let (a, b, c) = (named("a", 0.0), named("b", 0.0), named("c", 0.0));
+        let mut rules = Rules::new(&[a.clone(), b.clone(), c.clone()]);
+        let mut ch = Vec::new();
+        rules.update(Duration::from_secs(1), &[track(0.6)], &mut ch);
+        assert_eq!(rules.active().collect::<Vec<_>>(), ["a", "b", "c"]);
+        // `a` kept as is, `b` changed (a longer hold), `c` removed, `d` new.
+        ch.clear();
+        let b2 = named("b", 5.0);
+        rules.reconfigure(
+            &[named("d", 0.0), a, b2],
+            Duration::from_secs(3),
+            &mut ch,
+        );
+        let cleared: Vec<_> = ch
+            .iter()
+            .map(|c| match c {
+                AlertChange::Cleared {
+                    alert,
+                    duration,
+                    reason: ClearReason::Reload,
+                } => (alert.as_str(), duration.as_secs()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(cleared, [("b", 2), ("c", 2)]);
+        // The kept alert is still active, in the new order; no second
+        // `raised` for it; `d` raises at once, `b` must hold 5 s again.
+        assert_eq!(rules.active().collect::<Vec<_>>(), ["a"]);
+        ch.clear();
+        rules.update(Duration::from_secs(4), &[track(0.6)], &mut ch);
+        let raised: Vec<_> = ch
+            .iter()
+            .map(|c| match c {
+                AlertChange::Raised { alert, .. } => alert.as_str(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(raised, ["d"]);
+        assert_eq!(rules.active().collect::<Vec<_>>(), ["d", "a"]);
+    }
+
+    #[test]
     fn interruption_restarts_the_hold() {
         let ch = run(rule(3.0, 1.0, 0.0), &[(2000, 0.6), (100, 0.1), (2500, 0.6)]);
         assert!(ch.is_empty(), "{ch:?}");
