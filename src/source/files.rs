@@ -185,12 +185,21 @@ pub fn decode_image(path: &Path) -> Result<Frame, SourceError> {
             path: path.to_path_buf(),
             error: source,
         })?;
-    let mut frame = decode_bytes(&bytes, None).map_err(|message| SourceError::Format {
+    let mut frame = decode_image_bytes(&bytes).map_err(|message| SourceError::Format {
         path: path.to_path_buf(),
         message,
     })?;
     frame.origin = path.display().to_string();
     Ok(frame)
+}
+
+/// Decodes an encoded still image (PNG or JPEG, told apart by its bytes)
+/// held in memory, with the checks of [`decode_image`]: sides against
+/// [`MAX_IMAGE_SIDE`] before decoding, a cut-off JPEG refused, the
+/// decoder's allocation bounded. The error does not name a file; callers
+/// that have one add it ([`decode_image`] does).
+pub fn decode_image_bytes(bytes: &[u8]) -> Result<Frame, String> {
+    decode_bytes(bytes, None)
 }
 
 /// Decodes an encoded image held in memory (`format`, or guessed from the

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use files::{
-    check_regular_file, decode_image, jpeg_is_complete, read_regular_file, ImageSource,
-    MAX_IMAGE_FILE_BYTES, MAX_IMAGE_SIDE,
+    check_regular_file, decode_image, decode_image_bytes, jpeg_is_complete, read_regular_file,
+    ImageSource, MAX_IMAGE_FILE_BYTES, MAX_IMAGE_SIDE,
 };
 pub use y4m::{header_line, parse_header, Y4mHeader, Y4mSource};
 

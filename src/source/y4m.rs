@@ -41,7 +41,7 @@ pub struct Y4mHeader {
 /// A `.y4m` file read frame by frame.
 pub struct Y4mSource {
     path: PathBuf,
-    reader: BufReader<File>,
+    reader: Box<dyn BufRead + Send>,
     header: Y4mHeader,
     /// Bytes of one frame, from the header.
     frame_len: usize,
@@ -56,7 +56,18 @@ impl Y4mSource {
             path: path.to_path_buf(),
             error: source,
         })?;
-        let mut reader = BufReader::new(file);
+        Y4mSource::from_reader(BufReader::new(file), path)
+    }
+
+    /// Parses a clip's header from any buffered reader (a pipe, bytes in
+    /// memory); `path` only names the input in errors and frame origins.
+    /// Memory stays bounded as for [`Y4mSource::open`]: one line of at most
+    /// 1 KiB and one frame of the header's size at a time.
+    pub fn from_reader(
+        reader: impl BufRead + Send + 'static,
+        path: &Path,
+    ) -> Result<Y4mSource, SourceError> {
+        let mut reader: Box<dyn BufRead + Send> = Box::new(reader);
         let line = read_line(&mut reader, path)?.ok_or_else(|| SourceError::Format {
             path: path.to_path_buf(),
             message: "empty file, expected a YUV4MPEG2 header".into(),

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use tract_onnx::prelude::*;
 
-use super::model::{ColorOrder, InputSpec, LoadedModel, ModelError, Task};
+use super::model::{ColorOrder, DetectorSpec, InputSpec, LoadedModel, ModelError, Task};
 use crate::config::DetectorConfig;
 use crate::frame::Frame;
 
@@ -85,15 +85,7 @@ pub const MAX_ANCHORS: usize = 1 << 21;
 /// The face detector: model, anchors and thresholds.
 pub struct Detector {
     model: LoadedModel,
-    /// Anchors as (cx, cy, w, h), normalised to the network input.
-    anchors: Vec<[f32; 4]>,
-    input_w: u32,
-    input_h: u32,
-    variance: [f32; 2],
-    min_score: f32,
-    nms_iou: f32,
-    min_face_size: f32,
-    max_faces: usize,
+    post: PostProcess,
 }
 
 impl Detector {
@@ -121,18 +113,122 @@ impl Detector {
                 path: manifest.to_path_buf(),
                 message: "missing [detector] section".into(),
             })?;
+        let post = PostProcess::new(&spec, input_w, input_h, cfg).map_err(|message| {
+            ModelError::Manifest {
+                path: manifest.to_path_buf(),
+                message,
+            }
+        })?;
+        Ok(Detector { model, post })
+    }
+
+    /// Finds the faces in a frame, highest score first.
+    pub fn detect(&self, frame: &Frame) -> Result<Vec<Face>, ModelError> {
+        let mut faces = Vec::new();
+        self.detect_into(frame, &mut faces)?;
+        Ok(faces)
+    }
+
+    /// [`Detector::detect`] into `faces` (cleared first, its allocation
+    /// reused frame after frame).
+    pub fn detect_into(&self, frame: &Frame, faces: &mut Vec<Face>) -> Result<(), ModelError> {
+        let scale = self.post.scale(frame.width, frame.height);
+        let spec = &self.model.manifest.input;
+        let (w, h) = (self.post.input_w as usize, self.post.input_h as usize);
+        let bad = |message: String| ModelError::Shape {
+            path: self.model.path.clone(),
+            message,
+        };
+        self.model.run_with(
+            |input| letterbox(spec, w, h, frame, scale, input),
+            |outputs| {
+                // Views of tract's three tensors, on the stack (the steady
+                // pipeline allocates nothing, tests/alloc.rs); their shapes
+                // and values are checked by `PostProcess::run`, which also
+                // serves the fuzz target with arbitrary ones.
+                let [a, b, c] = outputs else {
+                    return Err(bad(format!(
+                        "expected 3 outputs (loc, conf, landmarks), the model has {}",
+                        outputs.len()
+                    )));
+                };
+                let not_f32 = |e: TractError| bad(format!("output is not f32: {e}"));
+                let views = [
+                    a.to_plain_array_view::<f32>().map_err(not_f32)?,
+                    b.to_plain_array_view::<f32>().map_err(not_f32)?,
+                    c.to_plain_array_view::<f32>().map_err(not_f32)?,
+                ];
+                let contiguous = || bad("output is not contiguous".into());
+                let pairs = [
+                    (
+                        views[0].shape(),
+                        views[0].to_slice().ok_or_else(contiguous)?,
+                    ),
+                    (
+                        views[1].shape(),
+                        views[1].to_slice().ok_or_else(contiguous)?,
+                    ),
+                    (
+                        views[2].shape(),
+                        views[2].to_slice().ok_or_else(contiguous)?,
+                    ),
+                ];
+                self.post
+                    .run(&pairs, frame.width, frame.height, faces)
+                    .map_err(bad)
+            },
+        )
+    }
+}
+
+/// The detector's post-processing, apart from the network: anchors for one
+/// input size, box decoding, score and size thresholds, non-maximum
+/// suppression and clipping to the frame. Public so that it can be fed
+/// arbitrary output tensors (the fuzz target `detector_post`); a
+/// [`Detector`] holds one.
+#[derive(Debug, Clone)]
+pub struct PostProcess {
+    /// Anchors as (cx, cy, w, h), normalised to the network input.
+    anchors: Vec<[f32; 4]>,
+    input_w: u32,
+    input_h: u32,
+    variance: [f32; 2],
+    min_score: f32,
+    nms_iou: f32,
+    min_face_size: f32,
+    max_faces: usize,
+}
+
+impl PostProcess {
+    /// Anchors of `spec` at an `input_w` × `input_h` network input, with the
+    /// thresholds of `cfg`. `spec` must have passed the manifest check
+    /// (strides non-zero, one list of sizes per stride); the sides must be
+    /// in `1..=MAX_INPUT_SIDE`. Errs, naming the keys, when the anchors
+    /// would be more than [`MAX_ANCHORS`].
+    pub fn new(
+        spec: &DetectorSpec,
+        input_w: usize,
+        input_h: usize,
+        cfg: &DetectorConfig,
+    ) -> Result<PostProcess, String> {
+        let too_many = || {
+            format!(
+                "keys `detector.strides` and `detector.anchor_sizes`: more than {MAX_ANCHORS} anchors at input {input_w}×{input_h}"
+            )
+        };
         let count = anchor_count(&spec.strides, &spec.anchor_sizes, input_w, input_h)
             .filter(|&n| n <= MAX_ANCHORS)
-            .ok_or_else(|| ModelError::Manifest {
-                path: manifest.to_path_buf(),
-                message: format!(
-                    "keys `detector.strides` and `detector.anchor_sizes`: more than {MAX_ANCHORS} anchors at input {input_w}×{input_h}"
-                ),
-            })?;
-        let (input_w, input_h) = (input_w as u32, input_h as u32);
+            .ok_or_else(too_many)?;
+        let input_w = u32::try_from(input_w).map_err(|_| too_many())?;
+        let input_h = u32::try_from(input_h).map_err(|_| too_many())?;
+        if input_w == 0 || input_h == 0 || spec.strides.contains(&0) {
+            return Err(format!(
+                "input {input_w}×{input_h} and strides {:?} must be non-zero",
+                spec.strides
+            ));
+        }
         let mut anchors = Vec::with_capacity(count);
         for (&stride, sizes) in spec.strides.iter().zip(&spec.anchor_sizes) {
-            // stride ≥ 1: the manifest check.
             let nx = input_w.div_ceil(stride);
             let ny = input_h.div_ceil(stride);
             for y in 0..ny {
@@ -148,8 +244,7 @@ impl Detector {
                 }
             }
         }
-        Ok(Detector {
-            model,
+        Ok(PostProcess {
             anchors,
             input_w,
             input_h,
@@ -161,30 +256,42 @@ impl Detector {
         })
     }
 
-    /// Finds the faces in a frame, highest score first.
-    pub fn detect(&self, frame: &Frame) -> Result<Vec<Face>, ModelError> {
-        let mut faces = Vec::new();
-        self.detect_into(frame, &mut faces)?;
-        Ok(faces)
+    /// How many anchors, i.e. the `A` of the outputs' shapes.
+    pub fn anchor_count(&self) -> usize {
+        self.anchors.len()
     }
 
-    /// [`Detector::detect`] into `faces` (cleared first, its allocation
-    /// reused frame after frame).
-    pub fn detect_into(&self, frame: &Frame, faces: &mut Vec<Face>) -> Result<(), ModelError> {
+    /// The letterbox scale of a `width` × `height` frame into the input.
+    fn scale(&self, width: u32, height: u32) -> f32 {
+        (self.input_w as f32 / width as f32).min(self.input_h as f32 / height as f32)
+    }
+
+    /// Turns the network's raw outputs, each a (shape, values) pair, into
+    /// the faces of a `frame_w` × `frame_h` frame in `faces` (cleared
+    /// first), highest score first, clipped to the frame.
+    ///
+    /// The outputs are told apart by their shapes, `[1, A, 4]` boxes,
+    /// `[1, A, 2]` scores and `[1, A, 10]` landmarks (names and order differ
+    /// between exports); any other shape, a missing one, or values that do
+    /// not fill their shape is an error saying which.
+    pub fn run(
+        &self,
+        outputs: &[(&[usize], &[f32])],
+        frame_w: u32,
+        frame_h: u32,
+        faces: &mut Vec<Face>,
+    ) -> Result<(), String> {
         faces.clear();
-        let scale = (self.input_w as f32 / frame.width as f32)
-            .min(self.input_h as f32 / frame.height as f32);
-        let spec = &self.model.manifest.input;
-        let (w, h) = (self.input_w as usize, self.input_h as usize);
-        self.model.run_with(
-            |input| letterbox(spec, w, h, frame, scale, input),
-            |outputs| self.decode(outputs, scale, faces),
-        )?;
+        if frame_w == 0 || frame_h == 0 {
+            return Err(format!("frame with a zero side ({frame_w}×{frame_h})"));
+        }
+        let scale = self.scale(frame_w, frame_h);
+        self.decode(outputs, scale, faces)?;
         faces.retain(|f| f.bbox.w.min(f.bbox.h) >= self.min_face_size);
         nms(faces, self.nms_iou);
         faces.truncate(self.max_faces);
         for f in faces.iter_mut() {
-            f.bbox = f.bbox.clip(frame.width, frame.height);
+            f.bbox = f.bbox.clip(frame_w, frame_h);
         }
         Ok(())
     }
@@ -193,50 +300,45 @@ impl Detector {
     /// `faces`.
     fn decode(
         &self,
-        outputs: &[TValue],
+        outputs: &[(&[usize], &[f32])],
         scale: f32,
         faces: &mut Vec<Face>,
-    ) -> Result<(), ModelError> {
-        let bad = |message: String| ModelError::Shape {
-            path: self.model.path.clone(),
-            message,
-        };
+    ) -> Result<(), String> {
         // Identify outputs by their last dimension rather than by position
         // or name, which differ between exports of the same network.
         let mut loc = None;
         let mut conf = None;
         let mut landmarks = None;
-        for o in outputs {
-            let view = o
-                .to_plain_array_view::<f32>()
-                .map_err(|e| bad(format!("output is not f32: {e}")))?;
-            let slice = view
-                .to_slice()
-                .ok_or_else(|| bad("output is not contiguous".into()))?;
-            match view.shape() {
-                [1, n, 4] if *n == self.anchors.len() => loc = Some(slice),
-                [1, n, 2] if *n == self.anchors.len() => conf = Some(slice),
-                [1, n, 10] if *n == self.anchors.len() => landmarks = Some(slice),
-                other => {
-                    return Err(bad(format!(
-                        "unexpected output shape {other:?} for {} anchors",
-                        self.anchors.len()
-                    )))
-                }
+        let a = self.anchors.len();
+        for &(shape, slice) in outputs {
+            let slot = match shape {
+                [1, n, 4] if *n == a => &mut loc,
+                [1, n, 2] if *n == a => &mut conf,
+                [1, n, 10] if *n == a => &mut landmarks,
+                other => return Err(format!("unexpected output shape {other:?} for {a} anchors")),
+            };
+            // The shape's last dimension is 2, 4 or 10 and `a` is at most
+            // MAX_ANCHORS: no overflow.
+            if slice.len() != a * shape[2] {
+                return Err(format!(
+                    "output of shape {shape:?} has {} values, not {}",
+                    slice.len(),
+                    a * shape[2]
+                ));
             }
+            *slot = Some(slice);
         }
         let (Some(loc), Some(conf), Some(lm)) = (loc, conf, landmarks) else {
-            return Err(bad(
-                "expected loc [1,A,4], conf [1,A,2] and landmarks [1,A,10] outputs".into(),
-            ));
+            return Err("expected loc [1,A,4], conf [1,A,2] and landmarks [1,A,10] outputs".into());
         };
         let (iw, ih) = (self.input_w as f32, self.input_h as f32);
         let [vc, vs] = self.variance;
-        // Indexing is in bounds: each output's shape was matched against
-        // [1, anchors, k] above, so it has k values per anchor.
+        // Indexing is in bounds: each output was checked above to hold k
+        // values per anchor.
         for (i, a) in self.anchors.iter().enumerate() {
             let score = conf[i * 2 + 1];
-            if score < self.min_score {
+            // A NaN or infinite score (a broken model) is no face either.
+            if !score.is_finite() || score < self.min_score {
                 continue;
             }
             let l = &loc[i * 4..i * 4 + 4];
@@ -254,6 +356,16 @@ impl Detector {
             for (k, p) in landmarks.iter_mut().enumerate() {
                 p[0] = (a[0] + lm[i * 10 + 2 * k] * vc * a[2]) * iw / scale;
                 p[1] = (a[1] + lm[i * 10 + 2 * k + 1] * vc * a[3]) * ih / scale;
+            }
+            // A NaN or infinite value (a broken or hostile model, an
+            // overflowing exp) would reach the tracker and the rules as
+            // a face nowhere: not a face.
+            let finite = [bbox.x, bbox.y, bbox.w, bbox.h]
+                .into_iter()
+                .chain(landmarks.iter().flatten().copied())
+                .all(f32::is_finite);
+            if !finite {
+                continue;
             }
             faces.push(Face {
                 bbox,
