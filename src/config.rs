@@ -101,7 +101,7 @@ pub struct Config {
 }
 
 /// `[source]`: the input used when the command line names none.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// An image, a directory of images or a `.y4m` clip.
@@ -113,7 +113,7 @@ pub struct SourceConfig {
 }
 
 /// `[camera]`: a V4L2 capture device, used when no file source is given.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CameraConfig {
     /// Device node, e.g. `/dev/video0` or a stable `/dev/v4l/by-id/...` link.
@@ -158,7 +158,7 @@ pub enum CameraFormat {
 }
 
 /// `[detector]`: the face detector.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectorConfig {
     /// Manifest of the detector model (relative to the config file).
@@ -190,7 +190,7 @@ impl Default for DetectorConfig {
 
 /// `[landmarks]`: the face mesh, iris and head-pose models of the
 /// driver-state rules (loaded only when a rule needs them).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LandmarksConfig {
     /// Manifest of the face-mesh model.
@@ -217,7 +217,7 @@ impl Default for LandmarksConfig {
 }
 
 /// `[classifier]`: the expression classifier.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClassifierConfig {
     /// Manifest of the expression model (relative to the config file).
@@ -239,7 +239,7 @@ impl Default for ClassifierConfig {
 }
 
 /// `[tracker]`: association of faces across frames.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrackerConfig {
     /// Minimum IoU between a track and a new face to be the same face.
@@ -265,7 +265,7 @@ impl Default for TrackerConfig {
 ///
 /// The file form is flat (`name`, the condition's keys, `hold`, ...), so
 /// the table is read as a [`RawRule`] and checked into this.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(try_from = "RawRule")]
 pub struct RuleConfig {
     /// Alert name used in events and on the display.
@@ -601,7 +601,7 @@ fn default_clear_after() -> Seconds {
 }
 
 /// `[events]`: the JSON-lines event stream.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventsConfig {
     /// `"-"` for stdout, otherwise a file that events are appended to.
@@ -628,7 +628,7 @@ impl Default for EventsConfig {
 }
 
 /// `[mqtt]`: events to a broker. Only `url` is required.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     /// `mqtt://host[:port]` (1883), or `mqtts://host[:port]` (8883) for TLS.
@@ -860,23 +860,8 @@ impl<'de> Deserialize<'de> for QosTable {
     }
 }
 
-/// Warns, naming the file, when `path` is more open than 0640 (group
-/// write, or anything for others): it holds secrets or what leads to them.
-pub fn warn_if_loose(path: &Path, what: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path) {
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o027 != 0 {
-            log::warn!(
-                "{what} {} has mode {mode:04o}: others can read it (or the group write it); chmod 0640",
-                path.display()
-            );
-        }
-    }
-}
-
 /// `[health]`: the degraded state.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     /// Analysis failing on every frame for this long (frame time), or no
@@ -895,7 +880,7 @@ impl Default for HealthConfig {
 }
 
 /// `[runtime]`: how tract runs the models.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Threads for tract's matrix products: 1 runs everything on the
@@ -943,7 +928,7 @@ impl<'de> Deserialize<'de> for Threads {
 }
 
 /// `[[gpio]]`: one output line.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GpioConfig {
     /// Name used in logs.
@@ -992,7 +977,7 @@ pub enum PatternConfig {
 }
 
 /// `[display]`: the status screen.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DisplayConfig {
     /// A display spec such as `png:status.png`; `--display` overrides it.
@@ -1181,10 +1166,9 @@ impl Config {
         })?;
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let config = Config::parse(&text, path, &base)?;
-        if config.mqtt.is_some() {
-            // It says where the broker is and where its credentials are.
-            warn_if_loose(path, "config");
-        }
+        // It may hold what leads to secrets (the broker, the credentials
+        // file's path) and decides what ferd does: 0640, as installed.
+        crate::permissions::warn_if_loose(path, "config", crate::permissions::Kind::Secret);
         Ok(config)
     }
 

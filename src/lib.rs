@@ -21,6 +21,7 @@ pub mod eval;
 pub mod events;
 pub mod expression;
 pub mod frame;
+pub mod permissions;
 pub mod pipeline;
 pub mod rules;
 pub mod sink;
@@ -28,3 +29,13 @@ pub mod source;
 pub mod systemd;
 pub mod track;
 pub mod vision;
+
+/// The message of a caught panic (`&str` or `String` payloads), for the
+/// error that replaces it.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
+}

@@ -455,6 +455,11 @@ impl Ferd {
     /// `ferd run --config CONFIG --source examples/demo.y4m` plus `args`,
     /// with RUST_LOG=info.
     fn spawn(config: &Path, args: &[&str]) -> Ferd {
+        Ferd::spawn_on(config, Path::new("examples/demo.y4m"), args)
+    }
+
+    /// [`Ferd::spawn`] with another source.
+    fn spawn_on(config: &Path, source: &Path, args: &[&str]) -> Ferd {
         let dir = config.parent().unwrap();
         let stem = config.file_stem().unwrap().to_str().unwrap();
         let n = (0..)
@@ -466,7 +471,8 @@ impl Ferd {
             .arg("run")
             .arg("--config")
             .arg(config)
-            .args(["--source", "examples/demo.y4m"])
+            .arg("--source")
+            .arg(source)
             .args(args)
             .current_dir(root())
             .env("RUST_LOG", "info")
@@ -1312,4 +1318,434 @@ fn loose_credentials_file_draws_a_warning() {
     assert!(warning.contains("has mode 0644"), "{warning}");
     assert!(!out.stderr.contains("pw-0644-secret"), "{}", out.stderr);
     assert_eq!(frames(&out.lines()), DEMO_FRAMES);
+}
+
+// ---------------------------------------------------------------------------
+// Security: file modes, and no listening network socket
+
+/// `ferd check-config CONFIG`, with RUST_LOG=info.
+fn check_config(config: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ferd"))
+        .arg("check-config")
+        .arg(config)
+        .current_dir(root())
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("ferd runs")
+}
+
+/// The lines of `stderr` naming `path`.
+fn lines_naming<'a>(stderr: &'a str, path: &Path) -> Vec<&'a str> {
+    let p = path.to_str().unwrap();
+    stderr.lines().filter(|l| l.contains(p)).collect()
+}
+
+#[test]
+fn a_loose_client_key_or_a_writable_ca_draws_a_warning() {
+    // The client key is a secret (0640 at most); the CA and the client
+    // certificate are public, but whoever can write the CA file chooses
+    // whom ferd trusts (0644 at most). check-config reads all three.
+    let Some(openssl) = need("openssl", "Debian/Ubuntu: apt install openssl") else {
+        return;
+    };
+    let dir = scratch();
+    // A server certificate serves as a client certificate here: only its
+    // files are read, nothing connects.
+    let (ca, crt, key) = make_ca(&openssl, dir.path(), "perm");
+    let cfg = config(
+        dir.path(),
+        "tls.toml",
+        |t| t,
+        &format!(
+            "url = \"mqtts://127.0.0.1:{}\"\ndevice_id = \"permtls\"\nspool = {}\n\
+             ca_file = {}\ncert_file = {}\nkey_file = {}\n",
+            free_port(),
+            toml_path(&dir.path().join("spool")),
+            toml_path(&ca),
+            toml_path(&crt),
+            toml_path(&key)
+        ),
+    );
+    let set = |path: &Path, mode: u32| {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    };
+    // (CA, certificate, key modes; the expected warnings as (file, text))
+    // The file and a text its warning must hold.
+    type Expected<'a> = Vec<(&'a Path, &'static str)>;
+    let cases: [(u32, u32, u32, Expected); 3] = [
+        (0o644, 0o644, 0o600, vec![]),
+        (
+            0o644,
+            0o644,
+            0o644,
+            vec![
+                (&key, "key_file"),
+                (&key, "has mode 0644, looser than 0640"),
+            ],
+        ),
+        (
+            0o664,
+            0o646,
+            0o640,
+            vec![
+                (&ca, "ca_file"),
+                (&ca, "has mode 0664, looser than 0644"),
+                (&ca, "chmod 0644"),
+                (&crt, "cert_file"),
+                (&crt, "has mode 0646"),
+            ],
+        ),
+    ];
+    for (ca_mode, crt_mode, key_mode, expected) in cases {
+        let case = format!("ca {ca_mode:04o}, cert {crt_mode:04o}, key {key_mode:04o}");
+        set(&ca, ca_mode);
+        set(&crt, crt_mode);
+        set(&key, key_mode);
+        let o = check_config(&cfg);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{case}: {err}");
+        for path in [&ca, &crt, &key] {
+            let lines = lines_naming(&err, path);
+            let wanted: Vec<&str> = expected
+                .iter()
+                .filter(|(p, _)| p == path)
+                .map(|(_, text)| *text)
+                .collect();
+            if wanted.is_empty() {
+                assert!(lines.is_empty(), "{case}: {}: {err}", path.display());
+                continue;
+            }
+            assert_eq!(lines.len(), 1, "{case}: one warning: {err}");
+            for text in wanted {
+                assert!(lines[0].contains(text), "{case}: {text}: {}", lines[0]);
+            }
+            assert!(lines[0].contains("WARN"), "{case}: {}", lines[0]);
+        }
+    }
+}
+
+#[test]
+fn a_loose_spool_draws_warnings_at_open() {
+    // No broker: the events stay in the spool, which the second run opens.
+    let dir = scratch();
+    let spool = dir.path().join("spool");
+    let cfg = config(
+        dir.path(),
+        "spool.toml",
+        |t| t,
+        &format!(
+            "url = \"mqtt://127.0.0.1:{}\"\ndevice_id = \"permspool\"\nspool = {}\n\
+             drain_timeout = 0\n",
+            free_port(),
+            toml_path(&spool)
+        ),
+    );
+    // A short clip: what is checked happens at open.
+    let clip = dir.path().join("clip.y4m");
+    short_clip(&clip, 10);
+    let first = Ferd::spawn_on(&cfg, &clip, &[]).wait().ok();
+    // What ferd makes itself is tight enough (0750 and 0640 under the usual
+    // umask 022).
+    assert!(!first.stderr.contains("has mode"), "{}", first.stderr);
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&spool), 0o750);
+    let files: Vec<PathBuf> = fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let head = spool.join("head");
+    assert!(files.contains(&head), "{files:?}");
+    let segments: Vec<&PathBuf> = files
+        .iter()
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("seg-"))
+        .collect();
+    assert!(!segments.is_empty(), "{files:?}");
+    for f in &files {
+        assert_eq!(mode(f), 0o640, "{}", f.display());
+    }
+
+    fs::set_permissions(&spool, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&head, fs::Permissions::from_mode(0o644)).unwrap();
+    for s in &segments {
+        fs::set_permissions(s, fs::Permissions::from_mode(0o660)).unwrap();
+    }
+    let second = Ferd::spawn_on(&cfg, &clip, &[]).wait().ok();
+    let err = &second.stderr;
+    // The directory's own line: the files' lines name it too.
+    let spool_name = format!("spool directory {} has mode 0755", spool.display());
+    let dir_lines: Vec<&str> = err.lines().filter(|l| l.contains(&spool_name)).collect();
+    assert_eq!(dir_lines.len(), 1, "{err}");
+    assert!(dir_lines[0].contains("WARN"), "{}", dir_lines[0]);
+    assert!(
+        dir_lines[0].ends_with(&format!("chmod 0750 {}", spool.display())),
+        "{}",
+        dir_lines[0]
+    );
+    let head_lines = lines_naming(err, &head);
+    assert_eq!(head_lines.len(), 1, "{err}");
+    assert!(head_lines[0].contains("has mode 0644"), "{}", head_lines[0]);
+    for s in &segments {
+        let lines: Vec<&str> = lines_naming(err, s)
+            .into_iter()
+            .filter(|l| l.contains("has mode"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{}: {err}", s.display());
+        assert!(lines[0].contains("spool segment"), "{}", lines[0]);
+        assert!(lines[0].contains("has mode 0660"), "{}", lines[0]);
+        assert!(
+            lines[0].ends_with(&format!("chmod 0640 {}", s.display())),
+            "{}",
+            lines[0]
+        );
+    }
+    assert_eq!(frames(&second.lines()), 10);
+}
+
+/// A socket of ferd's that the issue forbids, or one the test must see.
+#[derive(Debug, Default)]
+struct SocketScan {
+    /// Forbidden sockets, described.
+    violations: Vec<String>,
+    /// An established TCP connection to the broker was seen.
+    broker: bool,
+    /// The event socket was seen listening.
+    event_socket: bool,
+}
+
+/// The socket inodes of process `pid`: inode -> its /proc/PID/fd entry.
+fn socket_inodes(pid: u32) -> BTreeMap<u64, PathBuf> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Ok(target) = fs::read_link(e.path()) else {
+            continue;
+        };
+        let t = target.to_string_lossy();
+        if let Some(n) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+            out.insert(n.parse().unwrap(), e.path());
+        }
+    }
+    out
+}
+
+/// One row of a /proc/PID/net table: its fields, by the table's name.
+fn net_rows(pid: u32, table: &str) -> Vec<Vec<String>> {
+    let text = fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+/// The port of a /proc/net/tcp address (`0100007F:075B`).
+fn hex_port(addr: &str) -> u16 {
+    u16::from_str_radix(addr.rsplit(':').next().unwrap(), 16).unwrap()
+}
+
+/// Classifies every socket process `pid` holds, from its fds and the
+/// kernel's socket tables (read before and after the fds, so that a socket
+/// made in between is found). TCP: a LISTEN (state 0A) socket, or one whose
+/// peer is not `broker_port`, is a violation. UDP, raw and packet sockets
+/// are violations whatever their state. Unix and netlink sockets are
+/// local. A socket in no table that is still open is a violation too.
+fn scan_sockets(pid: u32, broker_port: u16, event_socket: &Path) -> SocketScan {
+    const INET: [&str; 4] = ["tcp", "tcp6", "udp", "udp6"];
+    const OTHER: [&str; 4] = ["udplite", "udplite6", "raw", "raw6"];
+    let read_tables = || {
+        // inode -> (table, fields)
+        let mut by_inode = std::collections::HashMap::<u64, (String, Vec<String>)>::new();
+        for table in INET.iter().chain(OTHER.iter()) {
+            for row in net_rows(pid, table) {
+                if let Some(inode) = row.get(9).and_then(|i| i.parse().ok()) {
+                    by_inode.insert(inode, (table.to_string(), row));
+                }
+            }
+        }
+        for (table, column) in [("unix", 6), ("netlink", 9), ("packet", 8)] {
+            for row in net_rows(pid, table) {
+                if let Some(inode) = row.get(column).and_then(|i| i.parse().ok()) {
+                    by_inode.insert(inode, (table.to_string(), row));
+                }
+            }
+        }
+        by_inode
+    };
+    let mut tables = read_tables();
+    let fds = socket_inodes(pid);
+    for (k, v) in read_tables() {
+        tables.entry(k).or_insert(v);
+    }
+    let mut scan = SocketScan::default();
+    for (inode, fd) in fds {
+        match tables.get(&inode) {
+            Some((t, row)) if t == "tcp" || t == "tcp6" => {
+                let (local, remote, state) = (&row[1], &row[2], &row[3]);
+                if state == "0A" {
+                    scan.violations
+                        .push(format!("{t} LISTEN on {local} (port {})", hex_port(local)));
+                } else if hex_port(remote) != broker_port {
+                    scan.violations.push(format!(
+                        "{t} {local} -> {remote} (state {state}): not to the broker"
+                    ));
+                } else if state == "01" {
+                    scan.broker = true;
+                }
+            }
+            Some((t, row)) if t == "unix" => {
+                // Flags 00010000: __SO_ACCEPTCON, a listening socket.
+                if row.get(7).map(PathBuf::from).as_deref() == Some(event_socket)
+                    && row[3] == "00010000"
+                {
+                    scan.event_socket = true;
+                }
+            }
+            Some((t, _)) if t == "netlink" => {}
+            Some((t, row)) => scan.violations.push(format!("{t} socket {row:?}")),
+            None => {
+                // Closed since the fds were read: gone, not a violation.
+                let still = fs::read_link(&fd)
+                    .is_ok_and(|l| l.to_string_lossy() == format!("socket:[{inode}]"));
+                if still {
+                    scan.violations
+                        .push(format!("socket {inode} ({}) in no table", fd.display()));
+                }
+            }
+        }
+    }
+    scan
+}
+
+/// A group other than our effective one that we may give a file: any
+/// group as root, else one of our supplementary groups. (name, gid).
+fn another_group() -> Option<(String, u32)> {
+    // SAFETY: getegid/geteuid have no preconditions; getgroups writes at
+    // most `len` gids into a buffer of that many.
+    let (egid, root) = unsafe { (libc::getegid(), libc::geteuid() == 0) };
+    let mut mine = vec![0 as libc::gid_t; 256];
+    let n = unsafe { libc::getgroups(mine.len() as libc::c_int, mine.as_mut_ptr()) };
+    mine.truncate(n.max(0) as usize);
+    let groups = fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        let gid: u32 = f.get(2)?.parse().ok()?;
+        (gid != egid && (root || mine.contains(&gid))).then(|| (f[0].to_string(), gid))
+    })
+}
+
+/// The first `frames` frames of examples/demo.y4m (5 fps, mono) in `path`.
+fn short_clip(path: &Path, frames: usize) {
+    let demo = fs::read(root().join("examples/demo.y4m")).unwrap();
+    let header_end = demo.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let header = std::str::from_utf8(&demo[..header_end]).unwrap();
+    assert!(
+        header.starts_with("YUV4MPEG2 W256 H192 F5:1") && header.contains("Cmono"),
+        "{header}"
+    );
+    let frame = b"FRAME\n".len() + 256 * 192;
+    let end = header_end + frames * frame;
+    assert!(demo[header_end + (frames - 1) * frame..].starts_with(b"FRAME\n"));
+    fs::write(path, &demo[..end]).unwrap();
+}
+
+#[test]
+fn no_listening_network_socket_and_the_event_socket_is_0660_with_its_group() {
+    // The scan itself finds what it must forbid: a TCP listener and a
+    // bound UDP socket of this test process.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let own = scan_sockets(std::process::id(), 0, Path::new("/nonexistent"));
+    let listen_port = listener.local_addr().unwrap().port();
+    assert!(
+        own.violations
+            .iter()
+            .any(|v| v.contains("LISTEN") && v.contains(&format!("(port {listen_port})"))),
+        "{own:?}"
+    );
+    assert!(
+        own.violations.iter().any(|v| v.starts_with("udp ")),
+        "{own:?}"
+    );
+    drop((listener, udp));
+
+    let Some(bin) = mosquitto() else { return };
+    let group = another_group();
+    if !common::require(
+        "a group other than the test's own, to give the event socket",
+        group.is_some(),
+        "run as root, or as a member of a supplementary group",
+    ) {
+        return;
+    }
+    let (group, gid) = group.unwrap();
+    let dir = scratch();
+    let broker = Broker::plain(&bin, dir.path());
+    let sock = dir.path().join("events.sock");
+    let cfg = config(
+        dir.path(),
+        "listen.toml",
+        |t| {
+            let edited = t.replace(
+                "[events]\n",
+                &format!(
+                    "[events]\nsocket = {}\nsocket_group = {}\n",
+                    toml_path(&sock),
+                    toml_str(&group)
+                ),
+            );
+            assert_ne!(edited, t, "systemd/ferd.toml has no [events] table");
+            edited
+        },
+        &format!(
+            "url = \"mqtt://127.0.0.1:{}\"\ndevice_id = \"nolisten\"\nspool = {}\n\
+             drain_timeout = 5\n",
+            broker.port(),
+            toml_path(&dir.path().join("spool"))
+        ),
+    );
+    // 20 frames at their own 5 fps: ferd runs about 4 s, long enough to be
+    // watched connected.
+    let clip = dir.path().join("clip.y4m");
+    short_clip(&clip, 20);
+    let mut ferd = Ferd::spawn_on(&cfg, &clip, &["--realtime"]);
+    let pid = ferd.child.id();
+    let deadline = Instant::now() + FERD_LIMIT;
+    let (mut violations, mut scans) = (Vec::new(), 0);
+    let (mut broker_seen, mut socket_seen, mut socket_meta) = (false, false, None);
+    let status = loop {
+        if let Some(status) = ferd.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ferd still running after {FERD_LIMIT:?}; stderr:\n{}",
+            ferd.stderr()
+        );
+        let scan = scan_sockets(pid, broker.port(), &sock);
+        scans += 1;
+        violations.extend(scan.violations);
+        broker_seen |= scan.broker;
+        socket_seen |= scan.event_socket;
+        if socket_meta.is_none() && scan.event_socket {
+            socket_meta = fs::symlink_metadata(&sock).ok();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = ferd.stderr();
+    assert!(status.success(), "ferd: {status}\n{stderr}");
+    assert!(violations.is_empty(), "{violations:?}\n{stderr}");
+    assert!(
+        broker_seen,
+        "never saw the connection to the broker in {scans} scans\n{stderr}"
+    );
+    assert!(
+        socket_seen,
+        "never saw the event socket listening in {scans} scans\n{stderr}"
+    );
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = socket_meta.expect("the socket's metadata while it listened");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.mode() & 0o7777, 0o660, "{}", sock.display());
+    assert_eq!(meta.gid(), gid, "the socket's group is {group}");
 }

@@ -41,6 +41,7 @@ use tokio_rustls::rustls;
 use crate::config::{Config, MqttConfig, MqttUrl, QosTable};
 use crate::events::{Event, EventKind};
 use crate::expression::Expression;
+use crate::permissions::Kind;
 use crate::sink::bus::{Published, Report, Subscription, Worker};
 use crate::sink::homeassistant::{self, Discovery};
 use crate::sink::spool::{Record, Spool, SpoolError};
@@ -706,8 +707,8 @@ fn mqtt_options(s: &Settings) -> MqttOptions {
     o
 }
 
-/// `username` and `password` from a TOML file; a file others can read
-/// draws a warning.
+/// `username` and `password` from a TOML file; a file looser than 0640
+/// draws a warning ([`crate::permissions`]).
 fn read_credentials(path: &Path) -> Result<(String, String), MqttError> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -721,7 +722,7 @@ fn read_credentials(path: &Path) -> Result<(String, String), MqttError> {
         path: path.to_path_buf(),
         message: "not UTF-8".into(),
     })?;
-    crate::config::warn_if_loose(path, "credentials");
+    crate::permissions::warn_if_loose(path, "credentials", Kind::Secret);
     let c: Credentials = toml::from_str(&text).map_err(|e| MqttError::Invalid {
         key: "credentials",
         path: path.to_path_buf(),
@@ -768,6 +769,8 @@ fn tls_config(config: &Config, mqtt: &MqttConfig) -> Result<Arc<rustls::ClientCo
     match &mqtt.ca_file {
         Some(p) => {
             let path = config.resolve(p);
+            // Public, but whoever can write it chooses whom ferd trusts.
+            crate::permissions::warn_if_loose(&path, "ca_file", Kind::Public);
             for cert in pem_certs("ca_file", &path)? {
                 roots.add(cert).map_err(|e| MqttError::Invalid {
                     key: "ca_file",
@@ -803,9 +806,10 @@ fn tls_config(config: &Config, mqtt: &MqttConfig) -> Result<Arc<rustls::ClientCo
         (Some(c), Some(k)) => {
             let cert_path = config.resolve(c);
             let key_path = config.resolve(k);
+            crate::permissions::warn_if_loose(&cert_path, "cert_file", Kind::Public);
             let certs = pem_certs("cert_file", &cert_path)?;
             let key_bytes = read_file("key_file", &key_path, MAX_PEM_BYTES)?;
-            crate::config::warn_if_loose(&key_path, "key_file");
+            crate::permissions::warn_if_loose(&key_path, "key_file", Kind::Secret);
             let key = rustls_pemfile::private_key(&mut key_bytes.as_slice())
                 .ok()
                 .flatten()

@@ -6,7 +6,9 @@
 //!
 //! # On disk
 //!
-//! One directory (created 0o750) holding:
+//! One directory (created 0o750; an existing one, or a file in it, more
+//! open than 0750/0640 draws a warning at open, see [`crate::permissions`])
+//! holding:
 //!
 //! - `seg-<first id, 20 digits>.log`: segment files of records appended
 //!   back to back. A new segment is started when the current one would
@@ -59,6 +61,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use crate::permissions::{self, Kind};
 
 /// The first byte of every record: a zero-filled or foreign region is
 /// noticed at once rather than read as a length.
@@ -410,6 +414,12 @@ impl Spool {
             .create(dir)
             .map_err(io_err(dir, "create the directory"))?;
         let dir_file = File::open(dir).map_err(io_err(dir, "open the directory"))?;
+        // An existing directory keeps its mode; one made by hand or by an
+        // older setup may let others list or add files.
+        let meta = dir_file
+            .metadata()
+            .map_err(io_err(dir, "inspect the directory"))?;
+        permissions::warn_if_loose_meta(dir, "spool directory", Kind::Directory, &meta);
         // SAFETY: flock on a descriptor we own, no pointers involved.
         if unsafe { libc::flock(dir_file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let error = io::Error::last_os_error();
@@ -480,14 +490,15 @@ impl Spool {
                 op: "open",
                 error,
             })?;
-            let size = file
-                .metadata()
-                .map_err(|error| SpoolError::Io {
-                    path: path.clone(),
-                    op: "stat",
-                    error,
-                })?
-                .len();
+            let meta = file.metadata().map_err(|error| SpoolError::Io {
+                path: path.clone(),
+                op: "stat",
+                error,
+            })?;
+            // Segments hold every queued event; ferd makes them 0640, but
+            // one restored or copied by hand may be looser.
+            permissions::warn_if_loose_meta(path, "spool segment", Kind::Secret, &meta);
+            let size = meta.len();
             if size > max_segment || usize::try_from(size).is_err() {
                 log::warn!(
                     "{}: {size} bytes, more than twice the spool limit of {} bytes: dropped unread",
@@ -633,6 +644,9 @@ impl Spool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, 0)),
             Err(e) => return Err(io_err(e)),
         };
+        if let Ok(meta) = file.metadata() {
+            permissions::warn_if_loose_meta(&path, "spool head", Kind::Secret, &meta);
+        }
         let mut text = Vec::new();
         (&file)
             .take(MAX_HEAD_FILE + 1)
