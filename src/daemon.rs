@@ -12,14 +12,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, ConfigError};
 use crate::pipeline::{self, Pace, Pipeline, RunError, Service, Summary};
 use crate::sink::bus::{self, Stamp, Worker};
 use crate::sink::display::DisplayError;
-use crate::sink::gpio::{GpioError, GpioSink, GpioState};
+use crate::sink::gpio::{GpioError, GpioSink};
 use crate::sink::png::PngDisplay;
 use crate::sink::{Display, EventSink, Fanout, JsonLines, SinkError};
 use crate::source::{self, FrameSource, SourceError};
@@ -244,7 +244,9 @@ pub fn open_gpio(
         return Ok(None);
     }
     let outputs = crate::sink::gpio::open(&config.gpio)?;
-    let shared = Arc::new(Mutex::new(GpioState::default()));
+    let shared = Arc::new(std::sync::Mutex::new(
+        crate::sink::gpio::GpioState::default(),
+    ));
     let sink = GpioSink::new(&config.gpio, Arc::clone(&shared));
     let stale_after = Duration::from_secs_f64(config.health.degraded_after.0);
     let driver =
@@ -464,7 +466,10 @@ impl Service for Supervisor<'_> {
     }
 
     fn between_frames(&mut self, pipeline: &mut Pipeline) {
-        if !self.hangup.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        if !self
+            .hangup
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
             return;
         }
         let name = self.options.config.display().to_string();

@@ -458,7 +458,7 @@ impl Rules {
     ) {
         let mut old = std::mem::take(&mut self.rules);
         for rule in &old {
-            let kept = configs.iter().any(|c| *c == rule.cfg);
+            let kept = configs.contains(&rule.cfg);
             if let (false, Phase::Active { since, .. }) = (kept, rule.phase) {
                 changes.push(AlertChange::Cleared {
                     alert: rule.cfg.name.0.clone(),
@@ -607,11 +607,7 @@ mod tests {
         // `a` kept as is, `b` changed (a longer hold), `c` removed, `d` new.
         ch.clear();
         let b2 = named("b", 5.0);
-        rules.reconfigure(
-            &[named("d", 0.0), a, b2],
-            Duration::from_secs(3),
-            &mut ch,
-        );
+        rules.reconfigure(&[named("d", 0.0), a, b2], Duration::from_secs(3), &mut ch);
         let cleared: Vec<_> = ch
             .iter()
             .map(|c| match c {

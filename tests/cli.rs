@@ -175,7 +175,7 @@ fn check_config_names_file_line_and_key() {
         let path = dir.path().join(format!("bad{i}.toml"));
         std::fs::write(&path, text).unwrap();
         let o = ferd(&["check-config", path.to_str().unwrap()]);
-        assert_eq!(o.status.code(), Some(1));
+        assert_eq!(o.status.code(), Some(3));
         let err = stderr(&o);
         assert!(
             err.contains(&format!("bad{i}.toml{position}")),
@@ -206,7 +206,7 @@ fn check_config_checks_display_specs() {
         let o = ferd(&["check-config", path.to_str().unwrap()]);
         match error {
             Some(needle) => {
-                assert_eq!(o.status.code(), Some(1), "case {i}");
+                assert_eq!(o.status.code(), Some(3), "case {i}");
                 assert!(stderr(&o).contains(needle), "case {i}: {}", stderr(&o));
             }
             None => assert!(o.status.success(), "case {i}: {}", stderr(&o)),
@@ -250,7 +250,7 @@ fn corrupt_model_is_refused_naming_the_file() {
         config.to_str().unwrap(),
         data("faces/one_face.png").to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(4));
     let err = stderr(&o);
     assert!(
         err.contains("retinaface-mnet025.onnx") && err.contains("sha256"),
@@ -278,7 +278,7 @@ fn missing_model_is_refused_naming_the_file() {
         config.to_str().unwrap(),
         data("faces/one_face.png").to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(4));
     let err = stderr(&o);
     assert!(err.contains(&file) && err.contains("cannot read"), "{err}");
 }
@@ -419,7 +419,7 @@ fn run_refuses_a_clip_with_a_bad_header() {
         "--source",
         bad.to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(5));
     let err = stderr(&o);
     assert!(
         err.contains("bad.y4m") && err.contains("no height"),
@@ -666,4 +666,81 @@ fn bench_times_every_stage_and_writes_the_faces_it_saw() {
     let last = out.lines().last().unwrap();
     let fps: f64 = last.strip_prefix("fps: ").unwrap().parse().unwrap();
     assert!(fps > 0.0, "{out}");
+}
+
+/// Config and credential files looser than 0640 draw a warning naming each
+/// (src/permissions.rs), from `check-config` as from `run`: both read them
+/// through `Config::load` and the MQTT settings. A warning, not an error.
+#[cfg(feature = "mqtt")]
+#[test]
+fn check_config_warns_about_a_loose_config_or_credentials_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let creds = dir.path().join("mqtt-credentials.toml");
+    std::fs::write(
+        &creds,
+        "username = \"ferd\"\npassword = \"pw-kept-apart\"\n",
+    )
+    .unwrap();
+    let config = dir.path().join("ferd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[detector]\nmodel = {:?}\n[classifier]\nmodel = {:?}\n\
+             [mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\ndevice_id = \"perm\"\ncredentials = {:?}\n",
+            models.join("retinaface-mnet025.toml"),
+            models.join("expression.toml"),
+            creds
+        ),
+    )
+    .unwrap();
+    // (config mode, credentials mode, the chmod suggested for each: none
+    // when the mode is fine; only the loose bits go)
+    let cases = [
+        (0o644, 0o644, Some(0o640), Some(0o640)),
+        (0o660, 0o700, Some(0o640), Some(0o600)),
+        (0o641, 0o640, Some(0o640), None),
+        (0o640, 0o604, None, Some(0o600)),
+        (0o640, 0o600, None, None),
+        (0o600, 0o400, None, None),
+    ];
+    for (config_mode, creds_mode, config_fix, creds_fix) in cases {
+        let case = format!("config {config_mode:04o}, credentials {creds_mode:04o}");
+        for (path, mode) in [(&config, config_mode), (&creds, creds_mode)] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let o = ferd(&["check-config", config.to_str().unwrap()]);
+        let err = stderr(&o);
+        assert!(o.status.success(), "{case}: {err}");
+        assert!(stdout(&o).contains(": ok ("), "{case}: {}", stdout(&o));
+        assert!(!err.contains("pw-kept-apart"), "{case}: {err}");
+        for (path, what, mode, fix) in [
+            (&config, "config", config_mode, config_fix),
+            (&creds, "credentials", creds_mode, creds_fix),
+        ] {
+            let p = path.to_str().unwrap();
+            let lines: Vec<&str> = err.lines().filter(|l| l.contains(p)).collect();
+            let Some(fix) = fix else {
+                assert!(lines.is_empty(), "{case}: {what} warned about: {err}");
+                continue;
+            };
+            assert_eq!(lines.len(), 1, "{case}: one warning for {what}: {err}");
+            let line = lines[0];
+            assert!(line.contains("WARN"), "{case}: {line}");
+            assert!(
+                line.contains(&format!("{what} {p} has mode {mode:04o}")),
+                "{case}: {line}"
+            );
+            assert!(
+                line.ends_with(&format!("chmod {fix:04o} {p}")),
+                "{case}: {line}"
+            );
+        }
+        assert_eq!(
+            err.contains("has mode"),
+            config_fix.is_some() || creds_fix.is_some(),
+            "{case}: {err}"
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! Integration tests for inputs a user or a device can hand in: every one
-//! ends in a clear error naming the file (exit status 1), or is processed;
+//! ends in a clear error naming the file (exit status 3, 4 or 5 at start,
+//! 1 for an input among others), or is processed;
 //! none panics (exit status 101), hangs, or is read into memory unbounded.
 //!
 //! Bad model manifests are edited copies of the shipped ones in a scratch
@@ -72,9 +73,15 @@ fn run_on(source: &Path) -> Output {
 
 /// Asserts a refusal: exit status 1 (an error, not a panic) and every
 /// needle in stderr.
+/// Refused: exit status 3, 4 or 5 (config, model, input: the README's
+/// table), never 101 (a panic), and the message names each of `needles`.
 fn assert_refused(o: &Output, needles: &[&str]) {
     let err = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        matches!(o.status.code(), Some(3..=5)),
+        "{:?}: {err}",
+        o.status
+    );
     assert!(!err.contains("panicked"), "{err}");
     for n in needles {
         assert!(err.contains(n), "{n:?} missing from:\n{err}");
@@ -117,9 +124,13 @@ fn fifo_and_endless_devices_are_refused_without_reading_them() {
         (Path::new("/dev/urandom"), "a character device"),
     ] {
         assert_refused(&run_on(source), &[s(source), "not a regular file", what]);
-        assert_refused(
-            &ferd(&["detect", "--json", s(source)]),
-            &[s(source), "not a regular file"],
+        // `detect` goes on with the other inputs: exit status 1.
+        let o = ferd(&["detect", "--json", s(source)]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(s(source)) && err.contains("not a regular file"),
+            "{err}"
         );
     }
 }
@@ -197,6 +208,53 @@ fn model_files_that_are_not_regular_or_too_large_are_refused() {
         .unwrap();
     let o = ferd(&["run", "--config", s(&config), "--source", s(&face)]);
     assert_refused(&o, &["retinaface-mnet025.onnx", "256 MiB limit"]);
+}
+
+#[test]
+fn hostile_model_files_with_matching_checksums_are_refused_by_name() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::scratch_models(dir.path());
+    let face = root().join("tests/data/faces/one_face.png");
+    let good = std::fs::read(root().join("models/expression-kd.onnx")).unwrap();
+    let mut flipped = good.clone();
+    for b in &mut flipped[2000..2100] {
+        *b = 0xff;
+    }
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("empty", Vec::new()),
+        ("truncated", good[..good.len() / 3].to_vec()),
+        (
+            "noise",
+            (0..100_000u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect(),
+        ),
+        ("flipped", flipped),
+    ];
+    let manifest = std::fs::read_to_string(dir.path().join("models/expression.toml")).unwrap();
+    for (name, bytes) in cases {
+        let file = format!("{name}.onnx");
+        std::fs::write(dir.path().join("models").join(&file), &bytes).unwrap();
+        let sha = ferd::vision::model::hex(&sha2::Sha256::digest(&bytes));
+        let text: String = manifest
+            .lines()
+            .map(|l| {
+                if l.starts_with("file = ") {
+                    format!("file = \"{file}\"")
+                } else if l.starts_with("sha256 = ") {
+                    format!("sha256 = \"{sha}\"")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(dir.path().join("models/expression.toml"), text).unwrap();
+        let o = ferd(&["run", "--config", s(&config), "--source", s(&face)]);
+        assert_refused(&o, &[&file]);
+        assert_eq!(o.status.code(), Some(4), "{name}: {}", stderr(&o));
+    }
 }
 
 /// Rewrites `file` in the scratch models, replacing each `from` (which

@@ -792,7 +792,14 @@ mod tests {
         let mut clients: Vec<_> = (0..MAX_CLIENTS).map(|_| connect(&path)).collect();
         bus.emit(&lost(2)).unwrap();
         for c in &mut clients {
-            assert_eq!(read_line(c)["seq"], 2);
+            // The wake that refused `extra` may have come just before
+            // event 1 was queued; then event 1 goes out with event 2, to
+            // these clients too: 1 then 2, or 2 alone.
+            let mut seq = read_line(c)["seq"].clone();
+            if seq == 1 {
+                seq = read_line(c)["seq"].clone();
+            }
+            assert_eq!(seq, 2);
         }
         drop(bus);
         assert_eq!(workers.join(PATIENCE).delivered, 2);

@@ -284,7 +284,15 @@ impl Manifest {
                 format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
             ))
         })?;
-        let m: Manifest = toml::from_str(&text).map_err(|e| ModelError::Manifest {
+        Manifest::parse(&text, path)
+    }
+
+    /// Parses and checks a manifest's text, as [`Manifest::load`] does
+    /// after reading the file; `path` names it in errors. Relative paths in
+    /// it stay as written (the loader resolves them against the manifest's
+    /// folder).
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, ModelError> {
+        let m: Manifest = toml::from_str(text).map_err(|e| ModelError::Manifest {
             path: path.to_path_buf(),
             message: e.to_string().trim().replace('\n', " "),
         })?;
@@ -555,35 +563,51 @@ impl LoadedModel {
             stage,
             message: format!("{e:#}"),
         };
-        let model = if is_nnef(&manifest.model.file) {
-            // tract's own format: already typed (and, for int8 models,
-            // holding the integer convolutions tract runs as such).
-            let model = tract_nnef::nnef()
-                .model_for_read(&mut &bytes[..])
-                .map_err(|e| tract_err("parse the NNEF archive", &path, e))?;
-            check_typed_input(&model, &input_shape, &path, manifest_path)?;
-            model
-                .into_optimized()
-                .map_err(|e| tract_err("optimise the graph", &path, e))?
-        } else {
-            let model = tract_onnx::onnx()
-                .model_for_read(&mut &bytes[..])
-                .map_err(|e| tract_err("parse the ONNX graph", &path, e))?;
-            check_declared_input(&model, &manifest.input, &path, manifest_path)?;
-            model
-                .with_input_fact(0, f32::fact(&input_shape).into())
-                .and_then(|m| m.into_optimized())
-                .map_err(|e| tract_err("type and optimise the graph", &path, e))?
-        };
-        let plan = model
-            .into_runnable()
-            .map_err(|e| tract_err("build the execution plan", &path, e))?;
-        let state = TypedSimpleState::new(&plan)
-            .map_err(|e| tract_err("build the execution state", &path, e))?;
-        let input = Arc::new(
-            Tensor::zero::<f32>(&input_shape)
-                .map_err(|e| tract_err("allocate the input", &path, e))?,
-        );
+        // tract's parsers and optimiser assume well-formed graphs: a
+        // hostile file whose checksum matches its (equally hostile)
+        // manifest may make them panic. That must be this model's error,
+        // not the process's end (exit status 101).
+        let built =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<_, ModelError> {
+                let model = if is_nnef(&manifest.model.file) {
+                    // tract's own format: already typed (and, for int8 models,
+                    // holding the integer convolutions tract runs as such).
+                    let model = tract_nnef::nnef()
+                        .model_for_read(&mut &bytes[..])
+                        .map_err(|e| tract_err("parse the NNEF archive", &path, e))?;
+                    check_typed_input(&model, &input_shape, &path, manifest_path)?;
+                    model
+                        .into_optimized()
+                        .map_err(|e| tract_err("optimise the graph", &path, e))?
+                } else {
+                    let model = tract_onnx::onnx()
+                        .model_for_read(&mut &bytes[..])
+                        .map_err(|e| tract_err("parse the ONNX graph", &path, e))?;
+                    check_declared_input(&model, &manifest.input, &path, manifest_path)?;
+                    model
+                        .with_input_fact(0, f32::fact(&input_shape).into())
+                        .and_then(|m| m.into_optimized())
+                        .map_err(|e| tract_err("type and optimise the graph", &path, e))?
+                };
+                let plan = model
+                    .into_runnable()
+                    .map_err(|e| tract_err("build the execution plan", &path, e))?;
+                let state = TypedSimpleState::new(&plan)
+                    .map_err(|e| tract_err("build the execution state", &path, e))?;
+                let input = Arc::new(
+                    Tensor::zero::<f32>(&input_shape)
+                        .map_err(|e| tract_err("allocate the input", &path, e))?,
+                );
+                Ok((plan, state, input))
+            }))
+            .unwrap_or_else(|panic| {
+                Err(ModelError::Tract {
+                    path: path.clone(),
+                    stage: "load the model (tract panicked)",
+                    message: crate::panic_message(&*panic),
+                })
+            });
+        let (plan, state, input) = built?;
         Ok(LoadedModel {
             manifest,
             path,
@@ -627,7 +651,18 @@ impl LoadedModel {
         let outputs = {
             let _scope = TractScope::enter();
             let input = TValue::from_const(Arc::clone(&scratch.input));
-            scratch.state.run(tvec!(input)).map_err(tract_err)?
+            // As at load: a hostile graph's panic fails this frame only.
+            let run = std::panic::AssertUnwindSafe(|| scratch.state.run(tvec!(input)));
+            match std::panic::catch_unwind(run) {
+                Ok(outputs) => outputs.map_err(tract_err)?,
+                Err(panic) => {
+                    return Err(ModelError::Tract {
+                        path: self.path.clone(),
+                        stage: "run (tract panicked)",
+                        message: crate::panic_message(&*panic),
+                    })
+                }
+            }
         };
         read(&outputs)
     }
