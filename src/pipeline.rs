@@ -881,6 +881,10 @@ pub enum RunError {
     CaptureThread(std::io::Error),
 }
 
+/// How long stopping waits for the capture thread to return from the
+/// source before leaving it behind (see [`run`]).
+const CAPTURE_EXIT_WAIT: Duration = Duration::from_secs(2);
+
 /// Runs the pipeline over a source until it ends or `stop` is set.
 ///
 /// Source events (`camera_lost`, `camera_restored`) are never dropped.
@@ -951,19 +955,30 @@ pub fn run(
         }
     }
     mailbox.close();
-    let joined = handle.join();
+    // A source blocked in its device never gets back to its `stop` check:
+    // a frozen camera returns no buffer and no error, a pipe no byte. Wait
+    // a moment, then stop without it (the thread ends with the process)
+    // rather than hang the shutdown until systemd's stop timeout kills ferd
+    // with no `status` event and outputs not reset by `finish`.
+    let waited = Instant::now();
+    while !handle.is_finished() && waited.elapsed() < CAPTURE_EXIT_WAIT {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     pipeline.summary.skipped += skipped.load(Ordering::Relaxed);
     pipeline.summary.dropped = mailbox.dropped();
+    if !handle.is_finished() {
+        log::warn!(
+            "the source has delivered nothing for {:.1} s and does not return; stopping without it",
+            last_delivery.elapsed().as_secs_f64()
+        );
+        return Ok(pipeline.finish(ClearReason::Shutdown));
+    }
+    let joined = handle.join();
     match joined {
         Ok(()) => Ok(pipeline.finish(ClearReason::Shutdown)),
         Err(panic) => {
             pipeline.finish(ClearReason::Error);
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panicked".to_string());
-            Err(RunError::CapturePanicked(message))
+            Err(RunError::CapturePanicked(crate::panic_message(&*panic)))
         }
     }
 }
@@ -1265,6 +1280,42 @@ mod tests {
         );
         p.finish(ClearReason::Shutdown);
         assert_eq!(out.read(), (false, true, false));
+    }
+
+    #[test]
+    fn a_reload_keeps_tracks_and_clears_the_alerts_of_changed_rules() {
+        let (mut p, record, mut out) = pipeline(|_| Some(0.9), "");
+        for n in 0..10 {
+            p.process(&frame(n));
+        }
+        assert_eq!(out.read(), (true, true, false));
+        // The same outputs; `distress` now holds 2 s, `calm` is new.
+        let text = CONFIG.replace("hold = 0.5", "hold = 2.0")
+            + "[[rule]]\nname = \"calm\"\nexpressions = [\"neutral\"]\nmin_probability = 0.9\nhold = 1.0\nclear_after = 1.0\n";
+        let config = Config::parse(
+            &text,
+            std::path::Path::new("b.toml"),
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        p.reconfigure(Box::new(FakeAnalyzer(|_| Some(0.9))), &config, "b.toml");
+        // The buzzer of the changed rule is off at once, the track stays.
+        assert_eq!(out.read(), (false, true, false));
+        for n in 10..40 {
+            p.process(&frame(n));
+        }
+        assert_eq!(out.read(), (true, true, false));
+        assert_eq!(
+            record.lines(),
+            [
+                "0 face_appeared",
+                "0 expression",
+                "5 alert_raised distress",
+                "9 alert_cleared distress reload",
+                "9 config_reloaded",
+                "30 alert_raised distress",
+            ]
+        );
     }
 
     #[test]
@@ -1702,6 +1753,60 @@ mod tests {
             );
         }
         assert!(!levels.0, "buzzer off");
+    }
+
+    #[test]
+    fn falling_behind_a_live_source_drops_frames_and_rules_keep_frame_time() {
+        /// 10 ms per frame against a source that delivers one every 1 ms.
+        struct Slow(FakeAnalyzer);
+        impl Analyze for Slow {
+            fn model_name(&self) -> &str {
+                "slow"
+            }
+            fn analyze_into(
+                &mut self,
+                frame: &Frame,
+                out: &mut Vec<Observation>,
+            ) -> Result<(), ModelError> {
+                std::thread::sleep(Duration::from_millis(10));
+                self.0.analyze_into(frame, out)
+            }
+        }
+        struct Quiet;
+        impl Service for Quiet {
+            fn alive(&mut self) {}
+        }
+        // Sad for the first 20 s of frame time, then neutral for 30 s.
+        fn sad_then_calm(n: u64) -> Option<f32> {
+            Some(if n < 200 { 0.9 } else { 0.0 })
+        }
+        let (mut p, record, mut out) = pipeline(|_| None, "");
+        p.analyzer = Box::new(Slow(FakeAnalyzer(sad_then_calm)));
+        let source = Script::new((0..500).map(|n| Step::Frame(frame(n))).collect());
+        let stop = Arc::new(AtomicBool::new(false));
+        let summary = run(Box::new(source), &mut p, Pace::Realtime, &stop, &mut Quiet).unwrap();
+        // Most frames were dropped, and counted; none was lost otherwise.
+        assert!(summary.dropped > 250, "{summary:?}");
+        assert_eq!(summary.frames + summary.dropped, 500, "{summary:?}");
+        // The alert rose and cleared on its condition, in frame time: it
+        // was active for seconds of frame time, though the whole run took
+        // well under one second of wall time.
+        let lines = record.lines();
+        let raised = lines.iter().filter(|l| l.contains("alert_raised distress"));
+        let cleared: Vec<_> = lines
+            .iter()
+            .filter(|l| l.contains("alert_cleared distress"))
+            .collect();
+        assert_eq!(raised.count(), 1, "{lines:?}");
+        assert_eq!(cleared.len(), 1, "{lines:?}");
+        assert!(cleared[0].ends_with("distress condition"), "{lines:?}");
+        let at = |l: &str| l.split(' ').next().unwrap().parse::<u64>().unwrap();
+        assert!(
+            at(cleared[0]) >= 200,
+            "cleared at frame time {}",
+            cleared[0]
+        );
+        assert!(!out.read().0, "buzzer off");
     }
 
     #[test]

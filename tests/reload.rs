@@ -26,10 +26,15 @@ fn demo_frames() -> (Vec<u8>, Vec<Vec<u8>>) {
     let eol = clip.iter().position(|&b| b == b'\n').unwrap() + 1;
     let header = clip[..eol].to_vec();
     let text = String::from_utf8_lossy(&header);
-    assert!(text.contains("W256 H192") && text.contains("Cmono"), "{text}");
+    assert!(
+        text.contains("W256 H192") && text.contains("Cmono"),
+        "{text}"
+    );
     let frame = b"FRAME\n".len() + 256 * 192;
     let frames: Vec<Vec<u8>> = clip[eol..].chunks(frame).map(<[u8]>::to_vec).collect();
-    assert!(frames.iter().all(|f| f.len() == frame && f.starts_with(b"FRAME\n")));
+    assert!(frames
+        .iter()
+        .all(|f| f.len() == frame && f.starts_with(b"FRAME\n")));
     (header, frames)
 }
 
@@ -106,10 +111,7 @@ fn sighup_reloads_atomically() {
     let events = Events(rx);
     let (header, frames) = demo_frames();
     // Opening the FIFO for writing blocks until ferd opens it to read.
-    let mut camera = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&fifo)
-        .unwrap();
+    let mut camera = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
     camera.write_all(&header).unwrap();
     let mut next: usize = 0;
     // `n` frames more (all that are left for `usize::MAX`).
@@ -193,7 +195,8 @@ fn sighup_reloads_atomically() {
     );
 
     // 4. A good config: `smile` removed, `joy` added, `distress` kept.
-    let joy = "[[rule]]\nname = \"joy\"\nexpressions = [\"happy\"]\nmin_probability = 0.5\nhold = 0.0\n";
+    let joy =
+        "[[rule]]\nname = \"joy\"\nexpressions = [\"happy\"]\nmin_probability = 0.5\nhold = 0.0\n";
     let kept = &RULES[..RULES.find("[[rule]]\nname = \"smile\"").unwrap()];
     std::fs::write(&conf, config("", &format!("{kept}{joy}"))).unwrap();
     let before = seen.len();

@@ -148,9 +148,16 @@ fn a_hundred_thousand_frames_leak_nothing_and_lose_nothing() {
     let socket = dir.path().join("events.sock");
     let text = std::fs::read_to_string(root.join("systemd/ferd.toml"))
         .unwrap()
-        .replace("output = \"-\"", &format!("output = {events:?}\nsocket = {socket:?}"));
-    let config = Config::parse(&text, &root.join("systemd/ferd.toml"), &root.join("systemd"))
-        .unwrap();
+        .replace(
+            "output = \"-\"",
+            &format!("output = {events:?}\nsocket = {socket:?}"),
+        );
+    let config = Config::parse(
+        &text,
+        &root.join("systemd/ferd.toml"),
+        &root.join("systemd"),
+    )
+    .unwrap();
     let analyzer = record(&config);
 
     let workers = ferd::daemon::open_workers(&config).unwrap();
@@ -158,8 +165,7 @@ fn a_hundred_thousand_frames_leak_nothing_and_lose_nothing() {
         let stream = UnixStream::connect(&socket).unwrap();
         std::thread::spawn(move || BufReader::new(stream).lines().count())
     };
-    let (bus, workers) =
-        bus::start(&bus::Stamp::new(), workers, bus::QUEUE_CAPACITY).unwrap();
+    let (bus, workers) = bus::start(&bus::Stamp::new(), workers, bus::QUEUE_CAPACITY).unwrap();
     let mut pipeline = Pipeline::new(Box::new(analyzer), &config, vec![Box::new(bus)], None);
     let source = Looping {
         source: ferd::source::open(&clip()).unwrap(),
@@ -179,7 +185,10 @@ fn a_hundred_thousand_frames_leak_nothing_and_lose_nothing() {
     .unwrap();
     drop(pipeline);
     let report = workers.join(Duration::from_secs(30));
-    assert_eq!((summary.frames, summary.sink_errors, report.lost), (frames, 0, 0));
+    assert_eq!(
+        (summary.frames, summary.sink_errors, report.lost),
+        (frames, 0, 0)
+    );
 
     // Memory and descriptors after warm-up.
     let after: Vec<_> = sampler.samples.iter().filter(|s| s.0 >= WARM_UP).collect();

@@ -120,8 +120,15 @@ impl Subscription {
     /// How many events this sink's queue dropped since the last call, with
     /// an `events_dropped` notice saying so; `None` if it dropped nothing.
     pub fn dropped_notice(&self) -> Option<(u64, Published)> {
-        let count = self.dropped.swap(0, Ordering::Relaxed);
+        let count = self.take_dropped();
         (count > 0).then(|| (count, self.notice(count)))
+    }
+
+    /// How many events this sink's queue dropped since the last call, for
+    /// a sink that folds them into a notice of its own (no sequence number
+    /// is spent on a notice that would be thrown away).
+    pub fn take_dropped(&self) -> u64 {
+        self.dropped.swap(0, Ordering::Relaxed)
     }
 
     /// An `events_dropped` notice for `count` events this sink itself lost
@@ -145,6 +152,19 @@ impl Subscription {
     /// The run's stamp.
     pub fn stamp(&self) -> &Stamp {
         &self.stamp
+    }
+
+    /// A subscription with no bus behind it, for unit tests that drive a
+    /// sink's own logic step by step.
+    #[cfg(test)]
+    pub(crate) fn detached(name: &'static str, stamp: &Stamp) -> Subscription {
+        let (_, rx) = mpsc::sync_channel(1);
+        Subscription {
+            name,
+            rx,
+            dropped: Arc::new(AtomicU64::new(0)),
+            stamp: stamp.clone(),
+        }
     }
 }
 

@@ -34,10 +34,45 @@ pub trait EventSink {
     fn flush(&mut self) -> Result<(), SinkError>;
 }
 
+/// Where event lines go: a writer that may be able to take back the bytes
+/// of a line torn by a failed write (a disk that filled up in the middle of
+/// it), so that the output holds whole lines only.
+pub trait LineOutput: Write {
+    /// Removes the last `n` bytes written. Outputs that cannot (a pipe, a
+    /// terminal) return an error; the next write then starts with a newline,
+    /// which ends the torn fragment so that the lines after it parse.
+    fn take_back(&mut self, n: u64) -> io::Result<()> {
+        let _ = n;
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+impl LineOutput for io::Stdout {}
+
+impl LineOutput for File {
+    /// Truncates the file by `n` bytes: opened for appending, its last
+    /// bytes are the ones just written.
+    fn take_back(&mut self, n: u64) -> io::Result<()> {
+        let len = self.metadata()?.len();
+        // Shorter than what was written: someone truncated it meanwhile
+        // (a rotation); cutting would take other bytes.
+        let keep = len.checked_sub(n).ok_or(io::ErrorKind::InvalidData)?;
+        self.set_len(keep)
+    }
+}
+
 /// Events as JSON lines on any writer. Lines are gathered per batch (what
 /// the queue holds) and written with one `write_all`, unbuffered otherwise,
 /// so that a failed write loses exactly the batch and is counted exactly.
-pub struct JsonLines<W: Write> {
+///
+/// A write that fails (a full disk: `ENOSPC`) never stops or slows the
+/// analysis, which runs on another thread behind the bus: the batch is
+/// dropped and counted, a warning names the output and the error once per
+/// outage, and every later batch is tried again. The first write that works
+/// again is followed by an `events_dropped` line with the count, and logged
+/// with it. A batch torn by the failure is taken back out of the output
+/// ([`LineOutput::take_back`]), so the output holds whole lines only.
+pub struct JsonLines<W: LineOutput> {
     out: W,
     target: String,
     batch: Vec<u8>,
@@ -47,6 +82,13 @@ pub struct JsonLines<W: Write> {
     /// `events_dropped` once writing works again (a full disk that got
     /// space back).
     failed: u64,
+    /// Events the bus's queue dropped (this sink fell behind), not yet
+    /// reported: they go into the same `events_dropped` notice, which
+    /// stays pending until a write works.
+    queue_dropped: u64,
+    /// A torn fragment that could not be taken back ends the output: the
+    /// next write starts with a newline.
+    torn: bool,
 }
 
 impl JsonLines<io::Stdout> {
@@ -71,7 +113,7 @@ impl JsonLines<File> {
     }
 }
 
-impl<W: Write> JsonLines<W> {
+impl<W: LineOutput> JsonLines<W> {
     /// Events on an arbitrary writer (tests, sockets).
     pub fn new(out: W, target: impl Into<String>) -> Self {
         JsonLines {
@@ -80,6 +122,8 @@ impl<W: Write> JsonLines<W> {
             batch: Vec::new(),
             lines: 0,
             failed: 0,
+            queue_dropped: 0,
+            torn: false,
         }
     }
 
@@ -96,73 +140,85 @@ impl<W: Write> JsonLines<W> {
         self.lines += 1;
     }
 
-    /// Writes the batch. A failure loses it, counted, and is logged on the
-    /// first and every 1000th lost line, so a full disk does not flood the
-    /// journal. After failures, a write that works is followed by an
-    /// `events_dropped` line with their count.
+    /// Writes the batch (after failures, with an `events_dropped` notice at
+    /// its end). A failure loses the whole batch, counted; see the type's
+    /// documentation.
     fn write_batch(&mut self, events: &Subscription, report: &mut Report) {
-        if self.failed > 0 {
-            let notice = events.notice(self.failed);
+        let notice = self.failed + self.queue_dropped > 0;
+        if notice {
+            let notice = events.notice(self.failed + self.queue_dropped);
             self.push(&notice.line);
         }
-        let r = write_fully(&mut self.out, &self.batch)
-            .and_then(|()| self.out.flush().map_err(|e| (e, false)));
+        // The newline that ends a torn fragment goes first.
+        let newline = usize::from(self.torn);
+        if self.torn {
+            self.batch.insert(0, b'\n');
+        }
+        let mut done = 0;
+        let r = write_fully(&mut self.out, &self.batch, &mut done).and_then(|()| self.out.flush());
         let lines = std::mem::take(&mut self.lines);
         self.batch.clear();
+        if done >= newline {
+            self.torn = false;
+        }
         match r {
             Ok(()) => {
                 if self.failed > 0 {
-                    log::info!("writing events to {} again", self.target);
+                    log::warn!(
+                        "writing events to {} again, {} events dropped",
+                        self.target,
+                        self.failed
+                    );
                     self.failed = 0;
                 }
+                self.queue_dropped = 0;
                 report.delivered += lines;
             }
-            Err((e, torn)) => {
+            Err(e) => {
                 // A notice in the batch was not an event: not lost.
-                let lost = lines - u64::from(self.failed > 0);
-                if self.failed == 0 || (self.failed + lost) / 1000 > self.failed / 1000 {
-                    log::error!(
-                        "{} ({} events lost so far)",
-                        self.err(e),
-                        self.failed + lost
-                    );
+                let lost = lines - u64::from(notice);
+                if self.failed == 0 {
+                    log::warn!("{}; dropping events until writing works again", self.err(e));
                 }
                 self.failed += lost;
                 report.lost += lost;
-                if torn {
-                    // End the partial line, so the next line parses.
-                    self.batch.push(b'\n');
+                // Part of the batch went out: a line may be torn. The whole
+                // batch is lost, so all of that part comes back out.
+                let part = done.saturating_sub(newline) as u64;
+                if part > 0 {
+                    if let Err(e) = self.out.take_back(part) {
+                        log::debug!("{}: cannot take back a torn line: {e}", self.target);
+                        self.torn = true;
+                    }
                 }
             }
         }
     }
 }
 
-/// `write_all` that says whether part of `buf` was written before an
-/// error (a line torn by a full disk).
-fn write_fully<W: Write>(out: &mut W, buf: &[u8]) -> Result<(), (io::Error, bool)> {
-    let mut done = 0;
-    while done < buf.len() {
-        match out.write(&buf[done..]) {
-            Ok(0) => return Err((io::ErrorKind::WriteZero.into(), done > 0)),
-            Ok(n) => done += n,
+/// `write_all` that counts in `done` the bytes written before an error (a
+/// line torn by a full disk).
+fn write_fully<W: Write>(out: &mut W, buf: &[u8], done: &mut usize) -> io::Result<()> {
+    while *done < buf.len() {
+        match out.write(&buf[*done..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => *done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err((e, done > 0)),
+            Err(e) => return Err(e),
         }
     }
     Ok(())
 }
 
-impl<W: Write + Send> Worker for JsonLines<W> {
+impl<W: LineOutput + Send> Worker for JsonLines<W> {
     fn run(mut self: Box<Self>, events: Subscription) -> Report {
         let mut report = Report::default();
         loop {
             match events.recv_timeout(Duration::from_millis(500)) {
                 Ok(p) => {
-                    if let Some((count, n)) = events.dropped_notice() {
-                        report.lost += count;
-                        self.push(&n.line);
-                    }
+                    let count = events.take_dropped();
+                    report.lost += count;
+                    self.queue_dropped += count;
                     self.push(&p.line);
                     // What is already queued goes in the same write.
                     while let Some(p) = events.try_recv() {
@@ -182,25 +238,61 @@ mod tests {
     use super::*;
     use crate::events::EventKind;
     use crate::sink::bus::{self, Stamp};
-    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
-    /// A disk that can be filled and emptied while the sink runs.
+    /// A disk that can be filled and emptied while the sink runs: `room`
+    /// bytes fit (a write larger than that is partial, as on a real disk
+    /// that fills up; then `ENOSPC`); `None` is unlimited. As a pipe it
+    /// cannot take bytes back.
     #[derive(Clone, Default)]
     struct Disk {
         data: Arc<Mutex<Vec<u8>>>,
-        full: Arc<AtomicBool>,
+        room: Arc<Mutex<Option<usize>>>,
+        pipe: bool,
+    }
+
+    impl Disk {
+        fn fill(&self, room: usize) {
+            *self.room.lock().unwrap() = Some(room);
+        }
+        fn empty(&self) {
+            *self.room.lock().unwrap() = None;
+        }
+        fn text(&self) -> String {
+            String::from_utf8(self.data.lock().unwrap().clone()).unwrap()
+        }
     }
 
     impl Write for Disk {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            if self.full.load(Ordering::SeqCst) {
-                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            let mut room = self.room.lock().unwrap();
+            let n = match *room {
+                None => buf.len(),
+                Some(0) => return Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+                Some(r) => r.min(buf.len()),
+            };
+            if let Some(r) = room.as_mut() {
+                *r -= n;
             }
-            self.data.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
+            self.data.lock().unwrap().extend_from_slice(&buf[..n]);
+            Ok(n)
         }
         fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl LineOutput for Disk {
+        fn take_back(&mut self, n: u64) -> io::Result<()> {
+            if self.pipe {
+                return Err(io::ErrorKind::Unsupported.into());
+            }
+            let mut data = self.data.lock().unwrap();
+            let keep = data.len() - n as usize;
+            data.truncate(keep);
+            if let Some(r) = self.room.lock().unwrap().as_mut() {
+                *r += n as usize;
+            }
             Ok(())
         }
     }
@@ -274,12 +366,12 @@ mod tests {
         };
         bus.emit(&lost(1)).unwrap();
         settle(1);
-        disk.full.store(true, Ordering::SeqCst);
+        disk.fill(0);
         for track in 2..=4 {
             bus.emit(&lost(track)).unwrap();
         }
         std::thread::sleep(Duration::from_millis(300));
-        disk.full.store(false, Ordering::SeqCst);
+        disk.empty();
         bus.emit(&lost(5)).unwrap();
         drop(bus);
         let report = workers.join(Duration::from_secs(10));
@@ -300,6 +392,155 @@ mod tests {
                 lost: 3
             }
         );
+    }
+
+    /// Sends events `tracks` to the sink as one batch, as its thread does
+    /// with what the queue holds.
+    fn batch(
+        s: &mut JsonLines<Disk>,
+        events: &Subscription,
+        report: &mut Report,
+        tracks: std::ops::RangeInclusive<u64>,
+    ) {
+        for track in tracks {
+            s.push(&events.stamp().publish(lost(track)).line);
+        }
+        s.write_batch(events, report);
+    }
+
+    #[test]
+    fn a_line_torn_by_a_full_disk_is_taken_back_and_writing_resumes() {
+        let disk = Disk::default();
+        let events = Subscription::detached("output", &Stamp::with_run("t"));
+        let mut s = JsonLines::new(disk.clone(), "/var/log/ferd/events.jsonl");
+        let mut report = Report::default();
+        batch(&mut s, &events, &mut report, 1..=2);
+        let before = disk.text();
+        // Room for less than one line: the next batch is torn in its first
+        // line, and the one after that finds no room at all.
+        disk.fill(30);
+        batch(&mut s, &events, &mut report, 3..=4);
+        assert_eq!(disk.text(), before, "the torn part was not taken back");
+        batch(&mut s, &events, &mut report, 5..=5);
+        assert_eq!(disk.text(), before);
+        assert_eq!(s.failed, 3);
+        disk.empty();
+        batch(&mut s, &events, &mut report, 6..=6);
+        let out = lines(&disk);
+        let summary: Vec<_> = out
+            .iter()
+            .map(|l| {
+                (
+                    l["type"].as_str().unwrap(),
+                    l["track"].as_u64(),
+                    l["count"].as_u64(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("face_lost", Some(1), None),
+                ("face_lost", Some(2), None),
+                ("face_lost", Some(6), None),
+                ("events_dropped", None, Some(3)),
+            ]
+        );
+        // Delivered: tracks 1, 2 and 6 and the notice.
+        assert_eq!(
+            report,
+            Report {
+                delivered: 4,
+                lost: 3
+            }
+        );
+        assert_eq!(s.failed, 0);
+    }
+
+    #[test]
+    fn on_a_pipe_a_torn_line_is_ended_before_the_next_one() {
+        let disk = Disk {
+            pipe: true,
+            ..Disk::default()
+        };
+        let events = Subscription::detached("output", &Stamp::with_run("t"));
+        let mut s = JsonLines::new(disk.clone(), "stdout");
+        let mut report = Report::default();
+        batch(&mut s, &events, &mut report, 1..=1);
+        disk.fill(30);
+        batch(&mut s, &events, &mut report, 2..=2);
+        // Nothing at all goes out of this one: the fragment must still be
+        // ended before the next line.
+        batch(&mut s, &events, &mut report, 3..=3);
+        disk.empty();
+        batch(&mut s, &events, &mut report, 4..=4);
+        let text = disk.text();
+        let all: Vec<&str> = text.lines().collect();
+        assert_eq!(all.len(), 4, "{text}");
+        assert_eq!(all[1].len(), 30, "the fragment of track 2: {text}");
+        assert!(serde_json::from_str::<serde_json::Value>(all[1]).is_err());
+        let whole: Vec<serde_json::Value> = [all[0], all[2], all[3]]
+            .iter()
+            .map(|l| serde_json::from_str(l).expect(l))
+            .collect();
+        assert_eq!(whole[0]["track"], 1);
+        assert_eq!(whole[1]["track"], 4);
+        assert_eq!(whole[2]["type"], "events_dropped");
+        assert_eq!(whole[2]["count"], 2);
+        // Delivered: tracks 1 and 4 and the notice.
+        assert_eq!(
+            report,
+            Report {
+                delivered: 3,
+                lost: 2
+            }
+        );
+    }
+
+    #[test]
+    fn queue_drops_are_reported_once_writing_works_with_the_write_failures() {
+        let disk = Disk::default();
+        let events = Subscription::detached("output", &Stamp::with_run("t"));
+        let mut s = JsonLines::new(disk.clone(), "/var/log/ferd/events.jsonl");
+        let mut report = Report::default();
+        // The queue dropped 5 (counted in the report by the thread) while
+        // the disk was full: the notice is lost with its batch, its count
+        // is not.
+        s.queue_dropped = 5;
+        disk.fill(0);
+        batch(&mut s, &events, &mut report, 1..=1);
+        disk.empty();
+        batch(&mut s, &events, &mut report, 2..=2);
+        let out = lines(&disk);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0]["track"], 2);
+        assert_eq!(out[1]["type"], "events_dropped");
+        assert_eq!(out[1]["count"], 6);
+        assert_eq!((s.failed, s.queue_dropped), (0, 0));
+        // Nothing pending: the next batch has no notice.
+        batch(&mut s, &events, &mut report, 3..=3);
+        assert_eq!(lines(&disk).len(), 3);
+    }
+
+    #[test]
+    fn a_file_takes_back_its_last_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"{\"a\":1}\n{\"b\"").unwrap();
+        f.take_back(4).unwrap();
+        f.write_all(b"{\"c\":3}\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\":1}\n{\"c\":3}\n"
+        );
+        // More than the file holds (it was truncated meanwhile): refused.
+        assert!(f.take_back(100).is_err());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 16);
     }
 
     #[test]
