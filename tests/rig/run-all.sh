@@ -87,10 +87,13 @@ if [ ! -d "$frames" ]; then
 fi
 cp "$frames"/* "$share/data/"
 cp "$clip" "$share/data/demo.y4m"
-# vout plays the clip into vivid's output at its own pace.
+# The guest's helpers, one program per host/*.c: vout plays the clip into
+# vivid's output at its own pace, vivid_loop sets up vivid, notify_log
+# listens on a notify socket.
 mkdir -p "$share/bin"
-"${cc[@]}" -O2 -Wall -o "$share/bin/vout" "$here/host/vout.c"
-"${cc[@]}" -O2 -Wall -o "$share/bin/vivid_loop" "$here/host/vivid_loop.c"
+for c in "$here"/host/*.c; do
+  "${cc[@]}" -O2 -Wall -o "$share/bin/$(basename "$c" .c)" "$c"
+done
 prep_s=$(($(date +%s) - t0))
 echo "rig: prepared in ${prep_s}s ($RIG_ARCH guest, kernel $(cat "$kdir/kernel.version"))"
 

@@ -15,11 +15,22 @@ trap 'rm -rf "$overlay"' EXIT
 install -m 0755 "$here/guest/init" "$overlay/init"
 (cd "$overlay" && echo init | cpio -o -H newc --quiet | gzip -1) >"$overlay/init.cpio.gz"
 cat "$kdir/initramfs.cpio.gz" "$overlay/init.cpio.gz" >"$overlay/initrd"
+append_extra=""
+if grep -q '^# rig-init: systemd' "$here/scenarios/$scenario.sh" 2>/dev/null; then
+  # systemd as PID 1: the host's own systemd (x86_64 guests only), built
+  # into a third archive on every run (a second or two).
+  [ "$(cat "$kdir/arch")" = x86_64 ] || { echo "vm.sh: $scenario: systemd runs on x86_64 guests only" >&2; exit 2; }
+  "$here/systemd-root.sh" "$overlay/sd" "$overlay/systemd.cpio.gz"
+  cat "$overlay/systemd.cpio.gz" >>"$overlay/initrd"
+  # systemd logs to the kernel log (there is no journal): unthrottled, so
+  # that the scenario can read the manager's lines back with dmesg.
+  append_extra="printk.devkmsg=on systemd.show_status=0"
+fi
 
 mkdir -p "$share/out"
 rm -f "$share/out/$scenario.rc" "$share/out/$scenario.log"
 set +e
-append="quiet mitigations=off nokaslr cryptomgr.notests panic=-1 rig.scenario=$scenario"
+append="quiet mitigations=off nokaslr cryptomgr.notests panic=-1 rig.scenario=$scenario${append_extra:+ $append_extra}"
 case "$(cat "$kdir/arch")" in
   x86_64)
     qemu=(qemu-system-x86_64 -accel tcg -cpu "${RIG_CPU:-max}")
