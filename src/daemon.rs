@@ -360,6 +360,11 @@ pub fn run(options: &RunOptions) -> Result<Summary, DaemonError> {
     let config = Config::load(&options.config)?;
     let display = open_displays(&config, &options.displays)?;
     let workers = open_workers(&config)?;
+    // The outputs before the models: a missing GPIO chip or line is
+    // reported at once, not after seconds of model loading. The driver
+    // outlives the pipeline (declared before it, dropped after it): its
+    // drop drives every line inactive, on every exit path.
+    let gpio = open_gpio(&config)?;
     let analyzer = load_analyzer(&config)?;
     let input = open_input(
         &config,
@@ -387,9 +392,6 @@ pub fn run(options: &RunOptions) -> Result<Summary, DaemonError> {
     log::info!("run id: {}", stamp.run());
     let (bus, workers) = bus::start(&stamp, workers, bus::QUEUE_CAPACITY)?;
     let mut sinks: Vec<Box<dyn EventSink + Send>> = vec![Box::new(bus)];
-    // The driver outlives the pipeline (declared first, dropped last):
-    // its drop drives every line inactive, on every exit path.
-    let gpio = open_gpio(&config)?;
     let _driver = gpio.map(|(sink, driver)| {
         sinks.push(Box::new(sink));
         driver
