@@ -81,3 +81,250 @@ fn the_lazy_int8_path_matches_stock_tracts_eager_one_bit_for_bit() {
     }
     assert!(compared >= 60, "{compared}");
 }
+
+// ---------------------------------------------------------------------------
+// The f32 fast paths (vendor/TRACT-PATCH.md, "two f32 fast paths for the
+// face detector": softmax over short rows, nearest Resize as a gather).
+// `TRACT_FERD_STOCK_EVAL=1`, read when an op is evaluated, sends both ops
+// down stock tract's code instead.
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::nn::resize::{CoordTransformer, Interpolator, Nearest, Resize};
+use tract_onnx::tract_core::ops::nn::{Softmax, SoftmaxKind};
+
+/// Runs `plan` on `input`, with stock tract's evaluation when `stock`.
+fn run_plan(plan: &std::sync::Arc<TypedRunnableModel>, input: &Tensor, stock: bool) -> Vec<f32> {
+    let run = || plan.run(tvec![input.clone().into_tvalue()]);
+    let out = if stock {
+        KnobScope::new([("TRACT_FERD_STOCK_EVAL", "1")])
+            .unwrap()
+            .enter(run)
+    } else {
+        run()
+    }
+    .unwrap();
+    out[0]
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect()
+}
+
+/// A reproducible tensor of `shape` with values in [-scale, scale].
+fn noise(shape: &[usize], seed: u64, scale: f32) -> Tensor {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let n = shape.iter().product();
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect();
+    tract_ndarray::ArrayD::from_shape_vec(shape, values)
+        .unwrap()
+        .into()
+}
+
+#[test]
+fn softmax_over_short_rows_matches_the_definition_and_stock_tract() {
+    // Row lengths under 8 take the scalar path; 8 and 12 the stock kernels.
+    for row in [1usize, 2, 3, 5, 7, 8, 12] {
+        let shape = [3usize, 41, row];
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact(shape)).unwrap();
+        let y = model
+            .wire_node(
+                "softmax",
+                Softmax {
+                    axes: tvec![2],
+                    quant_output_dt: None,
+                    kind: SoftmaxKind::Softmax,
+                },
+                &[x],
+            )
+            .unwrap();
+        model.select_output_outlets(&y).unwrap();
+        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+        let input = noise(&shape, row as u64, 30.0);
+        let fast = run_plan(&plan, &input, false);
+        let stock = run_plan(&plan, &input, true);
+        let values = input.to_plain_array_view::<f32>().unwrap();
+        let values: Vec<f32> = values.iter().copied().collect();
+        for (r, chunk) in values.chunks(row).enumerate() {
+            let max = chunk.iter().fold(f64::MIN, |m, &v| m.max(v as f64));
+            let sum: f64 = chunk.iter().map(|&v| (v as f64 - max).exp()).sum();
+            for (k, &v) in chunk.iter().enumerate() {
+                let want = (v as f64 - max).exp() / sum;
+                let i = r * row + k;
+                assert!(
+                    (fast[i] as f64 - want).abs() < 1e-6,
+                    "row {row}: {} vs {want}",
+                    fast[i]
+                );
+                assert!(
+                    (fast[i] - stock[i]).abs() < 1e-6,
+                    "row {row}: {} vs stock {}",
+                    fast[i],
+                    stock[i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn nearest_resize_gathers_what_stock_tract_computes() {
+    let cases: [(&[usize], &[usize], CoordTransformer, Nearest); 5] = [
+        // RetinaFace's FPN at 320x240: 10x8 -> 20x15 and 20x15 -> 40x30.
+        (
+            &[1, 4, 8, 10],
+            &[1, 4, 15, 20],
+            CoordTransformer::Asymmetric,
+            Nearest::Floor,
+        ),
+        (
+            &[1, 4, 15, 20],
+            &[1, 4, 30, 40],
+            CoordTransformer::Asymmetric,
+            Nearest::Floor,
+        ),
+        (
+            &[2, 3, 3, 5],
+            &[2, 3, 7, 11],
+            CoordTransformer::HalfPixel,
+            Nearest::RoundPreferCeil,
+        ),
+        (
+            &[1, 2, 9, 6],
+            &[1, 2, 4, 3],
+            CoordTransformer::Asymmetric,
+            Nearest::Floor,
+        ),
+        (
+            &[1, 1, 5, 7],
+            &[1, 1, 5, 13],
+            CoordTransformer::AlignCorners,
+            Nearest::RoundPreferCeil,
+        ),
+    ];
+    for (i, (from, to, coord, nearest)) in cases.into_iter().enumerate() {
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact(from)).unwrap();
+        let sizes: Vec<i64> = to.iter().map(|&d| d as i64).collect();
+        let sizes = model.add_const("sizes", tensor1(&sizes)).unwrap();
+        let y = model
+            .wire_node(
+                "resize",
+                Resize {
+                    coord_transformer: coord.clone(),
+                    interpolator: Interpolator::Nearest,
+                    nearest,
+                    optional_scales_input: None,
+                    optional_sizes_input: Some(1),
+                },
+                &[x, sizes],
+            )
+            .unwrap();
+        model.select_output_outlets(&y).unwrap();
+        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+        assert!(
+            plan.model()
+                .nodes()
+                .iter()
+                .any(|n| n.op().name() == "Resize"),
+            "case {i}: no Resize left to evaluate"
+        );
+        let input = noise(from, 100 + i as u64, 10.0);
+        let fast = run_plan(&plan, &input, false);
+        let stock = run_plan(&plan, &input, true);
+        assert_eq!(
+            fast, stock,
+            "case {i}: {coord:?} {nearest:?} {from:?} -> {to:?}"
+        );
+        // Every output value is an input value of the same plane (a gather).
+        let values: Vec<f32> = input
+            .to_plain_array_view::<f32>()
+            .unwrap()
+            .iter()
+            .copied()
+            .collect();
+        let (plane_in, plane_out) = (from[2] * from[3], to[2] * to[3]);
+        for (p, out) in fast.chunks(plane_out).enumerate() {
+            let plane = &values[p * plane_in..][..plane_in];
+            assert!(out.iter().all(|v| plane.contains(v)), "case {i}, plane {p}");
+        }
+    }
+}
+
+#[test]
+fn the_detector_matches_stock_tract_without_the_fast_paths() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/retinaface-mnet025.toml");
+    let model = LoadedModel::load(&manifest, Task::FaceDetector, Some([240, 320])).unwrap();
+    let names = ops(&model);
+    for op in ["Softmax", "Resize"] {
+        assert!(names.iter().any(|o| o == op), "{op} not in {names:?}");
+    }
+    let mut clip =
+        ferd::source::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo.y4m"))
+            .unwrap();
+    let mut compared = 0;
+    for frame in std::iter::from_fn(|| clip.next_frame()).step_by(15) {
+        let frame = frame.unwrap();
+        // The demo's luma, scaled to 320x240 and offset per channel as the
+        // detector's BGR-minus-mean input would be.
+        let (w, h) = (frame.width as usize, frame.height as usize);
+        let mut input = vec![0f32; 3 * 240 * 320];
+        for (k, v) in input.iter_mut().enumerate() {
+            let (c, y, x) = (k / (240 * 320), k / 320 % 240, k % 320);
+            let p = frame.data[(y * h / 240) * w + x * w / 320] as f32;
+            *v = p - [104.0, 117.0, 123.0][c];
+        }
+        let input: Tensor = tract_ndarray::ArrayD::from_shape_vec(vec![1, 3, 240, 320], input)
+            .unwrap()
+            .into();
+        let outputs = |stock: bool| {
+            let run = || model.plan.run(tvec![input.clone().into_tvalue()]);
+            let out = if stock {
+                KnobScope::new([("TRACT_FERD_STOCK_EVAL", "1")])
+                    .unwrap()
+                    .enter(run)
+            } else {
+                run()
+            }
+            .unwrap();
+            out.iter()
+                .map(|o| {
+                    o.to_plain_array_view::<f32>()
+                        .unwrap()
+                        .iter()
+                        .copied()
+                        .collect()
+                })
+                .collect::<Vec<Vec<f32>>>()
+        };
+        let (fast, stock) = (outputs(false), outputs(true));
+        assert_eq!(fast.len(), 3);
+        for (o, (a, b)) in fast.iter().zip(&stock).enumerate() {
+            assert_eq!(a.len(), b.len());
+            let worst = a
+                .iter()
+                .zip(b)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            // Boxes and landmarks only pass the resize (copies): equal. Scores
+            // pass the softmax: equal within float rounding of `exp`.
+            assert!(
+                worst <= 1e-6,
+                "frame {}: output {o} differs by {worst}",
+                frame.sequence
+            );
+        }
+        compared += 1;
+    }
+    assert!(compared >= 4, "{compared}");
+}

@@ -445,3 +445,10 @@ impl std::fmt::Display for Box<dyn TypedOp> {
         write!(fmt, "{}", self.name())
     }
 }
+
+crate::declare_knob!(
+    scopable TRACT_FERD_STOCK_EVAL,
+    bool,
+    false,
+    "ferd patch: evaluate Softmax over rows shorter than 8 and f32 nearest Resize the stock way, without the ferd fast paths (for comparisons)."
+);

@@ -403,6 +403,13 @@ impl EvalOp for Resize {
             output_shape.iter().zip(inputs[0].shape()).map(|(o, i)| *o as f32 / *i as f32).collect()
         };
         let input = inputs.remove(0).into_tensor();
+        if input_dt == f32::datum_type()
+            && self.interpolator == Interpolator::Nearest
+            && !crate::ops::TRACT_FERD_STOCK_EVAL.get()
+        {
+            // ferd patch: see `eval_nearest_f32`.
+            return Ok(tvec!(self.eval_nearest_f32(&input, &output_shape, &scales)?.into_tvalue()));
+        }
         let input = input.cast_to::<f32>()?;
         let mut shape: TVec<usize> = input.shape().into();
         let mut data: Vec<f32> = input.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
@@ -421,6 +428,66 @@ impl EvalOp for Resize {
         let out =
             if out.datum_type() == input_dt { out } else { out.cast_to_dt(input_dt)?.into_owned() };
         Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl Resize {
+    /// ferd patch: f32 nearest-neighbour resampling as a gather. Every output
+    /// cell of a nearest plan reads exactly one input cell with weight 1, so the
+    /// general path's weighted sums (a fill and a tap loop per output point,
+    /// per axis, plus a copy of the input) only copy values, slowly: RetinaFace's
+    /// FPN upsampling (64 channels to 40x30) took 0.7 ms that way on an AVX2
+    /// machine. The source index of each output point comes from the same
+    /// `plan_axis`, so the values are the general path's (which turns a -0.0
+    /// into 0.0 by adding it to 0.0; a copy keeps its sign).
+    fn eval_nearest_f32(
+        &self,
+        input: &Tensor,
+        output_shape: &[usize],
+        scales: &[f32],
+    ) -> TractResult<Tensor> {
+        let mut shape: TVec<usize> = input.shape().into();
+        let mut data: Vec<f32> = input.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+        for (axis, &scale) in scales.iter().enumerate() {
+            let (len_in, len_out) = (shape[axis], output_shape[axis]);
+            if len_in == len_out && scale == 1.0 {
+                continue;
+            }
+            let plan = self.plan_axis(scale, len_in, len_out);
+            let source: Vec<usize> = plan
+                .indices
+                .chunks_exact(plan.window)
+                .zip(plan.weights.chunks_exact(plan.window))
+                .map(|(ix, w)| {
+                    ix.iter()
+                        .zip(w)
+                        .find(|(_, w)| **w == 1.0)
+                        .map(|(i, _)| *i)
+                        .context("nearest resize plan without a unit tap")
+                })
+                .collect::<TractResult<_>>()?;
+            let inner: usize = shape[axis + 1..].iter().product();
+            let mut resampled = vec![0f32; data.len() / len_in.max(1) * len_out];
+            if len_in * inner != 0 && len_out * inner != 0 {
+                for (src, dst) in data
+                    .chunks_exact(len_in * inner)
+                    .zip(resampled.chunks_exact_mut(len_out * inner))
+                {
+                    if inner == 1 {
+                        for (d, &i) in dst.iter_mut().zip(&source) {
+                            *d = src[i];
+                        }
+                    } else {
+                        for (d, &i) in dst.chunks_exact_mut(inner).zip(&source) {
+                            d.copy_from_slice(&src[i * inner..][..inner]);
+                        }
+                    }
+                }
+            }
+            data = resampled;
+            shape[axis] = len_out;
+        }
+        Ok(tract_ndarray::ArrayD::from_shape_vec(&*shape, data)?.into_tensor())
     }
 }
 

@@ -1,0 +1,96 @@
+//! Where each model's time goes inside tract, op kind by op kind, and what
+//! the patched tract-core's f32 fast paths (vendor/TRACT-PATCH.md) save:
+//! every run is timed node by node through tract's own evaluation hook
+//! (`SimpleState::run_plan_with_eval`), alternating runs with and without
+//! `TRACT_FERD_STOCK_EVAL=1` (stock tract's code for those ops) so that both
+//! columns see the same machine noise.
+//!
+//! Run with `cargo bench --bench ops [-- ROUNDS]` (release profile; default
+//! 20 rounds, the first of each kind not counted). Models: the packaged
+//! detector at 320×240 and the expression classifier, on a fixed synthetic
+//! input; one thread.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use ferd::vision::model::{LoadedModel, Task};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::knobs::KnobScope;
+use tract_onnx::tract_core::plan::{eval, SimpleState};
+
+/// Seconds per op kind, summed over the counted runs: (patched, stock).
+type Totals = BTreeMap<String, [f64; 2]>;
+
+fn profile(name: &str, manifest: &str, task: Task, size: Option<[usize; 2]>, rounds: usize) {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join(manifest);
+    let model = LoadedModel::load(&manifest, task, size).expect("loading the model");
+    let shape = model.input_shape.clone();
+    let n: usize = shape.iter().product();
+    // Values spread over the range the detector's BGR-minus-mean input has.
+    let values = (0..n).map(|i| ((i * 7919) % 255) as f32 - 120.0).collect();
+    let input: Tensor = tract_ndarray::ArrayD::from_shape_vec(shape.to_vec(), values)
+        .expect("input shape")
+        .into();
+    let mut totals = Totals::new();
+    for round in 0..rounds * 2 {
+        let stock = round % 2;
+        let knob =
+            KnobScope::new([("TRACT_FERD_STOCK_EVAL", ["0", "1"][stock])]).expect("knob scope");
+        knob.enter(|| {
+            let mut state = SimpleState::new(&model.plan).expect("tract state");
+            state
+                .run_plan_with_eval(
+                    tvec![input.clone().into_tvalue()],
+                    |ctx, op_state, node, inputs| {
+                        let began = Instant::now();
+                        let out = eval(ctx, op_state, node, inputs);
+                        if round >= 2 {
+                            let kind = totals.entry(node.op().name().to_string()).or_default();
+                            kind[stock] += began.elapsed().as_secs_f64();
+                        }
+                        out
+                    },
+                )
+                .expect("running the model");
+        });
+    }
+    let counted = (rounds - 1) as f64;
+    println!(
+        "{name} ({shape:?}): ms per run, mean of {} runs each way",
+        rounds - 1
+    );
+    println!("  {:<20} {:>9} {:>9}", "op", "patched", "stock");
+    let mut sum = [0.0; 2];
+    for (op, t) in &totals {
+        let ms = t.map(|s| s / counted * 1e3);
+        sum = [sum[0] + ms[0], sum[1] + ms[1]];
+        if ms[0].max(ms[1]) >= 0.01 {
+            println!("  {op:<20} {:>9.3} {:>9.3}", ms[0], ms[1]);
+        }
+    }
+    println!("  {:<20} {:>9.3} {:>9.3}\n", "all ops", sum[0], sum[1]);
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; the one optional argument is a count.
+    let rounds = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse::<usize>().ok())
+        .unwrap_or(20)
+        .max(2);
+    profile(
+        "detector",
+        "models/retinaface-mnet025.toml",
+        Task::FaceDetector,
+        Some([240, 320]),
+        rounds,
+    );
+    profile(
+        "classifier",
+        "models/expression.toml",
+        Task::Expression,
+        None,
+        rounds,
+    );
+}
