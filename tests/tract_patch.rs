@@ -92,8 +92,13 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::nn::resize::{CoordTransformer, Interpolator, Nearest, Resize};
 use tract_onnx::tract_core::ops::nn::{Softmax, SoftmaxKind};
 
-/// Runs `plan` on `input`, with stock tract's evaluation when `stock`.
-fn run_plan(plan: &std::sync::Arc<TypedRunnableModel>, input: &Tensor, stock: bool) -> Vec<f32> {
+/// Every output of `plan` on `input`, with stock tract's evaluation when
+/// `stock`.
+fn run_plan(
+    plan: &std::sync::Arc<TypedRunnableModel>,
+    input: &Tensor,
+    stock: bool,
+) -> Vec<Vec<f32>> {
     let run = || plan.run(tvec![input.clone().into_tvalue()]);
     let out = if stock {
         KnobScope::new([("TRACT_FERD_STOCK_EVAL", "1")])
@@ -103,11 +108,14 @@ fn run_plan(plan: &std::sync::Arc<TypedRunnableModel>, input: &Tensor, stock: bo
         run()
     }
     .unwrap();
-    out[0]
-        .to_plain_array_view::<f32>()
-        .unwrap()
-        .iter()
-        .copied()
+    out.iter()
+        .map(|o| {
+            o.to_plain_array_view::<f32>()
+                .unwrap()
+                .iter()
+                .copied()
+                .collect()
+        })
         .collect()
 }
 
@@ -151,8 +159,8 @@ fn softmax_over_short_rows_matches_the_definition_and_stock_tract() {
         model.select_output_outlets(&y).unwrap();
         let plan = model.into_optimized().unwrap().into_runnable().unwrap();
         let input = noise(&shape, row as u64, 30.0);
-        let fast = run_plan(&plan, &input, false);
-        let stock = run_plan(&plan, &input, true);
+        let fast = run_plan(&plan, &input, false).remove(0);
+        let stock = run_plan(&plan, &input, true).remove(0);
         let values = input.to_plain_array_view::<f32>().unwrap();
         let values: Vec<f32> = values.iter().copied().collect();
         for (r, chunk) in values.chunks(row).enumerate() {
@@ -240,8 +248,8 @@ fn nearest_resize_gathers_what_stock_tract_computes() {
             "case {i}: no Resize left to evaluate"
         );
         let input = noise(from, 100 + i as u64, 10.0);
-        let fast = run_plan(&plan, &input, false);
-        let stock = run_plan(&plan, &input, true);
+        let fast = run_plan(&plan, &input, false).remove(0);
+        let stock = run_plan(&plan, &input, true).remove(0);
         assert_eq!(
             fast, stock,
             "case {i}: {coord:?} {nearest:?} {from:?} -> {to:?}"
@@ -287,27 +295,10 @@ fn the_detector_matches_stock_tract_without_the_fast_paths() {
         let input: Tensor = tract_ndarray::ArrayD::from_shape_vec(vec![1, 3, 240, 320], input)
             .unwrap()
             .into();
-        let outputs = |stock: bool| {
-            let run = || model.plan.run(tvec![input.clone().into_tvalue()]);
-            let out = if stock {
-                KnobScope::new([("TRACT_FERD_STOCK_EVAL", "1")])
-                    .unwrap()
-                    .enter(run)
-            } else {
-                run()
-            }
-            .unwrap();
-            out.iter()
-                .map(|o| {
-                    o.to_plain_array_view::<f32>()
-                        .unwrap()
-                        .iter()
-                        .copied()
-                        .collect()
-                })
-                .collect::<Vec<Vec<f32>>>()
-        };
-        let (fast, stock) = (outputs(false), outputs(true));
+        let (fast, stock) = (
+            run_plan(&model.plan, &input, false),
+            run_plan(&model.plan, &input, true),
+        );
         assert_eq!(fast.len(), 3);
         for (o, (a, b)) in fast.iter().zip(&stock).enumerate() {
             assert_eq!(a.len(), b.len());
