@@ -45,9 +45,9 @@ fn profile(name: &str, manifest: &str, task: Task, size: Option<[usize; 2]>, rou
                     |ctx, op_state, node, inputs| {
                         let began = Instant::now();
                         let out = eval(ctx, op_state, node, inputs);
+                        let took = began.elapsed().as_secs_f64();
                         if round >= 2 {
-                            let kind = totals.entry(node.op().name().to_string()).or_default();
-                            kind[stock] += began.elapsed().as_secs_f64();
+                            totals.entry(node.op().name().to_string()).or_default()[stock] += took;
                         }
                         out
                     },
