@@ -319,3 +319,28 @@ fn the_detector_matches_stock_tract_without_the_fast_paths() {
     }
     assert!(compared >= 4, "{compared}");
 }
+
+#[test]
+fn nearest_resize_of_an_empty_input_is_an_error_not_a_panic() {
+    let mut model = TypedModel::default();
+    let x = model.add_source("x", f32::fact([1, 1, 0, 4])).unwrap();
+    let sizes = model.add_const("sizes", tensor1(&[1i64, 1, 3, 4])).unwrap();
+    let y = model
+        .wire_node(
+            "resize",
+            Resize {
+                coord_transformer: CoordTransformer::Asymmetric,
+                interpolator: Interpolator::Nearest,
+                nearest: Nearest::Floor,
+                optional_scales_input: None,
+                optional_sizes_input: Some(1),
+            },
+            &[x, sizes],
+        )
+        .unwrap();
+    model.select_output_outlets(&y).unwrap();
+    let plan = model.into_runnable().unwrap();
+    let input = Tensor::zero::<f32>(&[1, 1, 0, 4]).unwrap();
+    let err = plan.run(tvec![input.into_tvalue()]).unwrap_err();
+    assert!(format!("{err:?}").contains("empty"), "{err:?}");
+}

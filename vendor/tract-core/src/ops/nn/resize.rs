@@ -467,6 +467,8 @@ impl Resize {
         if rank == 0 || output.len() == 0 {
             return Ok(if rank == 0 { input.clone() } else { output });
         }
+        // Nothing to read from (the general path's plan panics on this).
+        ensure!(!in_shape.contains(&0), "nearest Resize of an empty {in_shape:?} to {output_shape:?}");
         let src = input.try_as_plain_ram()?;
         let src = src.as_slice::<f32>()?;
         // table[starts[a] + x]: the input index output index x of axis a reads.
