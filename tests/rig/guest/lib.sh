@@ -123,6 +123,17 @@ gpio_wait() {
   return 1
 }
 
+# Unloads vivid, retrying for up to $1 seconds while it is still in use;
+# returns 1 if it never could (whoever holds the device kept it open).
+vivid_unload() {
+  i=0
+  until rmmod vivid 2>/dev/null; do
+    i=$((i + 1))
+    [ "$i" -gt "$(($1 * 5))" ] && return 1
+    sleep 0.2
+  done
+}
+
 # Waits up to $2 seconds for an event of type $1 in the event file.
 event_wait() {
   i=0

@@ -23,12 +23,7 @@ ok "camera_lost after the unplug"
 grep -q '"type":"degraded".*"reason":"camera_lost"' "$EVENTS" || { ferd_log; fail "no degraded (camera_lost) event"; }
 gpio_wait 4 30 1 >/dev/null || { ferd_log; fail "tell-tale line 4 did not go to 1 within 30 s of the loss"; }
 ok "degraded (camera_lost): tell-tale line 4 reads 1"
-i=0
-until rmmod vivid 2>/dev/null; do
-  i=$((i + 1))
-  [ "$i" -gt 30 ] && fail "vivid still in use 30 s after the unplug (ferd kept the device open)"
-  sleep 1
-done
+vivid_unload 30 || fail "vivid still in use 30 s after the unplug (ferd kept the device open)"
 ok "vivid unloaded (ferd released the device)"
 kill -0 "$FERD_PID" || { ferd_log; fail "ferd died after the unplug"; }
 sleep 3

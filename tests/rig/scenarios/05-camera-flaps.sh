@@ -64,12 +64,7 @@ while [ "$c" -le "$CYCLES" ]; do
   gpio_wait 3 10 0 >/dev/null || { ferd_log; fail "cycle $c: line 3 still 1 10 s after the loss (stuck alert)"; }
   gpio_wait 4 30 1 >/dev/null || { ferd_log; fail "cycle $c: tell-tale line 4 did not go to 1 within 30 s of the loss"; }
   t_lost=$(($(date +%s) - t0))
-  j=0
-  until rmmod vivid 2>/dev/null; do
-    j=$((j + 1))
-    [ "$j" -gt 150 ] && fail "cycle $c: vivid still in use 30 s after the unplug (ferd kept the device open)"
-    sleep 0.2
-  done
+  vivid_unload 30 || fail "cycle $c: vivid still in use 30 s after the unplug (ferd kept the device open)"
   kill -0 "$FERD_PID" || { ferd_log; fail "cycle $c: ferd died after the unplug"; }
   # ferd pauses while vivid is set up again (see 03: its reopen could
   # otherwise stream before the loop's 640×480 timings are set).
