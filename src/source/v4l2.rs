@@ -275,6 +275,24 @@ impl Streaming {
                 .min(buf.len());
             break (&buf[..used], meta, ts);
         };
+        if self.first.is_none() {
+            // The stream's clock origin, once: frame times (events' `t`)
+            // count from this stamp, so with a monotonic driver clock any
+            // program on the machine can line events up with its own
+            // CLOCK_MONOTONIC readings (the rig's latency scenario does).
+            let clock = match meta.flags & v4l::buffer::Flags::TIMESTAMP_MASK {
+                f if f == v4l::buffer::Flags::TIMESTAMP_MONOTONIC => "CLOCK_MONOTONIC",
+                f if f == v4l::buffer::Flags::TIMESTAMP_COPY => "a clock copied from its source",
+                _ => "an unknown clock",
+            };
+            log::info!(
+                "{}: first frame (driver frame {}) stamped {:.6} s on {clock}; frame times count from it",
+                self.path.display(),
+                meta.sequence,
+                ts.as_secs_f64()
+            );
+            self.first = Some(ts);
+        }
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         let converted = match self.format {
@@ -285,8 +303,7 @@ impl Streaming {
         Some(
             converted
                 .map(|mut f| {
-                    let first = *self.first.get_or_insert(ts);
-                    f.timestamp = ts.saturating_sub(first);
+                    f.timestamp = ts.saturating_sub(self.first.unwrap_or(ts));
                     f.sequence = sequence;
                     f.origin = format!("{}#{}", self.path.display(), meta.sequence);
                     f

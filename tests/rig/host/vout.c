@@ -7,9 +7,19 @@
  * the clip in real time. Built on the host by the rig, run in the guest.
  *
  *   vout DEVICE CLIP.y4m FPS
+ *   vout DEVICE CLIP.y4m step
  *
  * Plays the clip once, then keeps showing its last frame until killed
- * (SIGTERM), and prints "done" on stdout when the clip has ended.
+ * (SIGTERM), and prints "done" on stdout when the clip has ended. With
+ * `step`, shows frame 0 and moves on to the next one (after the last, back
+ * to frame 0) at each SIGUSR1, so that a scenario changes the picture
+ * exactly when it wants to.
+ *
+ * Each time a buffer with another clip frame than the last one goes to the
+ * driver, prints "shown K T" on stdout: clip frame K, queued at T seconds
+ * of CLOCK_MONOTONIC. vivid shows it within the few output frames still
+ * queued before it (NBUF - 1 at 60 fps, about 50 ms), so T is the earliest
+ * moment the camera can see the frame.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -26,8 +36,9 @@
 
 #define NBUF 4
 
-static volatile sig_atomic_t stop;
+static volatile sig_atomic_t stop, steps;
 static void on_term(int sig) { (void)sig; stop = 1; }
+static void on_step(int sig) { (void)sig; steps++; }
 
 static void die(const char *what) {
   fprintf(stderr, "vout: %s: %s\n", what, strerror(errno));
@@ -42,13 +53,16 @@ static double now(void) {
 
 int main(int argc, char **argv) {
   if (argc != 4) {
-    fprintf(stderr, "usage: vout DEVICE CLIP.y4m FPS\n");
+    fprintf(stderr, "usage: vout DEVICE CLIP.y4m FPS|step\n");
     return 2;
   }
-  double fps = atof(argv[3]);
+  int step = !strcmp(argv[3], "step");
+  double fps = step ? 0 : atof(argv[3]);
   struct sigaction sa = {.sa_handler = on_term}; /* no SA_RESTART */
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGINT, &sa, NULL);
+  struct sigaction su = {.sa_handler = on_step};
+  sigaction(SIGUSR1, &su, NULL);
 
   /* The clip: mono 4:2:0-less Y4M, luma planes only. */
   FILE *f = fopen(argv[2], "rb");
@@ -109,6 +123,7 @@ int main(int argc, char **argv) {
 
   double start = now();
   int announced = 0;
+  long last_shown = -1;
   for (unsigned i = 0;; i++) {
     struct v4l2_buffer b = {.type = req.type, .memory = req.memory};
     if (i < req.count) {
@@ -120,8 +135,8 @@ int main(int argc, char **argv) {
         die("VIDIOC_DQBUF");
       }
     }
-    long k = (long)((now() - start) * fps);
-    if (k >= (long)n) {
+    long k = step ? (long)(steps % n) : (long)((now() - start) * fps);
+    if (!step && k >= (long)n) {
       k = n - 1;
       if (!announced) {
         printf("done\n");
@@ -144,6 +159,11 @@ int main(int argc, char **argv) {
     b.bytesused = size;
     b.field = V4L2_FIELD_NONE;
     if (ioctl(fd, VIDIOC_QBUF, &b)) die("VIDIOC_QBUF");
+    if (k != last_shown) {
+      printf("shown %ld %.6f\n", k, now());
+      fflush(stdout);
+      last_shown = k;
+    }
     if (i + 1 == req.count) {
       int type = V4L2_BUF_TYPE_VIDEO_OUTPUT;
       if (ioctl(fd, VIDIOC_STREAMON, &type)) die("VIDIOC_STREAMON");

@@ -5,7 +5,9 @@
 
 Writes OUTDIR/NAME.y4m for each frame named in FRAMES below: a mono
 YUV4MPEG2 clip of that one frame, which the guest's vout (host/vout.c) plays
-into vivid's output and keeps showing, looped into its capture device.
+into vivid's output and keeps showing, looped into its capture device; and
+OUTDIR/steps.y4m, the neutral and the distress frame as a two-frame clip,
+for vout's `step` mode (the latency scenario switches between them).
 Standard library only.
 """
 import os
@@ -51,6 +53,8 @@ def main():
     for name, index in FRAMES.items():
         with open(os.path.join(outdir, name + ".y4m"), "wb") as f:
             f.write(header + b"\nFRAME\n" + frames[index])
+    with open(os.path.join(outdir, "steps.y4m"), "wb") as f:
+        f.write(header + b"\n" + b"".join(b"FRAME\n" + frames[FRAMES[k]] for k in ("neutral", "distress")))
 
 
 if __name__ == "__main__":
