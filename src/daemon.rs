@@ -342,7 +342,19 @@ pub fn load_analyzer(config: &Config) -> Result<Analyzer, DaemonError> {
     )?;
     if config.needs_landmarks() {
         let [mesh, iris, geometry] = config.landmark_models()?;
-        analyzer.landmarker = Some(Landmarker::load(&mesh, &iris, &geometry)?);
+        let landmarker = Landmarker::load(&mesh, &iris, &geometry)?;
+        // With a second core, the two eyes' iris runs go at once (each
+        // costs about what the face mesh does); on one core a second
+        // thread would only take turns with the first.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        analyzer.landmarker = Some(if cores > 1 {
+            log::info!(
+                "landmarks: the left eye's iris model runs on a second thread ({cores} cores)"
+            );
+            landmarker.with_eye_thread()?
+        } else {
+            landmarker
+        });
     }
     Ok(analyzer)
 }

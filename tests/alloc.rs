@@ -1,35 +1,35 @@
 //! Heap allocations per frame in steady state, counted by a global
 //! allocator: ferd's own code (everything `Pipeline::process` does outside
-//! tract) must make none; tract's own, inside `LoadedModel::run`, are
-//! counted apart and printed (`--nocapture`).
+//! tract, on its thread and on the threads it hands work to, the eye
+//! thread included) must make none; tract's own, inside `LoadedModel::run`,
+//! are counted apart and printed (`--nocapture`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use ferd::config::Config;
 use ferd::pipeline::Pipeline;
 
 struct Counting;
 
-thread_local! {
-    /// Counting is on for this thread (the test's, while it processes).
-    static ON: Cell<bool> = const { Cell::new(false) };
-    /// (ferd's, tract's) allocations and reallocations on this thread.
-    static COUNTS: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
-}
+/// Counting is on, in every thread of the process: the pipeline's own
+/// and the threads it started (the landmark stage's eye thread). Tests
+/// take [`ONE_AT_A_TIME`] so that no other test's allocations count.
+static ON: AtomicBool = AtomicBool::new(false);
+/// ferd's and tract's allocations and reallocations while `ON`.
+static FERD: AtomicU64 = AtomicU64::new(0);
+static TRACT: AtomicU64 = AtomicU64::new(0);
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn count() {
-    // `try_with`: allocations during thread teardown find the keys gone.
-    let _ = ON.try_with(|on| {
-        if on.get() {
-            let tract = ferd::vision::model::in_tract();
-            COUNTS.with(|c| {
-                let (f, t) = c.get();
-                c.set(if tract { (f, t + 1) } else { (f + 1, t) });
-            });
-        }
-    });
+    if ON.load(Ordering::Relaxed) {
+        // `in_tract` is per thread: a run on the eye thread marks that
+        // thread.
+        let tract = ferd::vision::model::in_tract();
+        if tract { &TRACT } else { &FERD }.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 unsafe impl GlobalAlloc for Counting {
@@ -57,6 +57,9 @@ static GLOBAL: Counting = Counting;
 /// face, so every stage works on every frame) after a warm-up, and returns
 /// (ferd's, tract's) allocations over the counted frames.
 fn allocations(config: &Config, index: usize, frames: u64) -> (u64, u64) {
+    // Held from loading on: the other test's loading and warm-up would
+    // count in this one's window.
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let analyzer = ferd::daemon::load_analyzer(config).unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut clip = ferd::source::open(&root.join("examples/demo.y4m")).unwrap();
@@ -77,11 +80,12 @@ fn allocations(config: &Config, index: usize, frames: u64) -> (u64, u64) {
     // Warm-up: buffers grow to their steady size, the track is made and
     // its first expression reported.
     run(20, &mut frame);
-    COUNTS.with(|c| c.set((0, 0)));
-    ON.with(|on| on.set(true));
+    FERD.store(0, Ordering::Relaxed);
+    TRACT.store(0, Ordering::Relaxed);
+    ON.store(true, Ordering::Relaxed);
     run(frames, &mut frame);
-    ON.with(|on| on.set(false));
-    COUNTS.with(|c| c.get())
+    ON.store(false, Ordering::Relaxed);
+    (FERD.load(Ordering::Relaxed), TRACT.load(Ordering::Relaxed))
 }
 
 #[test]

@@ -758,3 +758,43 @@ fn a_driver_behind_sunglasses_or_a_hand_is_unwatched_never_open_or_closed() {
     assert_eq!(got[1].1, "driver_watched");
     assert!((uncovered..=uncovered + 0.5).contains(&got[1].0), "{got:?}");
 }
+
+/// The eye thread (`Landmarker::with_eye_thread`, on by default with a
+/// second core) changes when the left eye's iris model runs, not what it
+/// finds: on real footage, every frame's mesh and measures are identical
+/// with and without it, and the eyes were really measured.
+#[test]
+fn the_eye_thread_measures_exactly_what_one_thread_does() {
+    let Some(clip) = footage("wolfgang.y4m") else {
+        return;
+    };
+    let (detector, one) = models();
+    let config = Config::load(&root().join("systemd/ferd.toml")).unwrap();
+    let [mesh, iris, geometry] = config.landmark_models().unwrap();
+    let two = Landmarker::load(&mesh, &iris, &geometry)
+        .unwrap()
+        .with_eye_thread()
+        .unwrap();
+    assert!(two.has_eye_thread() && !one.has_eye_thread());
+    let mut source = ferd::source::open(&clip).unwrap();
+    let (mut frames, mut eyes) = (0, 0);
+    while let Some(frame) = source.next_frame() {
+        let frame = frame.unwrap();
+        frames += 1;
+        if frames > 120 {
+            break;
+        }
+        // Every third frame: blinks and open eyes both, in a few seconds.
+        if frames % 3 != 0 {
+            continue;
+        }
+        for face in detector.detect(&frame).unwrap() {
+            let roi = roi_for_face(&face);
+            let a = one.measure(&frame, &roi).unwrap();
+            let b = two.measure(&frame, &roi).unwrap();
+            assert_eq!(a, b, "frame {frames}: the eye thread changed the result");
+            eyes += a.1.eyes.iter().flatten().count();
+        }
+    }
+    assert!(eyes >= 40, "only {eyes} eyes measured in {frames} frames");
+}

@@ -28,6 +28,7 @@ use crate::frame::Frame;
 use crate::vision::classifier::{supersample, Crop};
 use crate::vision::detector::Face;
 use crate::vision::model::{LoadedModel, ModelError, Task};
+use crate::vision::worker::ModelWorker;
 
 /// Points of the face mesh.
 pub const MESH_POINTS: usize = 468;
@@ -118,6 +119,10 @@ pub struct Landmarker {
     mesh: LoadedModel,
     iris: LoadedModel,
     geometry: Geometry,
+    /// A second thread for the left eye's iris run, so that both eyes run
+    /// at once ([`Landmarker::with_eye_thread`]); `None`: one after the
+    /// other on the calling thread.
+    left_eye: Option<ModelWorker>,
 }
 
 impl Geometry {
@@ -182,7 +187,23 @@ impl Landmarker {
             mesh: LoadedModel::load(mesh, Task::FaceLandmarks, None)?,
             iris: LoadedModel::load(iris, Task::IrisLandmarks, None)?,
             geometry: Geometry::load(geometry)?,
+            left_eye: None,
         })
+    }
+
+    /// Runs the left eye's iris model on a thread of its own from now on,
+    /// while the calling thread runs the right eye's: the two runs are a
+    /// face's two costliest after the mesh, and independent. The results
+    /// are the same as without (the same plan on the same input).
+    pub fn with_eye_thread(mut self) -> Result<Landmarker, ModelError> {
+        let twin = self.iris.twin()?;
+        self.left_eye = Some(ModelWorker::start(twin, "ferd-left-eye", iris_output)?);
+        Ok(self)
+    }
+
+    /// Whether the left eye runs on its own thread.
+    pub fn has_eye_thread(&self) -> bool {
+        self.left_eye.is_some()
     }
 
     /// The face mesh in `roi`, mapped back to frame pixels.
@@ -231,21 +252,32 @@ impl Landmarker {
         let roi = eye_roi(mesh, eye);
         let mirror = eye == Eye::Left;
         let (h, w) = hw(&self.iris);
-        let path = &self.iris.path;
         self.iris.run_with(
             |input| nhwc_rgb(&self.iris, frame, &roi, w, h, mirror, input),
             |outputs| {
-                let contour = outputs
-                    .iter()
-                    .find_map(|o| floats(path, o).ok().filter(|v| v.len() == 71 * 3))
-                    .ok_or_else(|| shape_error(path, "no [213] eye-contour output"))?;
-                let mut out = [[0.0; 2]; 16];
-                for (k, p) in out.iter_mut().enumerate() {
-                    *p = to_frame(&roi, w, h, contour[3 * k], contour[3 * k + 1], mirror);
-                }
-                Ok(out)
+                let contour = contour_output(&self.iris.path, outputs)?;
+                Ok(contour_points(contour, &roi, w, h, mirror))
             },
         )
+    }
+
+    /// Both eyes' contours, `[right, left]`: at once when the left eye has
+    /// its thread, else one after the other.
+    fn eye_contours(&self, frame: &Frame, mesh: &Mesh) -> Result<[[[f32; 2]; 16]; 2], ModelError> {
+        let Some(worker) = &self.left_eye else {
+            return Ok([
+                self.eye_contour(frame, mesh, Eye::Right)?,
+                self.eye_contour(frame, mesh, Eye::Left)?,
+            ]);
+        };
+        let roi = eye_roi(mesh, Eye::Left);
+        let (h, w) = hw(&self.iris);
+        worker.post(|input| nhwc_rgb(&self.iris, frame, &roi, w, h, true, input))?;
+        let right = self.eye_contour(frame, mesh, Eye::Right);
+        // Waited for even when the right eye failed: the next face posts
+        // again.
+        let left = worker.wait(|contour| contour_points(contour, &roi, w, h, true));
+        Ok([right?, left?])
     }
 
     /// Everything measured on one face: mesh, eyes, mouth, pose. `roi` is
@@ -263,16 +295,16 @@ impl Landmarker {
         let pose = head_pose(&mesh, &self.geometry);
         let face = face_level(frame, &mesh);
         let mut eyes = [None, None];
-        for (slot, eye) in eyes.iter_mut().zip([Eye::Right, Eye::Left]) {
-            // An eye turned away from the camera is not judged.
-            let hidden = pose.is_some_and(|(yaw, _)| yaw.abs() > MAX_EYE_YAW_DEG);
-            if !hidden {
-                let contour = self.eye_contour(frame, &mesh, eye)?;
+        // Eyes turned away from the camera are not judged.
+        let hidden = pose.is_some_and(|(yaw, _)| yaw.abs() > MAX_EYE_YAW_DEG);
+        if !hidden {
+            let contours = self.eye_contours(frame, &mesh)?;
+            for (slot, contour) in eyes.iter_mut().zip(&contours) {
                 // Nor is one the camera cannot see (sunglasses, a hand).
                 let seen =
-                    eye_contrast(frame, &contour, face).is_some_and(|c| c >= MIN_EYE_CONTRAST);
+                    eye_contrast(frame, contour, face).is_some_and(|c| c >= MIN_EYE_CONTRAST);
                 if seen {
-                    *slot = eye_openness(&contour);
+                    *slot = eye_openness(contour);
                 }
             }
         }
@@ -283,6 +315,34 @@ impl Landmarker {
         };
         Ok((mesh, measure))
     }
+}
+
+/// The iris model's eye-contour output: 71 points × (x, y, z) in crop
+/// pixels.
+fn contour_output<'a>(path: &Path, outputs: &'a [TValue]) -> Result<&'a [f32], ModelError> {
+    outputs
+        .iter()
+        .find_map(|o| floats(path, o).ok().filter(|v| v.len() == 71 * 3))
+        .ok_or_else(|| shape_error(path, "no [213] eye-contour output"))
+}
+
+/// [`crate::vision::worker::ReadOutputs`] for the iris model on the eye
+/// thread: the contour output, copied.
+fn iris_output(path: &Path, outputs: &[TValue], out: &mut Vec<f32>) -> Result<(), ModelError> {
+    let contour = contour_output(path, outputs)?;
+    out.clear();
+    out.extend_from_slice(contour);
+    Ok(())
+}
+
+/// The first 16 contour points (the lids and corners) of an eye crop's
+/// model output, in frame pixels.
+fn contour_points(contour: &[f32], roi: &Crop, w: usize, h: usize, mirror: bool) -> [[f32; 2]; 16] {
+    let mut out = [[0.0; 2]; 16];
+    for (k, p) in out.iter_mut().enumerate() {
+        *p = to_frame(roi, w, h, contour[3 * k], contour[3 * k + 1], mirror);
+    }
+    out
 }
 
 /// The face crop for a detection: 1.5 × its box's longer side, rotated

@@ -10,6 +10,7 @@ pub mod classifier;
 pub mod detector;
 pub mod landmarks;
 pub mod model;
+pub mod worker;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -617,6 +617,32 @@ impl LoadedModel {
         })
     }
 
+    /// Another runner of the same optimised plan, with its own tract state
+    /// and input tensor, so that a second thread can run this model while
+    /// this one does (the plan is shared and read-only; nothing is loaded
+    /// or optimised again).
+    pub fn twin(&self) -> Result<LoadedModel, ModelError> {
+        let tract_err = |stage: &'static str, e: anyhow::Error| ModelError::Tract {
+            path: self.path.clone(),
+            stage,
+            message: format!("{e:#}"),
+        };
+        let state = TypedSimpleState::new(&self.plan)
+            .map_err(|e| tract_err("build the execution state", e))?;
+        let input = Tensor::zero::<f32>(&self.input_shape)
+            .map_err(|e| tract_err("allocate the input", e))?;
+        Ok(LoadedModel {
+            manifest: self.manifest.clone(),
+            path: self.path.clone(),
+            input_shape: self.input_shape.clone(),
+            plan: Arc::clone(&self.plan),
+            scratch: Mutex::new(Scratch {
+                state,
+                input: Arc::new(input),
+            }),
+        })
+    }
+
     /// Runs the model once: `fill` writes the input (every value of the
     /// `input_shape` tensor, in its layout; the buffer holds the previous
     /// run's values), `read` takes what it needs from the outputs.

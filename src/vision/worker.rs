@@ -1,0 +1,299 @@
+//! A model on a thread of its own, so that a second core runs one model
+//! while the calling thread runs another (the landmark stage's two eyes:
+//! two runs of the iris model per face, each as costly as the face mesh).
+//!
+//! [`ModelWorker`] owns a [`LoadedModel`] (a [`LoadedModel::twin`] of the
+//! caller's: the same plan, its own state) and one job slot.
+//! [`ModelWorker::post`] fills the model's input on the calling thread, so
+//! the frame stays borrowed there and is never sent, and wakes the worker;
+//! [`ModelWorker::wait`] blocks until that run is over and lends its
+//! output to the caller. One job at a time. The slot's buffers are kept
+//! from job to job, so a job allocates nothing in ferd's code; tract
+//! allocates its values inside the run, as on any thread.
+//!
+//! The thread is persistent (started once, with the models) rather than
+//! spawned per frame: spawning allocates and costs more than the wake-up.
+
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use tract_onnx::prelude::TValue;
+
+use super::model::{LoadedModel, ModelError};
+
+/// Copies what the caller needs of a run's outputs into the slot's output
+/// buffer (cleared first; its capacity is kept from run to run). `path` is
+/// the model file, for errors.
+pub type ReadOutputs =
+    fn(path: &Path, outputs: &[TValue], out: &mut Vec<f32>) -> Result<(), ModelError>;
+
+/// A model running on its own thread, one job at a time.
+pub struct ModelWorker {
+    shared: Arc<Shared>,
+    /// `None` only once dropped.
+    thread: Option<JoinHandle<()>>,
+    /// The model file, for errors.
+    path: std::path::PathBuf,
+}
+
+struct Shared {
+    slot: Mutex<Slot>,
+    /// Signalled at every change of `slot` (a job posted or done, stop).
+    changed: Condvar,
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Nothing posted, or the last result taken.
+    Idle,
+    /// The input is filled; the worker runs it.
+    Posted,
+    /// The run is over; its output (or error) waits in the slot.
+    Done,
+    /// The worker thread has ended (it panicked outside tract's run,
+    /// which the model catches): no job will run again.
+    Gone,
+}
+
+struct Slot {
+    phase: Phase,
+    /// The owner is being dropped: the worker returns.
+    stop: bool,
+    /// The next run's input, as many values as the model's input tensor.
+    input: Vec<f32>,
+    /// The last run's output, as [`ReadOutputs`] left it.
+    output: Vec<f32>,
+    /// The last run's error, if it failed.
+    error: Option<ModelError>,
+}
+
+/// Locks the slot. A panic while it was held (only possible in the
+/// caller's `fill` or `read`) leaves it consistent: every field is written
+/// whole.
+fn lock(m: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ModelWorker {
+    /// Starts the thread (named `name`) that runs `model`; `read` picks
+    /// the outputs the caller wants after each run.
+    pub fn start(
+        model: LoadedModel,
+        name: &str,
+        read: ReadOutputs,
+    ) -> Result<ModelWorker, ModelError> {
+        let path = model.path.clone();
+        let shared = Arc::new(Shared {
+            slot: Mutex::new(Slot {
+                phase: Phase::Idle,
+                stop: false,
+                input: vec![0.0; model.input_shape.iter().product()],
+                output: Vec::new(),
+                error: None,
+            }),
+            changed: Condvar::new(),
+        });
+        let thread = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn({
+                let shared = Arc::clone(&shared);
+                move || serve(&shared, &model, read)
+            })
+            .map_err(|e| ModelError::Tract {
+                path: path.clone(),
+                stage: "start its thread",
+                message: e.to_string(),
+            })?;
+        Ok(ModelWorker {
+            shared,
+            thread: Some(thread),
+            path,
+        })
+    }
+
+    /// Fills the input with `fill` (every value, in the model's layout; the
+    /// buffer holds the previous job's values) here, and starts the run on
+    /// the worker. A job posted before and not waited for is waited for
+    /// first and its result dropped.
+    pub fn post(&self, fill: impl FnOnce(&mut [f32])) -> Result<(), ModelError> {
+        let mut slot = lock(&self.shared.slot);
+        while slot.phase == Phase::Posted {
+            slot = self.wait_change(slot);
+        }
+        if slot.phase == Phase::Gone {
+            return Err(self.gone());
+        }
+        fill(&mut slot.input);
+        slot.error = None;
+        slot.phase = Phase::Posted;
+        self.shared.changed.notify_all();
+        Ok(())
+    }
+
+    /// Waits for the run [`ModelWorker::post`] started and gives its
+    /// output to `read`; the run's error if it failed. Without a posted
+    /// job, an error.
+    pub fn wait<R>(&self, read: impl FnOnce(&[f32]) -> R) -> Result<R, ModelError> {
+        let mut slot = lock(&self.shared.slot);
+        while slot.phase == Phase::Posted {
+            slot = self.wait_change(slot);
+        }
+        match slot.phase {
+            Phase::Done => {
+                slot.phase = Phase::Idle;
+                match slot.error.take() {
+                    Some(e) => Err(e),
+                    None => Ok(read(&slot.output)),
+                }
+            }
+            Phase::Gone => Err(self.gone()),
+            Phase::Idle | Phase::Posted => Err(ModelError::Tract {
+                path: self.path.clone(),
+                stage: "wait for its thread",
+                message: "no run was posted".into(),
+            }),
+        }
+    }
+
+    fn wait_change<'a>(&self, slot: MutexGuard<'a, Slot>) -> MutexGuard<'a, Slot> {
+        self.shared
+            .changed
+            .wait(slot)
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn gone(&self) -> ModelError {
+        ModelError::Tract {
+            path: self.path.clone(),
+            stage: "run on its thread",
+            message: "the thread has ended (it panicked; see the log)".into(),
+        }
+    }
+}
+
+impl Drop for ModelWorker {
+    /// Stops the thread (after the run in progress, if any) and joins it.
+    fn drop(&mut self) {
+        lock(&self.shared.slot).stop = true;
+        self.shared.changed.notify_all();
+        if let Some(thread) = self.thread.take() {
+            // A panic in the thread was already marked `Gone` and printed
+            // by the panic hook; nothing more to report here.
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Marks the slot `Gone` when the worker's loop is left by a panic, so a
+/// caller waiting for it gets an error instead of waiting for ever.
+struct GoneOnUnwind<'a>(&'a Shared);
+
+impl Drop for GoneOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            lock(&self.0.slot).phase = Phase::Gone;
+            self.0.changed.notify_all();
+        }
+    }
+}
+
+/// The worker's loop: runs each posted job until told to stop. The run
+/// itself happens with the slot unlocked (its buffers taken out of it, a
+/// move, no copy), so the caller can post-check or drop meanwhile.
+fn serve(shared: &Shared, model: &LoadedModel, read: ReadOutputs) {
+    let _guard = GoneOnUnwind(shared);
+    let mut slot = lock(&shared.slot);
+    loop {
+        if slot.stop {
+            return;
+        }
+        if slot.phase != Phase::Posted {
+            slot = shared.changed.wait(slot).unwrap_or_else(|e| e.into_inner());
+            continue;
+        }
+        let input = std::mem::take(&mut slot.input);
+        let mut output = std::mem::take(&mut slot.output);
+        drop(slot);
+        // The input was sized from the model's input shape at start, and
+        // `run_with` hands over a buffer of that shape: equal lengths.
+        let result = model.run_with(
+            |buf| buf.copy_from_slice(&input),
+            |outputs| read(&model.path, outputs, &mut output),
+        );
+        slot = lock(&shared.slot);
+        slot.input = input;
+        slot.output = output;
+        slot.error = result.err();
+        slot.phase = Phase::Done;
+        shared.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vision::model::Task;
+
+    fn iris() -> LoadedModel {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/iris-landmark.toml");
+        LoadedModel::load(&manifest, Task::IrisLandmarks, None).unwrap()
+    }
+
+    /// Every output, concatenated.
+    fn all(_: &Path, outputs: &[TValue], out: &mut Vec<f32>) -> Result<(), ModelError> {
+        out.clear();
+        for o in outputs {
+            out.extend(o.to_plain_array_view::<f32>().unwrap().iter());
+        }
+        Ok(())
+    }
+
+    /// A ramp input that differs from job to job.
+    fn fill(k: usize) -> impl FnOnce(&mut [f32]) {
+        move |input: &mut [f32]| {
+            for (i, v) in input.iter_mut().enumerate() {
+                *v = ((i * 31 + k * 7) % 256) as f32 / 255.0;
+            }
+        }
+    }
+
+    #[test]
+    fn jobs_on_the_thread_give_what_the_calling_thread_gets() {
+        let model = iris();
+        let worker = ModelWorker::start(model.twin().unwrap(), "test-worker", all).unwrap();
+        for k in 0..3 {
+            let here = model
+                .run_with(fill(k), |outputs| {
+                    let mut out = Vec::new();
+                    all(&model.path, outputs, &mut out)?;
+                    Ok(out)
+                })
+                .unwrap();
+            worker.post(fill(k)).unwrap();
+            let there = worker.wait(|out| out.to_vec()).unwrap();
+            assert!(!here.is_empty());
+            assert_eq!(here, there, "job {k}");
+        }
+        // Nothing posted: an error, not a wait for ever.
+        let err = worker.wait(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("no run was posted"), "{err}");
+    }
+
+    /// A panic on the worker (here in the output reader; tract's own are
+    /// caught by the model) ends the thread: the caller gets an error, now
+    /// and for later jobs, never a hang; dropping the worker still returns.
+    #[test]
+    fn a_panicking_thread_is_an_error_for_the_caller() {
+        fn panics(_: &Path, _: &[TValue], _: &mut Vec<f32>) -> Result<(), ModelError> {
+            panic!("reader bug");
+        }
+        let worker = ModelWorker::start(iris(), "test-worker-panics", panics).unwrap();
+        worker.post(fill(0)).unwrap();
+        let err = worker.wait(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("the thread has ended"), "{err}");
+        assert!(worker.post(fill(1)).is_err());
+        drop(worker);
+    }
+}
