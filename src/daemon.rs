@@ -340,13 +340,15 @@ pub fn load_analyzer(config: &Config) -> Result<Analyzer, DaemonError> {
         &config.classifier_model()?,
         config,
     )?;
+    // With a second core, work of one frame that does not depend on
+    // itself runs on two threads: the two eyes' iris runs (each costs about
+    // what the face mesh does) with the landmark stage, else the faces'
+    // classifications. On one core a second thread would only take turns
+    // with the first.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if config.needs_landmarks() {
         let [mesh, iris, geometry] = config.landmark_models()?;
         let landmarker = Landmarker::load(&mesh, &iris, &geometry)?;
-        // With a second core, the two eyes' iris runs go at once (each
-        // costs about what the face mesh does); on one core a second
-        // thread would only take turns with the first.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         analyzer.landmarker = Some(if cores > 1 {
             log::info!(
                 "landmarks: the left eye's iris model runs on a second thread ({cores} cores)"
@@ -355,6 +357,9 @@ pub fn load_analyzer(config: &Config) -> Result<Analyzer, DaemonError> {
         } else {
             landmarker
         });
+    } else if cores > 1 {
+        log::info!("classifier: faces are classified two at a time on two threads ({cores} cores)");
+        analyzer.classifier = analyzer.classifier.with_thread()?;
     }
     Ok(analyzer)
 }

@@ -53,16 +53,17 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// Runs `config` on `frames` copies of the demo clip's frame `index` (one
-/// face, so every stage works on every frame) after a warm-up, and returns
-/// (ferd's, tract's) allocations over the counted frames.
-fn allocations(config: &Config, index: usize, frames: u64) -> (u64, u64) {
+/// Runs `config` on `frames` copies of frame `index` of `source` (a path
+/// under the repository; faces in it, so every stage works on every frame)
+/// after a warm-up, and returns (ferd's, tract's) allocations over the
+/// counted frames.
+fn allocations(config: &Config, source: &str, index: usize, frames: u64) -> (u64, u64) {
     // Held from loading on: the other test's loading and warm-up would
     // count in this one's window.
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let analyzer = ferd::daemon::load_analyzer(config).unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut clip = ferd::source::open(&root.join("examples/demo.y4m")).unwrap();
+    let mut clip = ferd::source::open(&root.join(source)).unwrap();
     let mut frame = None;
     for _ in 0..=index {
         frame = clip.next_frame();
@@ -92,8 +93,19 @@ fn allocations(config: &Config, index: usize, frames: u64) -> (u64, u64) {
 fn the_pipeline_allocates_nothing_per_frame_outside_tract() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let config = Config::load(&root.join("systemd/ferd.toml")).unwrap();
-    let (ours, tract) = allocations(&config, 2, 100);
+    let (ours, tract) = allocations(&config, "examples/demo.y4m", 2, 100);
     println!("expression pipeline, 100 frames: ferd {ours}, tract {tract} allocations");
+    assert_eq!(ours, 0, "ferd allocated {ours} times in 100 steady frames");
+}
+
+/// Two faces a frame: with a second core, the second face is classified
+/// on the classifier's own thread (`Classifier::with_thread`).
+#[test]
+fn two_faces_a_frame_allocate_nothing_outside_tract() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = Config::load(&root.join("systemd/ferd.toml")).unwrap();
+    let (ours, tract) = allocations(&config, "tests/data/faces/two_faces.png", 0, 100);
+    println!("expression pipeline, two faces, 100 frames: ferd {ours}, tract {tract} allocations");
     assert_eq!(ours, 0, "ferd allocated {ours} times in 100 steady frames");
 }
 
@@ -106,7 +118,7 @@ fn the_driver_pipeline_allocates_nothing_per_frame_outside_tract() {
     text += "\n[[rule]]\nname = \"asleep\"\neyes_closed_for = 2.0\n";
     let config = Config::parse(&text, Path::new("ferd.toml"), &root.join("systemd")).unwrap();
     assert!(config.needs_landmarks());
-    let (ours, tract) = allocations(&config, 2, 100);
+    let (ours, tract) = allocations(&config, "examples/demo.y4m", 2, 100);
     println!("driver pipeline, 100 frames: ferd {ours}, tract {tract} allocations");
     assert_eq!(ours, 0, "ferd allocated {ours} times in 100 steady frames");
 }

@@ -13,6 +13,7 @@ use std::path::Path;
 
 use super::detector::Face;
 use super::model::{ColorOrder, InputSpec, LoadedModel, ModelError, OutputKind, Task};
+use super::worker::ModelWorker;
 use crate::config::ClassifierConfig;
 use crate::expression::Probs;
 use crate::frame::Frame;
@@ -76,6 +77,9 @@ pub struct Classifier {
     model: LoadedModel,
     margin: f32,
     align: bool,
+    /// A second thread classifying every other face of a frame
+    /// ([`Classifier::with_thread`]); `None`: all on the calling thread.
+    second: Option<ModelWorker>,
 }
 
 impl Classifier {
@@ -88,7 +92,61 @@ impl Classifier {
             model,
             margin: cfg.margin.0,
             align: cfg.align,
+            second: None,
         })
+    }
+
+    /// Classifies every other face of a frame on a thread of its own from
+    /// now on ([`Classifier::classify_faces`]), while the calling thread
+    /// classifies the rest. The results are the same as without (the same
+    /// plan on the same input).
+    pub fn with_thread(mut self) -> Result<Classifier, ModelError> {
+        let twin = self.model.twin()?;
+        self.second = Some(ModelWorker::start(
+            twin,
+            "ferd-classify",
+            copy_first_output,
+        )?);
+        Ok(self)
+    }
+
+    /// Whether faces are classified on two threads.
+    pub fn has_thread(&self) -> bool {
+        self.second.is_some()
+    }
+
+    /// Classifies every face of `faces` into `out` (cleared first, its
+    /// allocation kept), in order: two at a time when the classifier has
+    /// its second thread.
+    pub fn classify_faces(
+        &self,
+        frame: &Frame,
+        faces: &[Face],
+        out: &mut Vec<Probs>,
+    ) -> Result<(), ModelError> {
+        out.clear();
+        let Some(worker) = &self.second else {
+            for face in faces {
+                out.push(self.classify_face(frame, face)?);
+            }
+            return Ok(());
+        };
+        for pair in faces.chunks(2) {
+            let [a, b] = pair else {
+                out.push(self.classify_face(frame, &pair[0])?);
+                continue;
+            };
+            let crop = Crop::for_face(b, self.margin, self.align);
+            let (shape, spec) = (&self.model.input_shape, &self.model.manifest.input);
+            worker.post(|input| crop_into(spec, shape[3], shape[2], frame, &crop, input))?;
+            let first = self.classify_face(frame, a);
+            // Waited for even when the first failed: the next pair posts
+            // again.
+            let second = worker.wait(|scores| self.probs(scores));
+            out.push(first?);
+            out.push(second??);
+        }
+        Ok(())
     }
 
     /// The manifest of the loaded model.
@@ -105,30 +163,26 @@ impl Classifier {
     pub fn classify(&self, frame: &Frame, crop: &Crop) -> Result<Probs, ModelError> {
         let shape = &self.model.input_shape;
         let spec = &self.model.manifest.input;
+        // Four dimensions (the manifest check), height and width fixed.
+        self.model.run_with(
+            |input| crop_into(spec, shape[3], shape[2], frame, crop, input),
+            |outputs| self.probs(first_output(&self.model.path, outputs)?),
+        )
+    }
+
+    /// The probabilities from the model's output values: exactly seven,
+    /// all finite.
+    fn probs(&self, scores: &[f32]) -> Result<Probs, ModelError> {
         let bad = |message: String| ModelError::Shape {
             path: self.model.path.clone(),
             message,
         };
-        // Four dimensions (the manifest check), height and width fixed.
-        let raw = self.model.run_with(
-            |input| crop_into(spec, shape[3], shape[2], frame, crop, input),
-            |outputs| {
-                let out = outputs
-                    .first()
-                    .ok_or_else(|| bad("model has no output".into()))?;
-                let view = out
-                    .to_plain_array_view::<f32>()
-                    .map_err(|e| bad(format!("output is not f32: {e}")))?;
-                if view.len() != 7 {
-                    return Err(bad(format!("output has {} values, expected 7", view.len())));
-                }
-                let mut raw = [0f32; 7];
-                for (r, v) in raw.iter_mut().zip(view.iter()) {
-                    *r = *v;
-                }
-                Ok(raw)
-            },
-        )?;
+        let Ok(raw) = <[f32; 7]>::try_from(scores) else {
+            return Err(bad(format!(
+                "output has {} values, expected 7",
+                scores.len()
+            )));
+        };
         // NaN or infinite scores would pass through softmax as NaN and
         // silently never match a rule; a broken model is an error instead.
         if raw.iter().any(|v| !v.is_finite()) {
@@ -139,6 +193,39 @@ impl Classifier {
             _ => Probs::from_logits(&raw),
         })
     }
+}
+
+/// The model's first output, as f32 values.
+fn first_output<'a>(
+    path: &Path,
+    outputs: &'a [tract_onnx::prelude::TValue],
+) -> Result<&'a [f32], ModelError> {
+    let bad = |message: String| ModelError::Shape {
+        path: path.to_path_buf(),
+        message,
+    };
+    let out = outputs
+        .first()
+        .ok_or_else(|| bad("model has no output".into()))?;
+    let view = out
+        .to_plain_array_view::<f32>()
+        .map_err(|e| bad(format!("output is not f32: {e}")))?;
+    // tract's tensors are contiguous.
+    view.to_slice()
+        .ok_or_else(|| bad("output is not contiguous".into()))
+}
+
+/// [`super::worker::ReadOutputs`] for the classifier's second thread: the
+/// first output, copied.
+fn copy_first_output(
+    path: &Path,
+    outputs: &[tract_onnx::prelude::TValue],
+    out: &mut Vec<f32>,
+) -> Result<(), ModelError> {
+    let scores = first_output(path, outputs)?;
+    out.clear();
+    out.extend_from_slice(scores);
+    Ok(())
 }
 
 /// Samples the crop into a normalised `[1, C, h, w]` input (`out`, C × h ×
@@ -246,6 +333,44 @@ pub(crate) fn supersample<const N: usize>(
 mod tests {
     use super::*;
     use crate::frame::PixelFormat;
+
+    /// The second thread changes where faces are classified, not what
+    /// comes out: with it and without, the same probabilities in the same
+    /// order, for one face, a pair, and an odd count (the last face on the
+    /// calling thread), frame after frame.
+    #[test]
+    fn two_threads_classify_exactly_what_one_does() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let config = crate::config::Config::load(&root.join("systemd/ferd.toml")).unwrap();
+        let detector =
+            super::super::Detector::load(&config.detector_model().unwrap(), &config.detector)
+                .unwrap();
+        let manifest = config.classifier_model().unwrap();
+        let one = Classifier::load(&manifest, &config.classifier).unwrap();
+        let two = Classifier::load(&manifest, &config.classifier)
+            .unwrap()
+            .with_thread()
+            .unwrap();
+        assert!(two.has_thread() && !one.has_thread());
+        let frame = crate::source::open(&root.join("tests/data/faces/two_faces.png"))
+            .unwrap()
+            .next_frame()
+            .unwrap()
+            .unwrap();
+        let found = detector.detect(&frame).unwrap();
+        assert_eq!(found.len(), 2);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for faces in [&found[..1], &found[..], &[found[0], found[1], found[0]][..]] {
+            for _ in 0..2 {
+                one.classify_faces(&frame, faces, &mut a).unwrap();
+                two.classify_faces(&frame, faces, &mut b).unwrap();
+                assert_eq!(a.len(), faces.len());
+                assert_eq!(a, b, "{} faces", faces.len());
+            }
+        }
+        // The two faces differ, so a swap of results would show.
+        assert_ne!(a[0], a[1]);
+    }
 
     #[test]
     fn whole_crop_of_same_size_is_identity() {

@@ -92,6 +92,8 @@ pub struct Analyzer {
     /// The detector's faces of the current frame (kept for its
     /// allocation).
     faces: Vec<Face>,
+    /// Their expressions (kept for its allocation).
+    probs: Vec<Probs>,
 }
 
 /// MediaPipe's way of following faces: the mesh of one frame gives the
@@ -129,33 +131,35 @@ impl Analyzer {
             },
             times: StageTimes::default(),
             faces: Vec::new(),
+            probs: Vec::new(),
         })
     }
 
     /// Finds and classifies every face of a frame.
     pub fn analyze(&self, frame: &Frame) -> Result<Vec<Observation>, ModelError> {
         let mut out = Vec::new();
-        self.observe(frame, &mut out, &mut StageTimes::default(), &mut Vec::new())?;
+        let mut buffers = (Vec::new(), Vec::new());
+        self.observe(frame, &mut out, &mut StageTimes::default(), &mut buffers)?;
         Ok(out)
     }
 
-    /// Every face of `frame` from the detector into `out`; `faces` is the
-    /// detector's buffer.
+    /// Every face of `frame` from the detector into `out`; `buffers` are
+    /// the detector's faces and their expressions.
     fn observe(
         &self,
         frame: &Frame,
         out: &mut Vec<Observation>,
         times: &mut StageTimes,
-        faces: &mut Vec<Face>,
+        (faces, probs): &mut (Vec<Face>, Vec<Probs>),
     ) -> Result<(), ModelError> {
         out.clear();
         timed(&mut times.detect, || {
             self.detector.detect_into(frame, faces)
         })?;
-        for &face in faces.iter() {
-            let probs = timed(&mut times.classify, || {
-                self.classifier.classify_face(frame, &face)
-            })?;
+        timed(&mut times.classify, || {
+            self.classifier.classify_faces(frame, faces, probs)
+        })?;
+        for (&face, &probs) in faces.iter().zip(probs.iter()) {
             let measure = match &self.landmarker {
                 Some(l) => Some(
                     timed(&mut times.landmarks, || {
@@ -286,10 +290,13 @@ impl Analyze for Analyzer {
                 r
             }
             None => {
-                let (mut times, mut faces) =
-                    (StageTimes::default(), std::mem::take(&mut self.faces));
-                let r = self.observe(frame, out, &mut times, &mut faces);
-                (self.times, self.faces) = (times, faces);
+                let mut buffers = (
+                    std::mem::take(&mut self.faces),
+                    std::mem::take(&mut self.probs),
+                );
+                let mut times = StageTimes::default();
+                let r = self.observe(frame, out, &mut times, &mut buffers);
+                (self.times, (self.faces, self.probs)) = (times, buffers);
                 r
             }
         }
