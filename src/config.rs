@@ -879,19 +879,25 @@ impl Default for HealthConfig {
     }
 }
 
-/// `[runtime]`: how tract runs the models.
+/// `[runtime]`: how the models use the machine's cores.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Threads for tract's matrix products: 1 runs everything on the
     /// analysis thread; 0 uses one per core.
     pub threads: Threads,
+    /// With more than one core, a second thread runs the model runs of a
+    /// frame that do not wait on each other: every other face's
+    /// expression, or with the landmark stage each face's left eye. With
+    /// `false` (and `threads = 1`) analysis keeps to one core.
+    pub parallel: bool,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             threads: Threads(1),
+            parallel: true,
         }
     }
 }
@@ -1788,6 +1794,13 @@ face_absent_for = 6.0            # no face at all
     fn runtime_threads_are_bounded_and_zero_means_every_core() {
         let c = parse("").unwrap();
         assert_eq!(c.runtime.threads.resolve(), 1);
+        assert!(c.runtime.parallel);
+        assert!(
+            !parse("[runtime]\nparallel = false\n")
+                .unwrap()
+                .runtime
+                .parallel
+        );
         let all = parse("[runtime]\nthreads = 0\n").unwrap();
         assert!(all.runtime.threads.resolve() >= 1);
         for bad in ["-1", "65"] {

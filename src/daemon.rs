@@ -340,16 +340,17 @@ pub fn load_analyzer(config: &Config) -> Result<Analyzer, DaemonError> {
         &config.classifier_model()?,
         config,
     )?;
-    // With a second core, work of one frame that does not depend on
-    // itself runs on two threads: the two eyes' iris runs (each costs about
-    // what the face mesh does) with the landmark stage, else the faces'
-    // classifications. On one core a second thread would only take turns
-    // with the first.
+    // With a second core (and `[runtime] parallel`), work of one frame
+    // that does not wait on itself runs on two threads: the two eyes' iris
+    // runs (each costs about what the face mesh does) with the landmark
+    // stage, else the faces' classifications. On one core a second thread
+    // would only take turns with the first.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let parallel = config.runtime.parallel && cores > 1;
     if config.needs_landmarks() {
         let [mesh, iris, geometry] = config.landmark_models()?;
         let landmarker = Landmarker::load(&mesh, &iris, &geometry)?;
-        analyzer.landmarker = Some(if cores > 1 {
+        analyzer.landmarker = Some(if parallel {
             log::info!(
                 "landmarks: the left eye's iris model runs on a second thread ({cores} cores)"
             );
@@ -357,7 +358,7 @@ pub fn load_analyzer(config: &Config) -> Result<Analyzer, DaemonError> {
         } else {
             landmarker
         });
-    } else if cores > 1 {
+    } else if parallel {
         log::info!("classifier: faces are classified two at a time on two threads ({cores} cores)");
         analyzer.classifier = analyzer.classifier.with_thread()?;
     }
