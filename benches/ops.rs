@@ -7,8 +7,9 @@
 //!
 //! Run with `cargo bench --bench ops [-- ROUNDS]` (release profile; default
 //! 20 rounds, the first of each kind not counted). Models: the packaged
-//! detector at 320×240 and the expression classifier, on a fixed synthetic
-//! input; one thread.
+//! detector at 320×240, the expression classifier, and the landmark
+//! stage's face mesh and iris model, on a fixed synthetic input; one
+//! thread.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -90,6 +91,22 @@ fn main() {
         "classifier",
         "models/expression.toml",
         Task::Expression,
+        None,
+        rounds,
+    );
+    // The landmark stage (fatigue rules): one mesh and two iris runs per
+    // face and frame.
+    profile(
+        "face mesh",
+        "models/face-landmark.toml",
+        Task::FaceLandmarks,
+        None,
+        rounds,
+    );
+    profile(
+        "iris",
+        "models/iris-landmark.toml",
+        Task::IrisLandmarks,
         None,
         rounds,
     );

@@ -92,6 +92,17 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::nn::resize::{CoordTransformer, Interpolator, Nearest, Resize};
 use tract_onnx::tract_core::ops::nn::{Softmax, SoftmaxKind};
 
+/// Runs `f` with stock tract's evaluation when `stock`.
+fn maybe_stock<R>(stock: bool, f: impl FnOnce() -> R) -> R {
+    if stock {
+        KnobScope::new([("TRACT_FERD_STOCK_EVAL", "1")])
+            .unwrap()
+            .enter(f)
+    } else {
+        f()
+    }
+}
+
 /// Every output of `plan` on `input`, with stock tract's evaluation when
 /// `stock`.
 fn run_plan(
@@ -99,15 +110,7 @@ fn run_plan(
     input: &Tensor,
     stock: bool,
 ) -> Vec<Vec<f32>> {
-    let run = || plan.run(tvec![input.clone().into_tvalue()]);
-    let out = if stock {
-        KnobScope::new([("TRACT_FERD_STOCK_EVAL", "1")])
-            .unwrap()
-            .enter(run)
-    } else {
-        run()
-    }
-    .unwrap();
+    let out = maybe_stock(stock, || plan.run(tvec![input.clone().into_tvalue()])).unwrap();
     out.iter()
         .map(|o| {
             o.to_plain_array_view::<f32>()
@@ -343,4 +346,78 @@ fn nearest_resize_of_an_empty_input_is_an_error_not_a_panic() {
     let input = Tensor::zero::<f32>(&[1, 1, 0, 4]).unwrap();
     let err = plan.run(tvec![input.into_tvalue()]).unwrap_err();
     assert!(format!("{err:?}").contains("empty"), "{err:?}");
+}
+
+use tract_onnx::tract_core::ops::binary::BinMiniOp;
+use tract_onnx::tract_core::ops::logic::CompGT;
+
+/// `x > y` through the patched flat loop (operands of the output's shape
+/// or single values) and through stock tract's broadcasting: the same
+/// tensors, and what the definition gives element by element. A
+/// per-channel operand takes stock's path in both runs.
+#[test]
+fn comparisons_in_a_flat_loop_match_stock_tract() {
+    let full = noise(&[1, 6, 5, 4], 7, 1.0);
+    let other = noise(&[1, 6, 5, 4], 8, 1.0);
+    let zero = tensor0(0f32);
+    let single = noise(&[1, 1, 1, 1], 9, 0.5);
+    let per_channel = noise(&[4], 10, 1.0);
+    let values = |t: &Tensor, shape: &[usize]| -> Vec<f32> {
+        let v = t.to_plain_array_view::<f32>().unwrap();
+        v.broadcast(shape).unwrap().iter().copied().collect()
+    };
+    let pairs = [
+        (&full, &zero),
+        (&zero, &full),
+        (&full, &other),
+        (&single, &full),
+        (&full, &per_channel),
+    ];
+    for (k, (a, b)) in pairs.into_iter().enumerate() {
+        let gt = |stock| {
+            maybe_stock(stock, || {
+                CompGT
+                    .eval(a.clone().into_tvalue(), b.clone().into_tvalue(), bool::datum_type())
+                    .unwrap()
+            })
+        };
+        let (fast, stock) = (gt(false), gt(true));
+        assert_eq!(fast, stock, "x > y, case {k}");
+        let shape = fast.shape().to_vec();
+        let want: Vec<bool> = values(a, &shape)
+            .iter()
+            .zip(values(b, &shape))
+            .map(|(a, b)| *a > b)
+            .collect();
+        let got: Vec<bool> = fast.to_plain_array_view::<bool>().unwrap().iter().copied().collect();
+        assert_eq!(got, want, "x > y, case {k}");
+        assert!(got.contains(&true) && got.contains(&false), "case {k} tests one side only");
+    }
+}
+
+/// The landmark stage's models (PReLU activations: `GT` and `Iff` in
+/// tract's plan) give exactly stock tract's outputs with the comparison
+/// fast path.
+#[test]
+fn the_landmark_models_match_stock_tract_without_the_fast_paths() {
+    for (manifest, task) in [
+        ("models/face-landmark.toml", Task::FaceLandmarks),
+        ("models/iris-landmark.toml", Task::IrisLandmarks),
+    ] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(manifest);
+        let model = LoadedModel::load(&path, task, None).unwrap();
+        let names = ops(&model);
+        for op in ["GT", "Iff"] {
+            assert!(names.iter().any(|o| o == op), "{manifest}: {op} not in {names:?}");
+        }
+        for seed in 0..2 {
+            let input = noise(&model.input_shape, seed, 1.0);
+            let (fast, stock) = (
+                run_plan(&model.plan, &input, false),
+                run_plan(&model.plan, &input, true),
+            );
+            assert!(!fast.is_empty());
+            assert_eq!(fast, stock, "{manifest}, input {seed}");
+        }
+    }
 }
