@@ -846,7 +846,10 @@ fn frozen_broker_does_not_stop_analysis() {
             toml_path(&spool)
         ),
     );
-    let run = Ferd::spawn(&cfg, &[]);
+    // At the clip's own pace (about 21 s), so that the broker is frozen
+    // while most events are still to come, however fast analysis is and
+    // however late the subscriber sees `online` on a busy machine.
+    let run = Ferd::spawn(&cfg, &["--realtime"]);
     // Connected (the subscriber sees `online`), then the broker freezes;
     // the subscriber freezes with it and is not asked anything more.
     sub.wait_until("ferd online", |m| {

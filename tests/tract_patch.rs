@@ -377,7 +377,11 @@ fn comparisons_in_a_flat_loop_match_stock_tract() {
         let gt = |stock| {
             maybe_stock(stock, || {
                 CompGT
-                    .eval(a.clone().into_tvalue(), b.clone().into_tvalue(), bool::datum_type())
+                    .eval(
+                        a.clone().into_tvalue(),
+                        b.clone().into_tvalue(),
+                        bool::datum_type(),
+                    )
                     .unwrap()
             })
         };
@@ -389,9 +393,17 @@ fn comparisons_in_a_flat_loop_match_stock_tract() {
             .zip(values(b, &shape))
             .map(|(a, b)| *a > b)
             .collect();
-        let got: Vec<bool> = fast.to_plain_array_view::<bool>().unwrap().iter().copied().collect();
+        let got: Vec<bool> = fast
+            .to_plain_array_view::<bool>()
+            .unwrap()
+            .iter()
+            .copied()
+            .collect();
         assert_eq!(got, want, "x > y, case {k}");
-        assert!(got.contains(&true) && got.contains(&false), "case {k} tests one side only");
+        assert!(
+            got.contains(&true) && got.contains(&false),
+            "case {k} tests one side only"
+        );
     }
 }
 
@@ -408,7 +420,10 @@ fn the_landmark_models_match_stock_tract_without_the_fast_paths() {
         let model = LoadedModel::load(&path, task, None).unwrap();
         let names = ops(&model);
         for op in ["GT", "Iff"] {
-            assert!(names.iter().any(|o| o == op), "{manifest}: {op} not in {names:?}");
+            assert!(
+                names.iter().any(|o| o == op),
+                "{manifest}: {op} not in {names:?}"
+            );
         }
         for seed in 0..2 {
             let input = noise(&model.input_shape, seed, 1.0);
