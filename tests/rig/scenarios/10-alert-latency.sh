@@ -19,8 +19,9 @@
 # and no edge came before its frame was captured. The times are those of
 # this emulated guest (TCG, one vCPU), many times slower than a board:
 # docs/PERFORMANCE.md reads them. No timing is asserted. About 7 minutes
-# (not in CI's rig step, whose budget it would break):
-#   tests/rig/run-all.sh 10-alert-latency
+# (not in CI's rig step, whose budget it would break); on a busy machine
+# it can pass the default 600 s guest limit, so:
+#   RIG_TIMEOUT=900 tests/rig/run-all.sh 10-alert-latency
 # rig-arch: x86_64
 . /rig/tests/rig/guest/lib.sh
 STEPS=5
