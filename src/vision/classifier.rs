@@ -102,11 +102,7 @@ impl Classifier {
     /// plan on the same input).
     pub fn with_thread(mut self) -> Result<Classifier, ModelError> {
         let twin = self.model.twin()?;
-        self.second = Some(ModelWorker::start(
-            twin,
-            "ferd-classify",
-            copy_first_output,
-        )?);
+        self.second = Some(ModelWorker::start(twin, "ferd-classify", first_output)?);
         Ok(self)
     }
 
@@ -137,8 +133,7 @@ impl Classifier {
                 continue;
             };
             let crop = Crop::for_face(b, self.margin, self.align);
-            let (shape, spec) = (&self.model.input_shape, &self.model.manifest.input);
-            worker.post(|input| crop_into(spec, shape[3], shape[2], frame, &crop, input))?;
+            worker.post(|input| self.fill(frame, &crop, input))?;
             let first = self.classify_face(frame, a);
             // Waited for even when the first failed: the next pair posts
             // again.
@@ -161,12 +156,23 @@ impl Classifier {
 
     /// Classifies a region of a frame.
     pub fn classify(&self, frame: &Frame, crop: &Crop) -> Result<Probs, ModelError> {
-        let shape = &self.model.input_shape;
-        let spec = &self.model.manifest.input;
-        // Four dimensions (the manifest check), height and width fixed.
         self.model.run_with(
-            |input| crop_into(spec, shape[3], shape[2], frame, crop, input),
+            |input| self.fill(frame, crop, input),
             |outputs| self.probs(first_output(&self.model.path, outputs)?),
+        )
+    }
+
+    /// The model's input for `crop` of `frame`.
+    fn fill(&self, frame: &Frame, crop: &Crop, input: &mut [f32]) {
+        let shape = &self.model.input_shape;
+        // Four dimensions (the manifest check), height and width fixed.
+        crop_into(
+            &self.model.manifest.input,
+            shape[3],
+            shape[2],
+            frame,
+            crop,
+            input,
         )
     }
 
@@ -195,37 +201,17 @@ impl Classifier {
     }
 }
 
-/// The model's first output, as f32 values.
+/// The model's first output, as f32 values (also the second thread's
+/// [`super::worker::PickOutput`]).
 fn first_output<'a>(
     path: &Path,
     outputs: &'a [tract_onnx::prelude::TValue],
 ) -> Result<&'a [f32], ModelError> {
-    let bad = |message: String| ModelError::Shape {
+    let out = outputs.first().ok_or_else(|| ModelError::Shape {
         path: path.to_path_buf(),
-        message,
-    };
-    let out = outputs
-        .first()
-        .ok_or_else(|| bad("model has no output".into()))?;
-    let view = out
-        .to_plain_array_view::<f32>()
-        .map_err(|e| bad(format!("output is not f32: {e}")))?;
-    // tract's tensors are contiguous.
-    view.to_slice()
-        .ok_or_else(|| bad("output is not contiguous".into()))
-}
-
-/// [`super::worker::ReadOutputs`] for the classifier's second thread: the
-/// first output, copied.
-fn copy_first_output(
-    path: &Path,
-    outputs: &[tract_onnx::prelude::TValue],
-    out: &mut Vec<f32>,
-) -> Result<(), ModelError> {
-    let scores = first_output(path, outputs)?;
-    out.clear();
-    out.extend_from_slice(scores);
-    Ok(())
+        message: "model has no output".into(),
+    })?;
+    super::model::output_floats(path, out)
 }
 
 /// Samples the crop into a normalised `[1, C, h, w]` input (`out`, C × h ×

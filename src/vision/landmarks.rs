@@ -27,7 +27,7 @@ use crate::driver::FaceMeasure;
 use crate::frame::Frame;
 use crate::vision::classifier::{supersample, Crop};
 use crate::vision::detector::Face;
-use crate::vision::model::{LoadedModel, ModelError, Task};
+use crate::vision::model::{output_floats, LoadedModel, ModelError, Task};
 use crate::vision::worker::ModelWorker;
 
 /// Points of the face mesh.
@@ -197,7 +197,7 @@ impl Landmarker {
     /// are the same as without (the same plan on the same input).
     pub fn with_eye_thread(mut self) -> Result<Landmarker, ModelError> {
         let twin = self.iris.twin()?;
-        self.left_eye = Some(ModelWorker::start(twin, "ferd-left-eye", iris_output)?);
+        self.left_eye = Some(ModelWorker::start(twin, "ferd-left-eye", contour_output)?);
         Ok(self)
     }
 
@@ -216,7 +216,7 @@ impl Landmarker {
                 let mut raw = None;
                 let mut presence = None;
                 for o in outputs {
-                    let v = floats(path, o)?;
+                    let v = output_floats(path, o)?;
                     match v.len() {
                         n if n == MESH_POINTS * 3 => raw = Some(v),
                         1 => presence = Some(sigmoid(v[0])),
@@ -318,21 +318,12 @@ impl Landmarker {
 }
 
 /// The iris model's eye-contour output: 71 points × (x, y, z) in crop
-/// pixels.
+/// pixels (also the eye thread's [`crate::vision::worker::PickOutput`]).
 fn contour_output<'a>(path: &Path, outputs: &'a [TValue]) -> Result<&'a [f32], ModelError> {
     outputs
         .iter()
-        .find_map(|o| floats(path, o).ok().filter(|v| v.len() == 71 * 3))
+        .find_map(|o| output_floats(path, o).ok().filter(|v| v.len() == 71 * 3))
         .ok_or_else(|| shape_error(path, "no [213] eye-contour output"))
-}
-
-/// [`crate::vision::worker::ReadOutputs`] for the iris model on the eye
-/// thread: the contour output, copied.
-fn iris_output(path: &Path, outputs: &[TValue], out: &mut Vec<f32>) -> Result<(), ModelError> {
-    let contour = contour_output(path, outputs)?;
-    out.clear();
-    out.extend_from_slice(contour);
-    Ok(())
 }
 
 /// The first 16 contour points (the lids and corners) of an eye crop's
@@ -608,14 +599,6 @@ fn nhwc_rgb(
 }
 
 /// An output's values, borrowed (tract's outputs are contiguous).
-fn floats<'a>(path: &Path, v: &'a TValue) -> Result<&'a [f32], ModelError> {
-    let view = v
-        .to_plain_array_view::<f32>()
-        .map_err(|e| shape_error(path, &format!("an output is not f32: {e}")))?;
-    view.to_slice()
-        .ok_or_else(|| shape_error(path, "an output is not contiguous"))
-}
-
 fn shape_error(path: &Path, message: &str) -> ModelError {
     ModelError::Shape {
         path: PathBuf::from(path),

@@ -694,6 +694,20 @@ impl LoadedModel {
     }
 }
 
+/// One of a run's outputs as f32 values, or a shape error naming the
+/// model file: not f32, or (never seen from tract) not contiguous.
+pub fn output_floats<'a>(path: &Path, v: &'a TValue) -> Result<&'a [f32], ModelError> {
+    let bad = |message: String| ModelError::Shape {
+        path: path.to_path_buf(),
+        message,
+    };
+    let view = v
+        .to_plain_array_view::<f32>()
+        .map_err(|e| bad(format!("an output is not f32: {e}")))?;
+    view.to_slice()
+        .ok_or_else(|| bad("an output is not contiguous".into()))
+}
+
 /// Runs tract's matrix products on `threads` threads from now on (1: on
 /// the calling thread, tract's default). Process-wide: tract keeps one
 /// default executor, and a process runs one pipeline. The pool is built

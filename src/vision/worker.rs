@@ -22,11 +22,11 @@ use tract_onnx::prelude::TValue;
 
 use super::model::{LoadedModel, ModelError};
 
-/// Copies what the caller needs of a run's outputs into the slot's output
-/// buffer (cleared first; its capacity is kept from run to run). `path` is
-/// the model file, for errors.
-pub type ReadOutputs =
-    fn(path: &Path, outputs: &[TValue], out: &mut Vec<f32>) -> Result<(), ModelError>;
+/// Picks the values the caller wants from a run's outputs (`path`: the
+/// model file, for errors); the worker copies them into the slot's output
+/// buffer, whose capacity is kept from run to run.
+pub type PickOutput =
+    for<'a> fn(path: &Path, outputs: &'a [TValue]) -> Result<&'a [f32], ModelError>;
 
 /// A model running on its own thread, one job at a time.
 pub struct ModelWorker {
@@ -63,7 +63,7 @@ struct Slot {
     stop: bool,
     /// The next run's input, as many values as the model's input tensor.
     input: Vec<f32>,
-    /// The last run's output, as [`ReadOutputs`] left it.
+    /// The last run's output values, as [`PickOutput`] chose them.
     output: Vec<f32>,
     /// The last run's error, if it failed.
     error: Option<ModelError>,
@@ -77,12 +77,12 @@ fn lock(m: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
 }
 
 impl ModelWorker {
-    /// Starts the thread (named `name`) that runs `model`; `read` picks
-    /// the outputs the caller wants after each run.
+    /// Starts the thread (named `name`) that runs `model`; `pick` chooses
+    /// the output values the caller wants after each run.
     pub fn start(
         model: LoadedModel,
         name: &str,
-        read: ReadOutputs,
+        pick: PickOutput,
     ) -> Result<ModelWorker, ModelError> {
         let path = model.path.clone();
         let shared = Arc::new(Shared {
@@ -99,7 +99,7 @@ impl ModelWorker {
             .name(name.to_string())
             .spawn({
                 let shared = Arc::clone(&shared);
-                move || serve(&shared, &model, read)
+                move || serve(&shared, &model, pick)
             })
             .map_err(|e| ModelError::Tract {
                 path: path.clone(),
@@ -202,7 +202,7 @@ impl Drop for GoneOnUnwind<'_> {
 /// The worker's loop: runs each posted job until told to stop. The run
 /// itself happens with the slot unlocked (its buffers taken out of it, a
 /// move, no copy), so the caller can post-check or drop meanwhile.
-fn serve(shared: &Shared, model: &LoadedModel, read: ReadOutputs) {
+fn serve(shared: &Shared, model: &LoadedModel, pick: PickOutput) {
     let _guard = GoneOnUnwind(shared);
     let mut slot = lock(&shared.slot);
     loop {
@@ -220,7 +220,12 @@ fn serve(shared: &Shared, model: &LoadedModel, read: ReadOutputs) {
         // `run_with` hands over a buffer of that shape: equal lengths.
         let result = model.run_with(
             |buf| buf.copy_from_slice(&input),
-            |outputs| read(&model.path, outputs, &mut output),
+            |outputs| {
+                let values = pick(&model.path, outputs)?;
+                output.clear();
+                output.extend_from_slice(values);
+                Ok(())
+            },
         );
         slot = lock(&shared.slot);
         slot.input = input;
@@ -241,13 +246,10 @@ mod tests {
         LoadedModel::load(&manifest, Task::IrisLandmarks, None).unwrap()
     }
 
-    /// Every output, concatenated.
-    fn all(_: &Path, outputs: &[TValue], out: &mut Vec<f32>) -> Result<(), ModelError> {
-        out.clear();
-        for o in outputs {
-            out.extend(o.to_plain_array_view::<f32>().unwrap().iter());
-        }
-        Ok(())
+    /// The output with the most values (the iris model's eye contour).
+    fn largest<'a>(path: &Path, outputs: &'a [TValue]) -> Result<&'a [f32], ModelError> {
+        let o = outputs.iter().max_by_key(|o| o.len()).unwrap();
+        crate::vision::model::output_floats(path, o)
     }
 
     /// A ramp input that differs from job to job.
@@ -262,13 +264,11 @@ mod tests {
     #[test]
     fn jobs_on_the_thread_give_what_the_calling_thread_gets() {
         let model = iris();
-        let worker = ModelWorker::start(model.twin().unwrap(), "test-worker", all).unwrap();
+        let worker = ModelWorker::start(model.twin().unwrap(), "test-worker", largest).unwrap();
         for k in 0..3 {
             let here = model
                 .run_with(fill(k), |outputs| {
-                    let mut out = Vec::new();
-                    all(&model.path, outputs, &mut out)?;
-                    Ok(out)
+                    Ok(largest(&model.path, outputs)?.to_vec())
                 })
                 .unwrap();
             worker.post(fill(k)).unwrap();
@@ -281,13 +281,13 @@ mod tests {
         assert!(err.to_string().contains("no run was posted"), "{err}");
     }
 
-    /// A panic on the worker (here in the output reader; tract's own are
+    /// A panic on the worker (here in the output picker; tract's own are
     /// caught by the model) ends the thread: the caller gets an error, now
     /// and for later jobs, never a hang; dropping the worker still returns.
     #[test]
     fn a_panicking_thread_is_an_error_for_the_caller() {
-        fn panics(_: &Path, _: &[TValue], _: &mut Vec<f32>) -> Result<(), ModelError> {
-            panic!("reader bug");
+        fn panics<'a>(_: &Path, _: &'a [TValue]) -> Result<&'a [f32], ModelError> {
+            panic!("picker bug");
         }
         let worker = ModelWorker::start(iris(), "test-worker-panics", panics).unwrap();
         worker.post(fill(0)).unwrap();
