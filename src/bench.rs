@@ -18,6 +18,7 @@ use anyhow::{Context, Result};
 use crate::config::Config;
 use crate::events::box_array;
 use crate::pipeline::{FrameTimes, Pipeline};
+use crate::vision::follow::Search;
 
 /// What `ferd bench` was asked for.
 #[derive(Debug, Clone, Default)]
@@ -30,7 +31,9 @@ pub struct BenchOptions {
     pub frames: Option<u64>,
     /// Frames run before counting starts.
     pub warmup: u64,
-    /// Write each counted frame's face boxes here, one JSON line per frame.
+    /// Write each counted frame's face boxes and their most likely
+    /// expressions (this frame's own, unsmoothed) here, one JSON line per
+    /// frame.
     pub faces_out: Option<PathBuf>,
 }
 
@@ -100,6 +103,9 @@ pub struct BenchReport {
     pub frames: u64,
     /// Faces seen per counted frame, on average.
     pub faces_per_frame: f64,
+    /// Counted frames on which the detector searched the whole frame (the
+    /// others: around followed faces, or not at all).
+    pub whole_frame_searches: u64,
     /// Whole-frame time: source to the end of the pipeline.
     pub frame: Spread,
     /// Per stage, in [`STAGES`] order.
@@ -123,6 +129,7 @@ impl BenchReport {
             "source": self.source,
             "frames": self.frames,
             "faces_per_frame": (self.faces_per_frame * 1e3).round() / 1e3,
+            "whole_frame_searches": self.whole_frame_searches,
             "threads": 1,
             "frame_ms": self.frame.json(),
             "stages": stages,
@@ -133,8 +140,15 @@ impl BenchReport {
     /// The report as text; its last line is `fps: N.N`.
     pub fn text(&self) -> String {
         let mut s = format!(
-            "source: {}\nframes: {} ({:.2} faces per frame)\n{:<12} {:>9} {:>9} {:>9}\n",
-            self.source, self.frames, self.faces_per_frame, "ms", "median", "p95", "max"
+            "source: {}\nframes: {} ({:.2} faces per frame; the whole frame searched on {})\n{:<12} {:>9} {:>9} {:>9}\n",
+            self.source,
+            self.frames,
+            self.faces_per_frame,
+            self.whole_frame_searches,
+            "ms",
+            "median",
+            "p95",
+            "max"
         );
         let row = |name: &str, v: &Spread| {
             format!(
@@ -167,7 +181,7 @@ pub fn bench(options: &BenchOptions) -> Result<BenchReport> {
     let limit = options.frames.unwrap_or(u64::MAX);
     let mut frames: Vec<Duration> = Vec::new();
     let mut stages: [Vec<Duration>; 6] = Default::default();
-    let (mut seen, mut faces) = (0u64, 0u64);
+    let (mut seen, mut faces, mut whole) = (0u64, 0u64, 0u64);
     while (frames.len() as u64) < limit {
         let began = Instant::now();
         let Some(frame) = source.next_frame() else {
@@ -193,23 +207,29 @@ pub fn bench(options: &BenchOptions) -> Result<BenchReport> {
                 .iter()
                 .map(|o| box_array(&o.face.bbox))
                 .collect();
+            let expressions: Vec<&str> = observations
+                .iter()
+                .map(|o| o.probs.top().0.name())
+                .collect();
             let index = seen - 1;
             writeln!(
                 out,
                 "{}",
-                serde_json::json!({"frame": index, "boxes": boxes})
+                serde_json::json!({"frame": index, "boxes": boxes, "expressions": expressions})
             )?;
         }
         faces += observations.len() as u64;
+        let times = pipeline.times();
+        whole += u64::from(times.analysis.search == Some(Search::Whole));
         frames.push(took);
-        for (all, t) in stages.iter_mut().zip(split(decode, &pipeline.times())) {
+        for (all, t) in stages.iter_mut().zip(split(decode, &times)) {
             all.push(t);
         }
     }
     if let Some(mut out) = faces_out {
         out.flush()?;
     }
-    report(&options.source, &mut frames, &mut stages, faces)
+    report(&options.source, &mut frames, &mut stages, faces, whole)
 }
 
 fn report(
@@ -217,6 +237,7 @@ fn report(
     frames: &mut [Duration],
     stages: &mut [Vec<Duration>; 6],
     faces: u64,
+    whole_frame_searches: u64,
 ) -> Result<BenchReport> {
     let n = frames.len() as u64;
     if n == 0 {
@@ -230,6 +251,7 @@ fn report(
         source: source.display().to_string(),
         frames: n,
         faces_per_frame: faces as f64 / n as f64,
+        whole_frame_searches,
         frame: Spread::of(frames),
         stages: stages.each_mut().map(|s| Spread::of(s)),
         fps: n as f64 / total.as_secs_f64().max(1e-9),
@@ -260,15 +282,17 @@ mod tests {
         let mut frames = ms(&[10, 10, 20, 40]);
         let mut stages: [Vec<Duration>; 6] = Default::default();
         stages[1] = ms(&[8, 8, 9, 30]);
-        let r = report(Path::new("clip.y4m"), &mut frames, &mut stages, 6).unwrap();
+        let r = report(Path::new("clip.y4m"), &mut frames, &mut stages, 6, 3).unwrap();
         assert_eq!(r.frames, 4);
         assert_eq!(r.faces_per_frame, 1.5);
+        assert_eq!(r.whole_frame_searches, 3);
         assert!((r.fps - 50.0).abs() < 1e-9, "{}", r.fps);
         assert_eq!(r.stages[1].max, 30.0);
         assert!(r.text().ends_with("fps: 50.0\n"), "{}", r.text());
         let j = r.json();
         assert_eq!(j["frame_ms"]["median"], 10.0);
+        assert_eq!(j["whole_frame_searches"], 3);
         assert_eq!(j["stages"]["detect"]["p95"], 30.0);
-        assert!(report(Path::new("x"), &mut [], &mut stages, 0).is_err());
+        assert!(report(Path::new("x"), &mut [], &mut stages, 0, 0).is_err());
     }
 }

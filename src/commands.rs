@@ -173,7 +173,11 @@ pub fn eval(data: &Path, model: &Path, json: bool, scenes: bool, landmarks: bool
     let model = &config.find_model("--model", model)?;
     let classifier = crate::vision::Classifier::load(model, &config.classifier)?;
     let (detector, landmarker) = if scenes {
-        let detector = crate::vision::Detector::load(&config.detector_model()?, &config.detector)?;
+        let manifest = config.detector_model()?;
+        let mut detector = crate::vision::Detector::load(&manifest, &config.detector)?;
+        // Faces followed between whole-frame searches are cropped from the
+        // box found around them: measured as well.
+        detector.load_around(&manifest, &config.detector)?;
         let landmarker = if landmarks {
             let [mesh, iris, geometry] = config.landmark_models()?;
             Some(crate::vision::landmarks::Landmarker::load(

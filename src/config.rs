@@ -173,6 +173,13 @@ pub struct DetectorConfig {
     pub input_size: [PositiveU32; 2],
     /// Largest number of faces reported per frame (the highest scores win).
     pub max_faces: PositiveU32,
+    /// The detector searches the whole frame at least every this many
+    /// frames; in between it looks only around each face it follows, and
+    /// goes back to the whole frame at once when a followed face is not
+    /// found or the picture changes away from the faces. 1 = the whole
+    /// frame every frame. Without effect with the landmark stage, which
+    /// follows faces by their meshes (`landmarks.detect_every`).
+    pub full_frame_every: PositiveU32,
 }
 
 impl Default for DetectorConfig {
@@ -184,6 +191,7 @@ impl Default for DetectorConfig {
             nms_iou: Probability(0.4),
             input_size: [PositiveU32(320), PositiveU32(240)],
             max_faces: PositiveU32(8),
+            full_frame_every: PositiveU32(10),
         }
     }
 }

@@ -358,9 +358,16 @@ pub fn load_analyzer(config: &Config) -> Result<Analyzer, DaemonError> {
         } else {
             landmarker
         });
-    } else if parallel {
-        log::info!("classifier: faces are classified two at a time on two threads ({cores} cores)");
-        analyzer.classifier = analyzer.classifier.with_thread()?;
+    } else {
+        // Without meshes to follow faces by, the detector follows them
+        // itself between whole-frame searches.
+        analyzer.follow_faces(&config.detector_model()?, config)?;
+        if parallel {
+            log::info!(
+                "classifier: faces are classified two at a time on two threads ({cores} cores)"
+            );
+            analyzer.classifier = analyzer.classifier.with_thread()?;
+        }
     }
     Ok(analyzer)
 }

@@ -19,6 +19,7 @@ use crate::expression::Expression;
 use crate::frame::{Frame, PixelFormat};
 use crate::source::{decode_image, SourceError};
 use crate::vision::classifier::Crop;
+use crate::vision::follow::continuation;
 use crate::vision::landmarks::{self, Landmarker};
 use crate::vision::{face_from_mesh, BBox, Classifier, Detector, ModelError};
 
@@ -379,6 +380,18 @@ pub struct SceneSummary {
     pub off_target: u64,
     /// Crops from the detector's box ([`Classifier::classify_face`]).
     pub detector: CropResult,
+    /// Crops from the box found by looking around the detection again, as
+    /// `run` follows a face between whole-frame searches
+    /// ([`Detector::detect_around_into`]; absent when the detector's input
+    /// size is fixed).
+    pub followed: Option<CropResult>,
+    /// Faces not found again around their detection (no followed crop,
+    /// counted wrong; `run` then searches the whole frame again).
+    pub followed_lost: Option<u64>,
+    /// Faces too large to look around at the whole search's scale: `run`
+    /// searches the whole frame for them, so their followed crop is the
+    /// detector crop.
+    pub followed_whole: Option<u64>,
     /// Crops from the face mesh (with `--landmarks`).
     pub mesh: Option<CropResult>,
     /// Detections whose mesh fell below the presence threshold (no mesh
@@ -393,6 +406,13 @@ pub struct SceneEvaluation {
     pub bare: Evaluation,
     /// Detector crops of the detected faces.
     pub detector: Confusion,
+    /// Followed crops (`None` when the detector cannot look around a face).
+    pub followed: Option<Confusion>,
+    /// Detections not found again around themselves.
+    pub followed_lost: u64,
+    /// Detections too large to look around at the whole search's scale
+    /// (their followed crop is the detector crop, as in `run`).
+    pub followed_whole: u64,
     /// Mesh crops (`None` without a landmarker).
     pub mesh: Option<Confusion>,
     /// Scenes without a detection.
@@ -428,6 +448,9 @@ impl SceneEvaluation {
             misses: self.misses,
             off_target: self.off_target,
             detector: result(&self.detector),
+            followed: self.followed.as_ref().map(result),
+            followed_lost: self.followed.as_ref().map(|_| self.followed_lost),
+            followed_whole: self.followed.as_ref().map(|_| self.followed_whole),
             mesh: self.mesh.as_ref().map(result),
             mesh_lost: self.mesh.as_ref().map(|_| self.mesh_lost),
         }
@@ -452,6 +475,13 @@ impl SceneEvaluation {
             "  detector crop accuracy: {:.4} ({} correct)\n",
             s.detector.accuracy, s.detector.correct
         ));
+        if let (Some(f), Some(lost), Some(whole)) = (&s.followed, s.followed_lost, s.followed_whole)
+        {
+            out.push_str(&format!(
+                "  followed crop accuracy: {:.4} ({} correct, {} not found again, {} too large to look around)\n",
+                f.accuracy, f.correct, lost, whole
+            ));
+        }
         if let (Some(m), Some(lost)) = (&s.mesh, s.mesh_lost) {
             out.push_str(&format!(
                 "  mesh crop accuracy:     {:.4} ({} correct, {} meshes lost)\n",
@@ -468,7 +498,10 @@ impl SceneEvaluation {
 
 /// Everything [`evaluate`] does, and each image also in a scene
 /// ([`make_scene`]): the detector's highest-scoring face classified from
-/// its box, and with `landmarker` also from the box of its mesh
+/// its box; when the detector can look around a face
+/// ([`Detector::load_around`]), also from the box found by looking again
+/// around that one (as `ferd run` follows faces between whole-frame
+/// searches); and with `landmarker` also from the box of its mesh
 /// ([`face_from_mesh`], as `ferd run` does when it follows faces by
 /// mesh). A model error names the image.
 pub fn evaluate_scenes(
@@ -478,7 +511,9 @@ pub fn evaluate_scenes(
     samples: &[Sample],
     mut progress: impl FnMut(),
 ) -> Result<SceneEvaluation, EvalError> {
+    let mut found = Vec::new();
     let mut out = SceneEvaluation {
+        followed: detector.can_look_around().then(Confusion::default),
         mesh: landmarker.map(|_| Confusion::default()),
         ..SceneEvaluation::default()
     };
@@ -520,6 +555,23 @@ pub fn evaluate_scenes(
         }
         let probs = classifier.classify_face(&scene, &face).map_err(named)?;
         out.detector.add(s.label, probs.top().0);
+
+        if let Some(followed) = out.followed.as_mut() {
+            let looked = detector
+                .detect_around_into(&scene, &face.bbox, &mut found)
+                .map_err(named)?;
+            if !looked {
+                // Too large to look around: `run` searches the whole
+                // frame, i.e. crops what the detector found.
+                out.followed_whole += 1;
+                followed.add(s.label, probs.top().0);
+            } else if let Some(again) = continuation(&found, &face.bbox) {
+                let probs = classifier.classify_face(&scene, &again).map_err(named)?;
+                followed.add(s.label, probs.top().0);
+            } else {
+                out.followed_lost += 1;
+            }
+        }
 
         if let (Some(l), Some(mesh_confusion)) = (landmarker, out.mesh.as_mut()) {
             // The mesh alone: `measure` computes it first and then only

@@ -82,10 +82,103 @@ pub struct Face {
 /// would exhaust a Pi's memory instead of finding faces.
 pub const MAX_ANCHORS: usize = 1 << 21;
 
+/// The network input's sides when looking around a followed face
+/// ([`Detector::detect_around_into`]): one optimised plan each. A face is
+/// looked for at the scale the whole-frame search sees it at (the
+/// detector's recall depends on a face's size in its input: FER2013 faces
+/// at 60 px in the input were found again only half as often as at the
+/// whole search's 140 px, `ferd eval --scenes`), in the smallest of these
+/// squares that holds [`AROUND_SCALE`] × the face at that scale. A 96×96
+/// run costs about a sixth of a 320×240 one (2.4 against 14–16 ms on the
+/// dev VM), a 192×192 one about half: a face that needs more is found by
+/// searching the whole frame.
+pub const AROUND_SIDES: [usize; 4] = [96, 128, 160, 192];
+
+/// The least square searched around a followed face, in sides of its
+/// box's longer side: room for the face to move 0.4 of its size either
+/// way from one frame to the next (farther, and it is looked for in the
+/// whole frame), and the context the detector needs: with 1.6 a face it
+/// scored 0.98 in the whole frame was not found at all
+/// (`vision::follow`'s tests); 2.0 sent twice as many frames of the
+/// benchmark clip to whole searches (faces too large for 192 px).
+pub const AROUND_SCALE: f32 = 1.8;
+
+/// Where a network input lies in the frame: input pixel (x, y) is centred
+/// on frame point (x0 + (x + 0.5) / scale, y0 + (y + 0.5) / scale).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Placement {
+    /// The frame x of the input's left edge.
+    pub x0: f32,
+    /// The frame y of the input's top edge.
+    pub y0: f32,
+    /// Input pixels per frame pixel.
+    pub scale: f32,
+}
+
+impl Placement {
+    /// A `side` × `side` input at `scale`, about centred on `bbox`: its
+    /// origin is moved by under one input pixel onto the grid of a
+    /// letterboxed whole frame at that scale, so the input is a window of
+    /// the whole search's input, the same samples of the same pixels, and
+    /// what the detector finds differs from a whole search only by what
+    /// lies outside the window.
+    pub fn around(bbox: &BBox, side: usize, scale: f32) -> Placement {
+        let (cx, cy) = bbox.center();
+        let half = side as f32 / 2.0;
+        let snap = |c: f32| (c * scale - half).round() / scale;
+        Placement {
+            x0: snap(cx),
+            y0: snap(cy),
+            scale,
+        }
+    }
+}
+
+/// A square part of the frame to look for a face in: one of the
+/// [`AROUND_SIDES`] networks and where its input lies
+/// ([`Detector::window_around`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window {
+    /// Index into [`AROUND_SIDES`].
+    size: usize,
+    /// Where the input lies in the frame.
+    pub place: Placement,
+}
+
+impl Window {
+    /// The window's side in input pixels.
+    pub fn side(&self) -> usize {
+        AROUND_SIDES[self.size]
+    }
+
+    /// Whether this window, placed for an earlier frame, may be searched
+    /// again instead of `fresh` (the one placed on the face's latest
+    /// box): the same network and origins within a twentieth of the side.
+    /// Keeping a window still while the face stays near its centre keeps
+    /// the detector's input, and so the box it finds on a still face,
+    /// the same from frame to frame.
+    pub fn still_serves(&self, fresh: &Window) -> bool {
+        let tolerance = self.side() as f32 / 20.0 / self.place.scale;
+        self.size == fresh.size
+            && self.place.scale == fresh.place.scale
+            && (self.place.x0 - fresh.place.x0).abs() <= tolerance
+            && (self.place.y0 - fresh.place.y0).abs() <= tolerance
+    }
+}
+
+/// The least square, in frame pixels, searched around `bbox`.
+pub fn around_side(bbox: &BBox) -> f32 {
+    bbox.w.max(bbox.h) * AROUND_SCALE
+}
+
 /// The face detector: model, anchors and thresholds.
 pub struct Detector {
     model: LoadedModel,
     post: PostProcess,
+    /// The same network optimised for each of [`AROUND_SIDES`], smallest
+    /// first, for looking around followed faces
+    /// ([`Detector::load_around`]); empty until then.
+    around: Vec<(LoadedModel, PostProcess)>,
 }
 
 impl Detector {
@@ -119,7 +212,53 @@ impl Detector {
                 message,
             }
         })?;
-        Ok(Detector { model, post })
+        Ok(Detector {
+            model,
+            post,
+            around: Vec::new(),
+        })
+    }
+
+    /// Loads the network again for each of [`AROUND_SIDES`], so that
+    /// [`Detector::detect_around_into`] can look around a followed face at
+    /// a fraction of a whole frame's cost. A model whose manifest fixes
+    /// the input size is kept as it is (`false`): it cannot run at other
+    /// sizes.
+    pub fn load_around(
+        &mut self,
+        manifest: &Path,
+        cfg: &DetectorConfig,
+    ) -> Result<bool, ModelError> {
+        if self.model.manifest.input.shape[2..] != [0, 0] {
+            log::info!(
+                "{}: the model's input size is fixed, so faces are not followed: the detector searches every whole frame",
+                manifest.display()
+            );
+            return Ok(false);
+        }
+        self.around.clear();
+        for side in AROUND_SIDES {
+            let model = LoadedModel::load(manifest, Task::FaceDetector, Some([side, side]))?;
+            // The manifest passed the first load's checks; it is the same
+            // file (its checksum verified again).
+            let post = model
+                .manifest
+                .detector
+                .as_ref()
+                .ok_or_else(|| "missing [detector] section".to_string())
+                .and_then(|spec| PostProcess::new(spec, side, side, cfg))
+                .map_err(|message| ModelError::Manifest {
+                    path: manifest.to_path_buf(),
+                    message,
+                })?;
+            self.around.push((model, post));
+        }
+        Ok(true)
+    }
+
+    /// Whether [`Detector::load_around`] loaded the networks it needs.
+    pub fn can_look_around(&self) -> bool {
+        !self.around.is_empty()
     }
 
     /// Finds the faces in a frame, highest score first.
@@ -132,53 +271,118 @@ impl Detector {
     /// [`Detector::detect`] into `faces` (cleared first, its allocation
     /// reused frame after frame).
     pub fn detect_into(&self, frame: &Frame, faces: &mut Vec<Face>) -> Result<(), ModelError> {
-        let scale = self.post.scale(frame.width, frame.height);
-        let spec = &self.model.manifest.input;
-        let (w, h) = (self.post.input_w as usize, self.post.input_h as usize);
-        let bad = |message: String| ModelError::Shape {
-            path: self.model.path.clone(),
-            message,
+        let place = Placement {
+            x0: 0.0,
+            y0: 0.0,
+            scale: self.post.scale(frame.width, frame.height),
         };
-        self.model.run_with(
-            |input| letterbox(spec, w, h, frame, scale, input),
-            |outputs| {
-                // Views of tract's three tensors, on the stack (the steady
-                // pipeline allocates nothing, tests/alloc.rs); their shapes
-                // and values are checked by `PostProcess::run`, which also
-                // serves the fuzz target with arbitrary ones.
-                let [a, b, c] = outputs else {
-                    return Err(bad(format!(
-                        "expected 3 outputs (loc, conf, landmarks), the model has {}",
-                        outputs.len()
-                    )));
-                };
-                let not_f32 = |e: TractError| bad(format!("output is not f32: {e}"));
-                let views = [
-                    a.to_plain_array_view::<f32>().map_err(not_f32)?,
-                    b.to_plain_array_view::<f32>().map_err(not_f32)?,
-                    c.to_plain_array_view::<f32>().map_err(not_f32)?,
-                ];
-                let contiguous = || bad("output is not contiguous".into());
-                let pairs = [
-                    (
-                        views[0].shape(),
-                        views[0].to_slice().ok_or_else(contiguous)?,
-                    ),
-                    (
-                        views[1].shape(),
-                        views[1].to_slice().ok_or_else(contiguous)?,
-                    ),
-                    (
-                        views[2].shape(),
-                        views[2].to_slice().ok_or_else(contiguous)?,
-                    ),
-                ];
-                self.post
-                    .run(&pairs, frame.width, frame.height, faces)
-                    .map_err(bad)
-            },
-        )
+        run_placed(&self.model, &self.post, frame, place, faces)
     }
+
+    /// The window to look for the face boxed by `bbox` in: the smallest of
+    /// [`AROUND_SIDES`] that holds [`AROUND_SCALE`] × the box at the scale
+    /// a whole-frame search would see it at, about centred on the box
+    /// ([`Placement::around`]); parts of it outside the frame are padding.
+    /// `None` when no window is large enough or [`Detector::load_around`]
+    /// loaded none: the whole frame is the place to look then.
+    pub fn window_around(&self, frame: &Frame, bbox: &BBox) -> Option<Window> {
+        let scale = self.post.scale(frame.width, frame.height);
+        let needed = around_side(bbox) * scale;
+        let size = self
+            .around
+            .iter()
+            .position(|(_, post)| post.input_w as f32 >= needed)?;
+        Some(Window {
+            size,
+            place: Placement::around(bbox, AROUND_SIDES[size], scale),
+        })
+    }
+
+    /// The faces in `window` into `faces` (cleared first), in frame
+    /// coordinates, highest score first.
+    pub fn detect_in_window(
+        &self,
+        frame: &Frame,
+        window: &Window,
+        faces: &mut Vec<Face>,
+    ) -> Result<(), ModelError> {
+        faces.clear();
+        let Some((model, post)) = self.around.get(window.size) else {
+            // Windows come from this detector's `window_around`.
+            return self.detect_into(frame, faces);
+        };
+        run_placed(model, post, frame, window.place, faces)
+    }
+
+    /// [`Detector::window_around`] and [`Detector::detect_in_window`]:
+    /// `false`, with nothing run, when there is no window.
+    pub fn detect_around_into(
+        &self,
+        frame: &Frame,
+        bbox: &BBox,
+        faces: &mut Vec<Face>,
+    ) -> Result<bool, ModelError> {
+        faces.clear();
+        match self.window_around(frame, bbox) {
+            Some(window) => self.detect_in_window(frame, &window, faces).map(|()| true),
+            None => Ok(false),
+        }
+    }
+}
+
+/// Runs `model` on the part of `frame` that `place` puts in its input and
+/// decodes its faces with `post`.
+fn run_placed(
+    model: &LoadedModel,
+    post: &PostProcess,
+    frame: &Frame,
+    place: Placement,
+    faces: &mut Vec<Face>,
+) -> Result<(), ModelError> {
+    let spec = &model.manifest.input;
+    let (w, h) = (post.input_w as usize, post.input_h as usize);
+    let bad = |message: String| ModelError::Shape {
+        path: model.path.clone(),
+        message,
+    };
+    model.run_with(
+        |input| sample_input(spec, w, h, frame, place, input),
+        |outputs| {
+            // Views of tract's three tensors, on the stack (the steady
+            // pipeline allocates nothing, tests/alloc.rs); their shapes
+            // and values are checked by `PostProcess::run_placed`, which
+            // also serves the fuzz target with arbitrary ones.
+            let [a, b, c] = outputs else {
+                return Err(bad(format!(
+                    "expected 3 outputs (loc, conf, landmarks), the model has {}",
+                    outputs.len()
+                )));
+            };
+            let not_f32 = |e: TractError| bad(format!("output is not f32: {e}"));
+            let views = [
+                a.to_plain_array_view::<f32>().map_err(not_f32)?,
+                b.to_plain_array_view::<f32>().map_err(not_f32)?,
+                c.to_plain_array_view::<f32>().map_err(not_f32)?,
+            ];
+            let contiguous = || bad("output is not contiguous".into());
+            let pairs = [
+                (
+                    views[0].shape(),
+                    views[0].to_slice().ok_or_else(contiguous)?,
+                ),
+                (
+                    views[1].shape(),
+                    views[1].to_slice().ok_or_else(contiguous)?,
+                ),
+                (
+                    views[2].shape(),
+                    views[2].to_slice().ok_or_else(contiguous)?,
+                ),
+            ];
+            post.run_placed(&pairs, place, frame.width, frame.height, faces)
+                .map_err(bad)
+        },
+    )
 }
 
 /// The detector's post-processing, apart from the network: anchors for one
@@ -268,7 +472,8 @@ impl PostProcess {
 
     /// Turns the network's raw outputs, each a (shape, values) pair, into
     /// the faces of a `frame_w` × `frame_h` frame in `faces` (cleared
-    /// first), highest score first, clipped to the frame.
+    /// first), highest score first, clipped to the frame; the input held
+    /// the whole frame, letterboxed.
     ///
     /// The outputs are told apart by their shapes, `[1, A, 4]` boxes,
     /// `[1, A, 2]` scores and `[1, A, 10]` landmarks (names and order differ
@@ -281,12 +486,42 @@ impl PostProcess {
         frame_h: u32,
         faces: &mut Vec<Face>,
     ) -> Result<(), String> {
+        if frame_w == 0 || frame_h == 0 {
+            faces.clear();
+            return Err(format!("frame with a zero side ({frame_w}×{frame_h})"));
+        }
+        let place = Placement {
+            x0: 0.0,
+            y0: 0.0,
+            scale: self.scale(frame_w, frame_h),
+        };
+        self.run_placed(outputs, place, frame_w, frame_h, faces)
+    }
+
+    /// [`PostProcess::run`] for an input that held the part of the frame
+    /// `place` says (a letterboxed whole frame, or a square around a face).
+    pub fn run_placed(
+        &self,
+        outputs: &[(&[usize], &[f32])],
+        place: Placement,
+        frame_w: u32,
+        frame_h: u32,
+        faces: &mut Vec<Face>,
+    ) -> Result<(), String> {
         faces.clear();
         if frame_w == 0 || frame_h == 0 {
             return Err(format!("frame with a zero side ({frame_w}×{frame_h})"));
         }
-        let scale = self.scale(frame_w, frame_h);
-        self.decode(outputs, scale, faces)?;
+        if !(place.scale.is_finite()
+            && place.scale > 0.0
+            && place.x0.is_finite()
+            && place.y0.is_finite())
+        {
+            return Err(format!(
+                "placement {place:?} is not a finite positive scale and origin"
+            ));
+        }
+        self.decode(outputs, place, faces)?;
         faces.retain(|f| f.bbox.w.min(f.bbox.h) >= self.min_face_size);
         nms(faces, self.nms_iou);
         faces.truncate(self.max_faces);
@@ -301,7 +536,7 @@ impl PostProcess {
     fn decode(
         &self,
         outputs: &[(&[usize], &[f32])],
-        scale: f32,
+        place: Placement,
         faces: &mut Vec<Face>,
     ) -> Result<(), String> {
         // Identify outputs by their last dimension rather than by position
@@ -331,7 +566,12 @@ impl PostProcess {
         let (Some(loc), Some(conf), Some(lm)) = (loc, conf, landmarks) else {
             return Err("expected loc [1,A,4], conf [1,A,2] and landmarks [1,A,10] outputs".into());
         };
-        let (iw, ih) = (self.input_w as f32, self.input_h as f32);
+        // Normalised anchor units to input pixels to frame pixels.
+        let (sx, sy) = (
+            self.input_w as f32 / place.scale,
+            self.input_h as f32 / place.scale,
+        );
+        let (x0, y0) = (place.x0, place.y0);
         let [vc, vs] = self.variance;
         // Indexing is in bounds: each output was checked above to hold k
         // values per anchor.
@@ -347,15 +587,15 @@ impl PostProcess {
             let bw = a[2] * (l[2] * vs).exp();
             let bh = a[3] * (l[3] * vs).exp();
             let bbox = BBox {
-                x: (cx - bw / 2.0) * iw / scale,
-                y: (cy - bh / 2.0) * ih / scale,
-                w: bw * iw / scale,
-                h: bh * ih / scale,
+                x: x0 + (cx - bw / 2.0) * sx,
+                y: y0 + (cy - bh / 2.0) * sy,
+                w: bw * sx,
+                h: bh * sy,
             };
             let mut landmarks = [[0f32; 2]; 5];
             for (k, p) in landmarks.iter_mut().enumerate() {
-                p[0] = (a[0] + lm[i * 10 + 2 * k] * vc * a[2]) * iw / scale;
-                p[1] = (a[1] + lm[i * 10 + 2 * k + 1] * vc * a[3]) * ih / scale;
+                p[0] = x0 + (a[0] + lm[i * 10 + 2 * k] * vc * a[2]) * sx;
+                p[1] = y0 + (a[1] + lm[i * 10 + 2 * k + 1] * vc * a[3]) * sy;
             }
             // A NaN or infinite value (a broken or hostile model, an
             // overflowing exp) would reach the tracker and the rules as
@@ -392,29 +632,49 @@ fn anchor_count(strides: &[u32], sizes: &[Vec<f32>], width: usize, height: usize
         })
 }
 
-/// The frame scaled by `scale` into the top-left of a `w` × `h` input,
-/// normalised as `spec` says: one plane of luma for a `grey` model, three
-/// planes in the model's channel order otherwise. The rest is padding at
-/// the mean, i.e. 0 after normalisation. `data` holds channels × h × w
-/// values, overwritten.
-fn letterbox(spec: &InputSpec, w: usize, h: usize, frame: &Frame, scale: f32, data: &mut [f32]) {
+/// The part of the frame that `place` puts in a `w` × `h` input, sampled
+/// bilinearly and normalised as `spec` says: one plane of luma for a
+/// `grey` model, three planes in the model's channel order otherwise.
+/// Input pixels whose centre falls outside the frame are padding at the
+/// mean, i.e. 0 after normalisation (for a letterboxed whole frame: the
+/// right and bottom). `data` holds channels × h × w values, overwritten.
+fn sample_input(
+    spec: &InputSpec,
+    w: usize,
+    h: usize,
+    frame: &Frame,
+    place: Placement,
+    data: &mut [f32],
+) {
     let plane = w * h;
     let channels = spec.color.channels();
     // The buffer is reused: the padding must be cleared each time.
     data.fill(0.0);
-    let used_w = ((frame.width as f32 * scale).round() as usize).clamp(1, w);
-    let used_h = ((frame.height as f32 * scale).round() as usize).clamp(1, h);
+    let inv = 1.0 / place.scale;
+    // The input pixels whose centre lies in the frame, per axis: pixel x
+    // is centred on frame point x0 + (x + 0.5) / scale.
+    let covered = |origin: f32, extent: u32, n: usize| {
+        let first = ((-origin) * place.scale - 0.5).ceil().clamp(0.0, n as f32) as usize;
+        let end = ((extent as f32 - origin) * place.scale - 0.5)
+            .ceil()
+            .clamp(first as f32, n as f32) as usize;
+        first..end
+    };
+    let (xs, ys) = (
+        covered(place.x0, frame.width, w),
+        covered(place.y0, frame.height, h),
+    );
     let order: [usize; 3] = match spec.color {
         ColorOrder::Bgr => [2, 1, 0],
         ColorOrder::Rgb | ColorOrder::Grey => [0, 1, 2],
     };
     // `mean` and `std` have `channels` entries: the manifest check.
     let norm = |c: usize, v: f32| (v * spec.scale - spec.mean[c]) / spec.std[c];
-    let inv = 1.0 / scale;
-    for y in 0..used_h {
-        let sy = (y as f32 + 0.5) * inv - 0.5;
-        for x in 0..used_w {
-            let sx = (x as f32 + 0.5) * inv - 0.5;
+    for y in ys {
+        // The bilinear samplers take pixel-centre coordinates (pixel k at k).
+        let sy = place.y0 + (y as f32 + 0.5) * inv - 0.5;
+        for x in xs.clone() {
+            let sx = place.x0 + (x as f32 + 0.5) * inv - 0.5;
             if channels == 1 {
                 data[y * w + x] = norm(0, frame.luma_bilinear(sx, sy));
             } else {
@@ -493,10 +753,74 @@ mod tests {
         let f = Frame::new(4, 2, crate::frame::PixelFormat::Grey, vec![120; 8]);
         // A reused buffer: whatever was there is overwritten.
         let mut v = vec![f32::NAN; 64];
-        letterbox(&spec, 8, 8, &f, 2.0, &mut v);
+        let place = Placement {
+            x0: 0.0,
+            y0: 0.0,
+            scale: 2.0,
+        };
+        sample_input(&spec, 8, 8, &f, place, &mut v);
         assert_eq!(v[0], 10.0);
         // Padding below the letterboxed frame is the mean: 0.
         assert_eq!(v[7 * 8], 0.0);
+    }
+
+    /// A square around a box: centred on it at the given scale, with the
+    /// part outside the frame left at the mean (0).
+    #[test]
+    fn a_square_around_a_face_samples_that_part_of_the_frame() {
+        let spec = InputSpec {
+            shape: vec![1, 1, 0, 0],
+            layout: "NCHW".into(),
+            color: ColorOrder::Grey,
+            scale: 1.0,
+            mean: vec![0.0],
+            std: vec![1.0],
+        };
+        // Luma = x + 10 y on a 20×10 frame.
+        let data = (0..10u8)
+            .flat_map(|y| (0..20u8).map(move |x| x + 10 * y))
+            .collect();
+        let f = Frame::new(20, 10, crate::frame::PixelFormat::Grey, data);
+        // A 4×4 box at (1, 1): an 8-px input at scale 1 covers frame
+        // x, y in -1..7.
+        let bbox = BBox {
+            x: 1.0,
+            y: 1.0,
+            w: 4.0,
+            h: 4.0,
+        };
+        let place = Placement::around(&bbox, 8, 1.0);
+        assert_eq!((place.x0, place.y0), (-1.0, -1.0));
+        let mut v = vec![f32::NAN; 64];
+        sample_input(&spec, 8, 8, &f, place, &mut v);
+        // Row and column 0 lie outside the frame: padding.
+        assert!(v[..8].iter().all(|&p| p == 0.0));
+        assert!((0..8).all(|y| v[y * 8] == 0.0));
+        // Input (1, 1) is frame pixel (0, 0); (3, 2) is (2, 1).
+        assert_eq!(v[8 + 1], 0.0 + 0.0);
+        assert_eq!(v[2 * 8 + 3], 2.0 + 10.0);
+        assert_eq!(v[7 * 8 + 7], 6.0 + 60.0);
+        // Decoding maps input pixels back through the same placement: an
+        // anchor-sized box at the input's centre lands on the box.
+        let spec = DetectorSpec {
+            strides: vec![8],
+            anchor_sizes: vec![vec![4.0]],
+            variance: [0.1, 0.2],
+        };
+        let cfg = DetectorConfig {
+            min_face_size: crate::config::PositiveU32(1),
+            ..DetectorConfig::default()
+        };
+        let post = PostProcess::new(&spec, 8, 8, &cfg).unwrap();
+        let (loc, conf, lm) = ([0.0f32; 4], [0.0f32, 1.0], [0.0f32; 10]);
+        let outputs: [(&[usize], &[f32]); 3] =
+            [(&[1, 1, 4], &loc), (&[1, 1, 2], &conf), (&[1, 1, 10], &lm)];
+        let mut faces = Vec::new();
+        post.run_placed(&outputs, place, 20, 10, &mut faces)
+            .unwrap();
+        assert_eq!(faces.len(), 1);
+        assert_eq!(faces[0].bbox, bbox);
+        assert_eq!(faces[0].landmarks[0], [3.0, 3.0]);
     }
 
     #[test]

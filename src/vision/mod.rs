@@ -8,6 +8,7 @@
 
 pub mod classifier;
 pub mod detector;
+pub mod follow;
 pub mod landmarks;
 pub mod model;
 pub mod worker;
@@ -47,6 +48,9 @@ pub struct StageTimes {
     pub landmarks: Duration,
     /// The expression classifier, all faces.
     pub classify: Duration,
+    /// How the detector searched the frame; `None` when it did not run
+    /// (faces followed by their meshes).
+    pub search: Option<follow::Search>,
 }
 
 /// Runs `f`, adding its wall time to `total`. Two clock reads per stage
@@ -87,6 +91,10 @@ pub struct Analyzer {
     pub landmarker: Option<landmarks::Landmarker>,
     /// Faces followed by their meshes between detections.
     follow: Follow,
+    /// Without the landmark stage: faces followed by the detector around
+    /// their last boxes between whole-frame searches
+    /// ([`Analyzer::follow_faces`]); `None`: the whole frame every frame.
+    around: Option<follow::FaceFollow>,
     /// The last frame's stage times.
     times: StageTimes,
     /// The detector's faces of the current frame (kept for its
@@ -129,33 +137,50 @@ impl Analyzer {
                 every: config.landmarks.detect_every.0,
                 ..Follow::default()
             },
+            around: None,
             times: StageTimes::default(),
             faces: Vec::new(),
             probs: Vec::new(),
         })
     }
 
-    /// Finds and classifies every face of a frame.
+    /// From now on, without the landmark stage, follows faces from frame
+    /// to frame by looking only around their last boxes, searching the
+    /// whole frame every `config.detector.full_frame_every` frames and
+    /// whenever [`follow::FaceFollow`] says so. Loads the detector a
+    /// second time for the small input; a detector whose input size the
+    /// manifest fixes, or `full_frame_every = 1`, keeps searching whole
+    /// frames.
+    pub fn follow_faces(&mut self, manifest: &Path, config: &Config) -> Result<(), ModelError> {
+        let every = config.detector.full_frame_every.0;
+        if every > 1 && self.detector.load_around(manifest, &config.detector)? {
+            self.around = Some(follow::FaceFollow::new(every));
+        }
+        Ok(())
+    }
+
+    /// Finds and classifies every face of a frame, searching the whole
+    /// frame (one image after another: nothing is followed).
     pub fn analyze(&self, frame: &Frame) -> Result<Vec<Observation>, ModelError> {
         let mut out = Vec::new();
-        let mut buffers = (Vec::new(), Vec::new());
-        self.observe(frame, &mut out, &mut StageTimes::default(), &mut buffers)?;
+        let (mut faces, mut probs) = (Vec::new(), Vec::new());
+        self.detector.detect_into(frame, &mut faces)?;
+        let mut times = StageTimes::default();
+        self.describe(frame, &faces, &mut probs, &mut out, &mut times)?;
         Ok(out)
     }
 
-    /// Every face of `frame` from the detector into `out`; `buffers` are
-    /// the detector's faces and their expressions.
-    fn observe(
+    /// The expression (and with the landmark stage, the measures) of each
+    /// of `faces` into `out` (cleared first); `probs` is a buffer.
+    fn describe(
         &self,
         frame: &Frame,
+        faces: &[Face],
+        probs: &mut Vec<Probs>,
         out: &mut Vec<Observation>,
         times: &mut StageTimes,
-        (faces, probs): &mut (Vec<Face>, Vec<Probs>),
     ) -> Result<(), ModelError> {
         out.clear();
-        timed(&mut times.detect, || {
-            self.detector.detect_into(frame, faces)
-        })?;
         timed(&mut times.classify, || {
             self.classifier.classify_faces(frame, faces, probs)
         })?;
@@ -176,6 +201,30 @@ impl Analyzer {
             });
         }
         Ok(())
+    }
+
+    /// One frame without the landmark stage: faces from the follower or
+    /// the whole frame, then their expressions.
+    fn observe(&mut self, frame: &Frame, out: &mut Vec<Observation>) -> Result<(), ModelError> {
+        out.clear();
+        let mut times = StageTimes::default();
+        let (mut faces, mut probs) = (
+            std::mem::take(&mut self.faces),
+            std::mem::take(&mut self.probs),
+        );
+        let found = timed(&mut times.detect, || match &mut self.around {
+            Some(around) => around.find(&self.detector, frame, &mut faces),
+            None => self
+                .detector
+                .detect_into(frame, &mut faces)
+                .map(|()| follow::Search::Whole),
+        });
+        let r = found.and_then(|search| {
+            times.search = Some(search);
+            self.describe(frame, &faces, &mut probs, out, &mut times)
+        });
+        (self.times, self.faces, self.probs) = (times, faces, probs);
+        r
     }
 }
 
@@ -198,6 +247,7 @@ impl Analyzer {
         let mut rois = std::mem::take(&mut follow.rois);
         if detect {
             follow.since_detect = 0;
+            times.search = Some(follow::Search::Whole);
             let faces = &mut self.faces;
             timed(&mut times.detect, || {
                 self.detector.detect_into(frame, faces)
@@ -289,16 +339,7 @@ impl Analyze for Analyzer {
                 self.landmarker = Some(l);
                 r
             }
-            None => {
-                let mut buffers = (
-                    std::mem::take(&mut self.faces),
-                    std::mem::take(&mut self.probs),
-                );
-                let mut times = StageTimes::default();
-                let r = self.observe(frame, out, &mut times, &mut buffers);
-                (self.times, (self.faces, self.probs)) = (times, buffers);
-                r
-            }
+            None => self.observe(frame, out),
         }
     }
 
