@@ -364,9 +364,10 @@ pub fn load_analyzer(config: &Config) -> Result<Analyzer, DaemonError> {
         analyzer.follow_faces(&config.detector_model()?, config)?;
         if parallel {
             log::info!(
-                "classifier: faces are classified two at a time on two threads ({cores} cores)"
+                "classifier: faces are classified, and looked for around, two at a time on two threads ({cores} cores)"
             );
             analyzer.classifier = analyzer.classifier.with_thread()?;
+            analyzer.detector = analyzer.detector.with_window_thread()?;
         }
     }
     Ok(analyzer)

@@ -102,7 +102,11 @@ impl Classifier {
     /// plan on the same input).
     pub fn with_thread(mut self) -> Result<Classifier, ModelError> {
         let twin = self.model.twin()?;
-        self.second = Some(ModelWorker::start(twin, "ferd-classify", first_output)?);
+        self.second = Some(ModelWorker::start(
+            vec![twin],
+            "ferd-classify",
+            copy_first_output,
+        )?);
         Ok(self)
     }
 
@@ -133,7 +137,7 @@ impl Classifier {
                 continue;
             };
             let crop = Crop::for_face(b, self.margin, self.align);
-            worker.post(|input| self.fill(frame, &crop, input))?;
+            worker.post(0, |input| self.fill(frame, &crop, input))?;
             let first = self.classify_face(frame, a);
             // Waited for even when the first failed: the next pair posts
             // again.
@@ -212,6 +216,17 @@ fn first_output<'a>(
         message: "model has no output".into(),
     })?;
     super::model::output_floats(path, out)
+}
+
+/// [`first_output`]'s values, copied: the classifier thread's
+/// [`super::worker::PickOutput`].
+fn copy_first_output(
+    path: &Path,
+    outputs: &[tract_onnx::prelude::TValue],
+    out: &mut Vec<f32>,
+) -> Result<(), ModelError> {
+    out.extend_from_slice(first_output(path, outputs)?);
+    Ok(())
 }
 
 /// Samples the crop into a normalised `[1, C, h, w]` input (`out`, C × h ×

@@ -11,6 +11,7 @@ use std::path::Path;
 use tract_onnx::prelude::*;
 
 use super::model::{ColorOrder, DetectorSpec, InputSpec, LoadedModel, ModelError, Task};
+use super::worker::ModelWorker;
 use crate::config::DetectorConfig;
 use crate::frame::Frame;
 
@@ -179,6 +180,9 @@ pub struct Detector {
     /// first, for looking around followed faces
     /// ([`Detector::load_around`]); empty until then.
     around: Vec<(LoadedModel, PostProcess)>,
+    /// A second thread searching one window while the calling thread
+    /// searches another ([`Detector::with_window_thread`]).
+    second: Option<ModelWorker>,
 }
 
 impl Detector {
@@ -216,6 +220,7 @@ impl Detector {
             model,
             post,
             around: Vec::new(),
+            second: None,
         })
     }
 
@@ -254,6 +259,29 @@ impl Detector {
             self.around.push((model, post));
         }
         Ok(true)
+    }
+
+    /// From now on [`Detector::detect_in_windows`] searches its second
+    /// window on a thread of its own (the window networks' twins: the same
+    /// plans, their own states) while the calling thread searches the
+    /// first. Call after [`Detector::load_around`]; without windows,
+    /// nothing to do.
+    pub fn with_window_thread(mut self) -> Result<Detector, ModelError> {
+        if self.around.is_empty() {
+            return Ok(self);
+        }
+        let twins = self
+            .around
+            .iter()
+            .map(|(model, _)| model.twin())
+            .collect::<Result<Vec<_>, _>>()?;
+        self.second = Some(ModelWorker::start(twins, "ferd-detect", copy_outputs)?);
+        Ok(self)
+    }
+
+    /// Whether windows are searched two at a time on two threads.
+    pub fn has_window_thread(&self) -> bool {
+        self.second.is_some()
     }
 
     /// Whether [`Detector::load_around`] loaded the networks it needs.
@@ -314,6 +342,56 @@ impl Detector {
         run_placed(model, post, frame, window.place, faces)
     }
 
+    /// [`Detector::detect_in_window`] for two windows, `a`'s faces into
+    /// `found_a` and `b`'s into `found_b`: at the same time, with `b` on
+    /// the second thread, when the detector has one. The same faces
+    /// either way (the same plans on the same inputs).
+    pub fn detect_in_windows(
+        &self,
+        frame: &Frame,
+        [a, b]: [&Window; 2],
+        found_a: &mut Vec<Face>,
+        found_b: &mut Vec<Face>,
+    ) -> Result<(), ModelError> {
+        let (Some(worker), Some((model, post))) = (&self.second, self.around.get(b.size)) else {
+            self.detect_in_window(frame, a, found_a)?;
+            return self.detect_in_window(frame, b, found_b);
+        };
+        let side = b.side();
+        let spec = &model.manifest.input;
+        worker.post(b.size, |input| {
+            sample_input(spec, side, side, frame, b.place, input)
+        })?;
+        let first = self.detect_in_window(frame, a, found_a);
+        // Waited for even when the first failed: the next pair posts
+        // again.
+        let second = worker.wait(|values| {
+            found_b.clear();
+            let n = post.anchor_count();
+            if values.len() != n * 16 {
+                return Err(format!(
+                    "outputs of {} values, not {} for {n} anchors",
+                    values.len(),
+                    n * 16
+                ));
+            }
+            let (loc, rest) = values.split_at(n * 4);
+            let (conf, landmarks) = rest.split_at(n * 2);
+            let shapes = [[1, n, 4], [1, n, 2], [1, n, 10]];
+            let outputs = [
+                (&shapes[0][..], loc),
+                (&shapes[1][..], conf),
+                (&shapes[2][..], landmarks),
+            ];
+            post.run_placed(&outputs, b.place, frame.width, frame.height, found_b)
+        })?;
+        first?;
+        second.map_err(|message| ModelError::Shape {
+            path: model.path.clone(),
+            message,
+        })
+    }
+
     /// [`Detector::window_around`] and [`Detector::detect_in_window`]:
     /// `false`, with nothing run, when there is no window.
     pub fn detect_around_into(
@@ -328,6 +406,24 @@ impl Detector {
             None => Ok(false),
         }
     }
+}
+
+/// The detector's outputs in the order loc `[1, A, 4]`, conf `[1, A, 2]`,
+/// landmarks `[1, A, 10]` (told apart by their last dimension, as
+/// [`PostProcess::run`] does): the window thread's
+/// [`super::worker::PickOutput`].
+fn copy_outputs(path: &Path, outputs: &[TValue], out: &mut Vec<f32>) -> Result<(), ModelError> {
+    for last in [4, 2, 10] {
+        let values = outputs
+            .iter()
+            .find(|o| o.rank() == 3 && o.shape()[2] == last)
+            .ok_or_else(|| ModelError::Shape {
+                path: path.to_path_buf(),
+                message: format!("no [1, A, {last}] output"),
+            })?;
+        out.extend_from_slice(super::model::output_floats(path, values)?);
+    }
+    Ok(())
 }
 
 /// Runs `model` on the part of `frame` that `place` puts in its input and
@@ -821,6 +917,47 @@ mod tests {
         assert_eq!(faces.len(), 1);
         assert_eq!(faces[0].bbox, bbox);
         assert_eq!(faces[0].landmarks[0], [3.0, 3.0]);
+    }
+
+    /// The window thread changes where a window is searched, not what is
+    /// found: the same faces as one thread, pair after pair, each window
+    /// in its own place (a swap would show: the faces differ).
+    #[test]
+    fn two_threads_search_windows_exactly_as_one_does() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let config = crate::config::Config::load(&root.join("systemd/ferd.toml")).unwrap();
+        let manifest = config.detector_model().unwrap();
+        let mut one = Detector::load(&manifest, &config.detector).unwrap();
+        assert!(one.load_around(&manifest, &config.detector).unwrap());
+        let mut two = Detector::load(&manifest, &config.detector).unwrap();
+        two.load_around(&manifest, &config.detector).unwrap();
+        let two = two.with_window_thread().unwrap();
+        assert!(two.has_window_thread() && !one.has_window_thread());
+        let frame = crate::source::open(&root.join("tests/data/faces/two_faces.png"))
+            .unwrap()
+            .next_frame()
+            .unwrap()
+            .unwrap();
+        let found = one.detect(&frame).unwrap();
+        assert_eq!(found.len(), 2);
+        let windows: Vec<Window> = found
+            .iter()
+            .map(|f| one.window_around(&frame, &f.bbox).unwrap())
+            .collect();
+        // Two sizes of network, so the worker switches plans.
+        assert_ne!(windows[0].side(), windows[1].side());
+        let (mut a1, mut b1, mut a2, mut b2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for pair in [[&windows[0], &windows[1]], [&windows[1], &windows[0]]] {
+            for _ in 0..2 {
+                one.detect_in_windows(&frame, pair, &mut a1, &mut b1)
+                    .unwrap();
+                two.detect_in_windows(&frame, pair, &mut a2, &mut b2)
+                    .unwrap();
+                assert!(!a1.is_empty() && !b1.is_empty());
+                assert_eq!((&a1, &b1), (&a2, &b2));
+                assert_ne!(a1, b1);
+            }
+        }
     }
 
     #[test]

@@ -7,7 +7,6 @@
 //! What a whole-frame search would find must not be lost to this, so the
 //! whole frame is searched again at once, on the same frame, when:
 //!
-//! - nothing is followed (no face yet, or all left);
 //! - `every` frames have passed since the last whole search;
 //! - a followed face is not found around its last box (it left, turned
 //!   away, or moved farther than its square), or is too large to look
@@ -16,6 +15,11 @@
 //!   (someone stepped up beside it);
 //! - the picture changed away from the followed faces ([`SceneGate`]):
 //!   someone may have stepped in anywhere else.
+//!
+//! With no face followed, the whole frame is searched only when the
+//! picture changed since the last whole search (which found nothing) or
+//! `every` frames have passed: an empty, still scene costs a thumbnail a
+//! frame.
 //!
 //! The expression pipeline uses this; the landmark stage follows faces by
 //! their meshes instead (`Analyzer::observe_with_landmarks`).
@@ -38,8 +42,11 @@ const SAME_FACE_IOU: f32 = 0.5;
 pub enum Search {
     /// The whole frame was searched.
     Whole,
-    /// Only the squares around the followed faces.
+    /// Only the windows around the followed faces.
     Around,
+    /// Nothing: no face was followed, and the picture had not changed
+    /// since a whole search that found none.
+    Skipped,
 }
 
 /// A face being followed: its last box, and the window it was last
@@ -61,8 +68,11 @@ pub struct FaceFollow {
     last: Vec<Followed>,
     /// This frame's, while they are found (swapped with `last`).
     next: Vec<Followed>,
-    /// The faces found in one window (kept for its allocation).
-    found: Vec<Face>,
+    /// This frame's window for each followed face (kept for its
+    /// allocation).
+    windows: Vec<Window>,
+    /// The faces found in each window (kept for their allocations).
+    found: Vec<Vec<Face>>,
     /// Whether the picture changed away from the followed faces.
     gate: SceneGate,
 }
@@ -76,6 +86,7 @@ impl FaceFollow {
             since_whole: 0,
             last: Vec::new(),
             next: Vec::new(),
+            windows: Vec::new(),
             found: Vec::new(),
             gate: SceneGate::default(),
         }
@@ -93,11 +104,15 @@ impl FaceFollow {
     ) -> Result<Search, ModelError> {
         let squares = self.last.iter().map(|f| square_around(&f.face.bbox));
         let changed = self.gate.update(frame, squares);
-        let due = self.every <= 1
-            || self.last.is_empty()
-            || self.since_whole + 1 >= self.every
-            || changed;
+        let due = self.every <= 1 || self.since_whole + 1 >= self.every || changed;
         self.next.clear();
+        if !due && self.last.is_empty() {
+            // An empty, still scene (an idle kiosk, a parked car): the
+            // whole search would find what the last one found, nothing.
+            self.since_whole += 1;
+            faces.clear();
+            return Ok(Search::Skipped);
+        }
         if !due && self.follow(detector, frame)? {
             self.since_whole += 1;
         } else {
@@ -136,20 +151,37 @@ impl FaceFollow {
 
     /// Looks around each followed face into `next`; `false` when one was
     /// not found or a face that is not followed showed up beside one,
-    /// i.e. the whole frame must be searched.
+    /// i.e. the whole frame must be searched. Windows are searched two at
+    /// a time when the detector has its second thread.
     fn follow(&mut self, detector: &Detector, frame: &Frame) -> Result<bool, ModelError> {
+        self.windows.clear();
         for prev in &self.last {
-            let Some(window) = Self::window(detector, frame, prev) else {
-                return Ok(false);
-            };
-            detector.detect_in_window(frame, &window, &mut self.found)?;
-            let someone_new = self.found.iter().any(|f| {
+            match Self::window(detector, frame, prev) {
+                Some(window) => self.windows.push(window),
+                None => return Ok(false),
+            }
+        }
+        // Grows only to the most faces followed at once.
+        if self.found.len() < self.windows.len() {
+            self.found.resize_with(self.windows.len(), Vec::new);
+        }
+        for (windows, found) in self.windows.chunks(2).zip(self.found.chunks_mut(2)) {
+            match (windows, found) {
+                ([a, b], [found_a, found_b, ..]) => {
+                    detector.detect_in_windows(frame, [a, b], found_a, found_b)?
+                }
+                ([a], [found_a, ..]) => detector.detect_in_window(frame, a, found_a)?,
+                // Chunks of a non-empty slice, and `found` is as long.
+                _ => return Ok(false),
+            }
+        }
+        for ((prev, window), found) in self.last.iter().zip(&self.windows).zip(&self.found) {
+            let someone_new = found.iter().any(|f| {
                 self.last
                     .iter()
                     .all(|g| f.bbox.iou(&g.face.bbox) < FOLLOW_MIN_IOU)
             });
-            let Some(face) = continuation(&self.found, &prev.face.bbox).filter(|_| !someone_new)
-            else {
+            let Some(face) = continuation(found, &prev.face.bbox).filter(|_| !someone_new) else {
                 return Ok(false);
             };
             if self
@@ -159,7 +191,7 @@ impl FaceFollow {
             {
                 self.next.push(Followed {
                     face,
-                    window: Some(window),
+                    window: Some(*window),
                 });
             }
         }
@@ -192,8 +224,12 @@ impl FaceFollow {
                         .total_cmp(&b.face.bbox.iou(&face.bbox))
                 });
             if let Some(window) = prev.and_then(|p| Self::window(detector, frame, p)) {
-                detector.detect_in_window(frame, &window, &mut self.found)?;
-                if let Some(again) = continuation(&self.found, &face.bbox) {
+                if self.found.is_empty() {
+                    self.found.push(Vec::new());
+                }
+                let found = &mut self.found[0];
+                detector.detect_in_window(frame, &window, found)?;
+                if let Some(again) = continuation(found, &face.bbox) {
                     if again.bbox.iou(&face.bbox) > SAME_FACE_IOU {
                         kept = Followed {
                             face: again,
@@ -398,8 +434,10 @@ mod tests {
         assert!(around >= 10, "followed on only {around} of {frames} frames");
     }
 
-    /// Someone steps in beside a followed face, outside its square: the
-    /// gate sends that frame to a whole search, which finds both.
+    /// An empty scene is searched every `every` frames; someone stepping
+    /// in, and then someone else beside the followed face, outside its
+    /// window: the gate sends each of those frames to a whole search,
+    /// which finds them.
     #[test]
     fn a_face_stepping_in_away_from_the_followed_one_is_found_at_once() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -422,31 +460,40 @@ mod tests {
                 one.data[(y * one.width + x) as usize] = 128;
             }
         }
+        // And with neither: an empty scene.
+        let mut empty = one.clone();
+        let first = found[0].bbox;
+        for y in (first.y - 10.0) as u32..(first.y + first.h + 10.0) as u32 {
+            for x in (first.x - 10.0) as u32..(first.x + first.w + 10.0) as u32 {
+                empty.data[(y * empty.width + x) as usize] = 128;
+            }
+        }
         let mut follow = FaceFollow::new(10);
         let mut faces = Vec::new();
-        assert_eq!(
-            follow.find(&detector, &one, &mut faces).unwrap(),
-            Search::Whole
-        );
+        let mut find =
+            |frame: &Frame, faces: &mut Vec<Face>| follow.find(&detector, frame, faces).unwrap();
+        // Nothing to find in a still, empty scene: searched once, then
+        // again only after `every` frames.
+        assert_eq!(find(&empty, &mut faces), Search::Whole);
+        assert!(faces.is_empty());
+        for _ in 0..9 {
+            assert_eq!(find(&empty, &mut faces), Search::Skipped);
+            assert!(faces.is_empty());
+        }
+        assert_eq!(find(&empty, &mut faces), Search::Whole);
+        assert_eq!(find(&empty, &mut faces), Search::Skipped);
+        // Someone steps in: found on that frame.
+        assert_eq!(find(&one, &mut faces), Search::Whole);
         assert_eq!(faces.len(), 1);
         for _ in 0..3 {
-            assert_eq!(
-                follow.find(&detector, &one, &mut faces).unwrap(),
-                Search::Around
-            );
+            assert_eq!(find(&one, &mut faces), Search::Around);
             assert_eq!(faces.len(), 1);
         }
         // Outside the followed face's square, as the test needs.
         assert!(square_around(&faces[0].bbox).iou(&gone) == 0.0);
-        assert_eq!(
-            follow.find(&detector, &both, &mut faces).unwrap(),
-            Search::Whole
-        );
+        assert_eq!(find(&both, &mut faces), Search::Whole);
         assert_eq!(faces.len(), 2);
-        assert_eq!(
-            follow.find(&detector, &both, &mut faces).unwrap(),
-            Search::Around
-        );
+        assert_eq!(find(&both, &mut faces), Search::Around);
         assert_eq!(faces.len(), 2);
     }
 

@@ -197,7 +197,11 @@ impl Landmarker {
     /// are the same as without (the same plan on the same input).
     pub fn with_eye_thread(mut self) -> Result<Landmarker, ModelError> {
         let twin = self.iris.twin()?;
-        self.left_eye = Some(ModelWorker::start(twin, "ferd-left-eye", contour_output)?);
+        self.left_eye = Some(ModelWorker::start(
+            vec![twin],
+            "ferd-left-eye",
+            copy_contour,
+        )?);
         Ok(self)
     }
 
@@ -272,7 +276,9 @@ impl Landmarker {
         };
         let roi = eye_roi(mesh, Eye::Left);
         let (h, w) = hw(&self.iris);
-        worker.post(|input| nhwc_rgb(&self.iris, frame, &roi, w, h, true, input))?;
+        worker.post(0, |input| {
+            nhwc_rgb(&self.iris, frame, &roi, w, h, true, input)
+        })?;
         let right = self.eye_contour(frame, mesh, Eye::Right);
         // Waited for even when the right eye failed: the next face posts
         // again.
@@ -318,12 +324,19 @@ impl Landmarker {
 }
 
 /// The iris model's eye-contour output: 71 points × (x, y, z) in crop
-/// pixels (also the eye thread's [`crate::vision::worker::PickOutput`]).
+/// pixels.
 fn contour_output<'a>(path: &Path, outputs: &'a [TValue]) -> Result<&'a [f32], ModelError> {
     outputs
         .iter()
         .find_map(|o| output_floats(path, o).ok().filter(|v| v.len() == 71 * 3))
         .ok_or_else(|| shape_error(path, "no [213] eye-contour output"))
+}
+
+/// [`contour_output`]'s values, copied: the eye thread's
+/// [`crate::vision::worker::PickOutput`].
+fn copy_contour(path: &Path, outputs: &[TValue], out: &mut Vec<f32>) -> Result<(), ModelError> {
+    out.extend_from_slice(contour_output(path, outputs)?);
+    Ok(())
 }
 
 /// The first 16 contour points (the lids and corners) of an eye crop's

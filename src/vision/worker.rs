@@ -22,19 +22,21 @@ use tract_onnx::prelude::TValue;
 
 use super::model::{LoadedModel, ModelError};
 
-/// Picks the values the caller wants from a run's outputs (`path`: the
-/// model file, for errors); the worker copies them into the slot's output
-/// buffer, whose capacity is kept from run to run.
+/// Copies the values the caller wants from a run's outputs (`path`: the
+/// model file, for errors) into `out` (empty, its capacity kept from run
+/// to run).
 pub type PickOutput =
-    for<'a> fn(path: &Path, outputs: &'a [TValue]) -> Result<&'a [f32], ModelError>;
+    fn(path: &Path, outputs: &[TValue], out: &mut Vec<f32>) -> Result<(), ModelError>;
 
-/// A model running on its own thread, one job at a time.
+/// Models running on a thread of their own, one job at a time.
 pub struct ModelWorker {
     shared: Arc<Shared>,
     /// `None` only once dropped.
     thread: Option<JoinHandle<()>>,
     /// The model file, for errors.
     path: std::path::PathBuf,
+    /// Each model's input length, in values.
+    input_lens: Vec<usize>,
 }
 
 struct Shared {
@@ -61,7 +63,10 @@ struct Slot {
     phase: Phase,
     /// The owner is being dropped: the worker returns.
     stop: bool,
-    /// The next run's input, as many values as the model's input tensor.
+    /// Which of the worker's models the next run is for.
+    model: usize,
+    /// The next run's input: as many values as the largest model's input
+    /// tensor, of which the run's model takes its own length.
     input: Vec<f32>,
     /// The last run's output values, as [`PickOutput`] chose them.
     output: Vec<f32>,
@@ -77,19 +82,35 @@ fn lock(m: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
 }
 
 impl ModelWorker {
-    /// Starts the thread (named `name`) that runs `model`; `pick` chooses
-    /// the output values the caller wants after each run.
+    /// Starts the thread (named `name`) that runs `models` (twins of the
+    /// caller's, or other plans of one network), one job at a time; `pick`
+    /// chooses the output values the caller wants after each run. At
+    /// least one model.
     pub fn start(
-        model: LoadedModel,
+        models: Vec<LoadedModel>,
         name: &str,
         pick: PickOutput,
     ) -> Result<ModelWorker, ModelError> {
-        let path = model.path.clone();
+        let input_lens: Vec<usize> = models
+            .iter()
+            .map(|m| m.input_shape.iter().product())
+            .collect();
+        let path = match models.first() {
+            Some(m) => m.path.clone(),
+            None => {
+                return Err(ModelError::Tract {
+                    path: name.into(),
+                    stage: "start its thread",
+                    message: "no model to run".into(),
+                })
+            }
+        };
         let shared = Arc::new(Shared {
             slot: Mutex::new(Slot {
                 phase: Phase::Idle,
                 stop: false,
-                input: vec![0.0; model.input_shape.iter().product()],
+                model: 0,
+                input: vec![0.0; input_lens.iter().copied().max().unwrap_or(0)],
                 output: Vec::new(),
                 error: None,
             }),
@@ -99,7 +120,7 @@ impl ModelWorker {
             .name(name.to_string())
             .spawn({
                 let shared = Arc::clone(&shared);
-                move || serve(&shared, &model, pick)
+                move || serve(&shared, &models, pick)
             })
             .map_err(|e| ModelError::Tract {
                 path: path.clone(),
@@ -110,14 +131,24 @@ impl ModelWorker {
             shared,
             thread: Some(thread),
             path,
+            input_lens,
         })
     }
 
-    /// Fills the input with `fill` (every value, in the model's layout; the
-    /// buffer holds the previous job's values) here, and starts the run on
-    /// the worker. A job posted before and not waited for is waited for
-    /// first and its result dropped.
-    pub fn post(&self, fill: impl FnOnce(&mut [f32])) -> Result<(), ModelError> {
+    /// Fills the input of model `which` (an index into the models given
+    /// to [`ModelWorker::start`]) with `fill` (every value, in the
+    /// model's layout; the buffer holds an earlier job's values) here,
+    /// and starts the run on the worker. A job posted before and not
+    /// waited for is waited for first and its result dropped. An index
+    /// out of range is an error.
+    pub fn post(&self, which: usize, fill: impl FnOnce(&mut [f32])) -> Result<(), ModelError> {
+        let Some(&len) = self.input_lens.get(which) else {
+            return Err(ModelError::Tract {
+                path: self.path.clone(),
+                stage: "post to its thread",
+                message: format!("no model {which}"),
+            });
+        };
         let mut slot = lock(&self.shared.slot);
         while slot.phase == Phase::Posted {
             slot = self.wait_change(slot);
@@ -125,7 +156,8 @@ impl ModelWorker {
         if slot.phase == Phase::Gone {
             return Err(self.gone());
         }
-        fill(&mut slot.input);
+        fill(&mut slot.input[..len]);
+        slot.model = which;
         slot.error = None;
         slot.phase = Phase::Posted;
         self.shared.changed.notify_all();
@@ -202,7 +234,7 @@ impl Drop for GoneOnUnwind<'_> {
 /// The worker's loop: runs each posted job until told to stop. The run
 /// itself happens with the slot unlocked (its buffers taken out of it, a
 /// move, no copy), so the caller can post-check or drop meanwhile.
-fn serve(shared: &Shared, model: &LoadedModel, pick: PickOutput) {
+fn serve(shared: &Shared, models: &[LoadedModel], pick: PickOutput) {
     let _guard = GoneOnUnwind(shared);
     let mut slot = lock(&shared.slot);
     loop {
@@ -215,16 +247,19 @@ fn serve(shared: &Shared, model: &LoadedModel, pick: PickOutput) {
         }
         let input = std::mem::take(&mut slot.input);
         let mut output = std::mem::take(&mut slot.output);
+        // `post` checked the index.
+        let model = &models[slot.model];
         drop(slot);
-        // The input was sized from the model's input shape at start, and
-        // `run_with` hands over a buffer of that shape: equal lengths.
+        // The input holds at least this model's input length (the
+        // largest of them), and `run_with` hands over a buffer of it.
         let result = model.run_with(
-            |buf| buf.copy_from_slice(&input),
+            |buf| {
+                let n = buf.len();
+                buf.copy_from_slice(&input[..n]);
+            },
             |outputs| {
-                let values = pick(&model.path, outputs)?;
                 output.clear();
-                output.extend_from_slice(values);
-                Ok(())
+                pick(&model.path, outputs, &mut output)
             },
         );
         slot = lock(&shared.slot);
@@ -247,9 +282,10 @@ mod tests {
     }
 
     /// The output with the most values (the iris model's eye contour).
-    fn largest<'a>(path: &Path, outputs: &'a [TValue]) -> Result<&'a [f32], ModelError> {
+    fn largest(path: &Path, outputs: &[TValue], out: &mut Vec<f32>) -> Result<(), ModelError> {
         let o = outputs.iter().max_by_key(|o| o.len()).unwrap();
-        crate::vision::model::output_floats(path, o)
+        out.extend_from_slice(crate::vision::model::output_floats(path, o)?);
+        Ok(())
     }
 
     /// A ramp input that differs from job to job.
@@ -264,14 +300,17 @@ mod tests {
     #[test]
     fn jobs_on_the_thread_give_what_the_calling_thread_gets() {
         let model = iris();
-        let worker = ModelWorker::start(model.twin().unwrap(), "test-worker", largest).unwrap();
+        let worker =
+            ModelWorker::start(vec![model.twin().unwrap()], "test-worker", largest).unwrap();
         for k in 0..3 {
             let here = model
                 .run_with(fill(k), |outputs| {
-                    Ok(largest(&model.path, outputs)?.to_vec())
+                    let mut v = Vec::new();
+                    largest(&model.path, outputs, &mut v)?;
+                    Ok(v)
                 })
                 .unwrap();
-            worker.post(fill(k)).unwrap();
+            worker.post(0, fill(k)).unwrap();
             let there = worker.wait(|out| out.to_vec()).unwrap();
             assert!(!here.is_empty());
             assert_eq!(here, there, "job {k}");
@@ -286,14 +325,16 @@ mod tests {
     /// and for later jobs, never a hang; dropping the worker still returns.
     #[test]
     fn a_panicking_thread_is_an_error_for_the_caller() {
-        fn panics<'a>(_: &Path, _: &'a [TValue]) -> Result<&'a [f32], ModelError> {
+        fn panics(_: &Path, _: &[TValue], _: &mut Vec<f32>) -> Result<(), ModelError> {
             panic!("picker bug");
         }
-        let worker = ModelWorker::start(iris(), "test-worker-panics", panics).unwrap();
-        worker.post(fill(0)).unwrap();
+        let worker = ModelWorker::start(vec![iris()], "test-worker-panics", panics).unwrap();
+        // A model it does not have: an error, nothing posted.
+        assert!(worker.post(1, fill(0)).is_err());
+        worker.post(0, fill(0)).unwrap();
         let err = worker.wait(|_| ()).unwrap_err();
         assert!(err.to_string().contains("the thread has ended"), "{err}");
-        assert!(worker.post(fill(1)).is_err());
+        assert!(worker.post(0, fill(1)).is_err());
         drop(worker);
     }
 }
