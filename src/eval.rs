@@ -388,10 +388,6 @@ pub struct SceneSummary {
     /// Faces not found again around their detection (no followed crop,
     /// counted wrong; `run` then searches the whole frame again).
     pub followed_lost: Option<u64>,
-    /// Faces too large to look around at the whole search's scale: `run`
-    /// searches the whole frame for them, so their followed crop is the
-    /// detector crop.
-    pub followed_whole: Option<u64>,
     /// Crops from the face mesh (with `--landmarks`).
     pub mesh: Option<CropResult>,
     /// Detections whose mesh fell below the presence threshold (no mesh
@@ -410,9 +406,6 @@ pub struct SceneEvaluation {
     pub followed: Option<Confusion>,
     /// Detections not found again around themselves.
     pub followed_lost: u64,
-    /// Detections too large to look around at the whole search's scale
-    /// (their followed crop is the detector crop, as in `run`).
-    pub followed_whole: u64,
     /// Mesh crops (`None` without a landmarker).
     pub mesh: Option<Confusion>,
     /// Scenes without a detection.
@@ -450,7 +443,6 @@ impl SceneEvaluation {
             detector: result(&self.detector),
             followed: self.followed.as_ref().map(result),
             followed_lost: self.followed.as_ref().map(|_| self.followed_lost),
-            followed_whole: self.followed.as_ref().map(|_| self.followed_whole),
             mesh: self.mesh.as_ref().map(result),
             mesh_lost: self.mesh.as_ref().map(|_| self.mesh_lost),
         }
@@ -475,11 +467,10 @@ impl SceneEvaluation {
             "  detector crop accuracy: {:.4} ({} correct)\n",
             s.detector.accuracy, s.detector.correct
         ));
-        if let (Some(f), Some(lost), Some(whole)) = (&s.followed, s.followed_lost, s.followed_whole)
-        {
+        if let (Some(f), Some(lost)) = (&s.followed, s.followed_lost) {
             out.push_str(&format!(
-                "  followed crop accuracy: {:.4} ({} correct, {} not found again, {} too large to look around)\n",
-                f.accuracy, f.correct, lost, whole
+                "  followed crop accuracy: {:.4} ({} correct, {} not found again)\n",
+                f.accuracy, f.correct, lost
             ));
         }
         if let (Some(m), Some(lost)) = (&s.mesh, s.mesh_lost) {
@@ -560,12 +551,9 @@ pub fn evaluate_scenes(
             let looked = detector
                 .detect_around_into(&scene, &face.bbox, &mut found)
                 .map_err(named)?;
-            if !looked {
-                // Too large to look around: `run` searches the whole
-                // frame, i.e. crops what the detector found.
-                out.followed_whole += 1;
-                followed.add(s.label, probs.top().0);
-            } else if let Some(again) = continuation(&found, &face.bbox) {
+            // `looked` is false only for a window that could not be
+            // placed (a degenerate box): not found again either.
+            if let Some(again) = continuation(&found, &face.bbox).filter(|_| looked) {
                 let probs = classifier.classify_face(&scene, &again).map_err(named)?;
                 followed.add(s.label, probs.top().0);
             } else {

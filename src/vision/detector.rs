@@ -84,15 +84,16 @@ pub struct Face {
 pub const MAX_ANCHORS: usize = 1 << 21;
 
 /// The network input's sides when looking around a followed face
-/// ([`Detector::detect_around_into`]): one optimised plan each. A face is
-/// looked for at the scale the whole-frame search sees it at (the
+/// ([`Detector::window_around`]): one optimised plan each. A face is looked
+/// for at the scale the whole-frame search sees it at where it can be (the
 /// detector's recall depends on a face's size in its input: FER2013 faces
 /// at 60 px in the input were found again only half as often as at the
-/// whole search's 140 px, `ferd eval --scenes`), in the smallest of these
-/// squares that holds [`AROUND_SCALE`] × the face at that scale. A 96×96
-/// run costs about a sixth of a 320×240 one (2.4 against 14–16 ms on the
-/// dev VM), a 192×192 one about half: a face that needs more is found by
-/// searching the whole frame.
+/// whole search's 140 px, at 107 px 91% of the time, `ferd eval
+/// --scenes`), in the smallest of these squares that holds
+/// [`AROUND_SCALE`] × the face at that scale; a face too large for the
+/// largest is shrunk into it (to 107 px). A 96×96 run costs about a sixth
+/// of a 320×240 one (2.4 against 14–16 ms on the dev VM), a 192×192 one
+/// about half.
 pub const AROUND_SIDES: [usize; 4] = [96, 128, 160, 192];
 
 /// The least square searched around a followed face, in sides of its
@@ -100,8 +101,7 @@ pub const AROUND_SIDES: [usize; 4] = [96, 128, 160, 192];
 /// way from one frame to the next (farther, and it is looked for in the
 /// whole frame), and the context the detector needs: with 1.6 a face it
 /// scored 0.98 in the whole frame was not found at all
-/// (`vision::follow`'s tests); 2.0 sent twice as many frames of the
-/// benchmark clip to whole searches (faces too large for 192 px).
+/// (`vision::follow`'s tests); 2.0 costs a quarter more per window.
 pub const AROUND_SCALE: f32 = 1.8;
 
 /// Where a network input lies in the frame: input pixel (x, y) is centred
@@ -309,17 +309,32 @@ impl Detector {
 
     /// The window to look for the face boxed by `bbox` in: the smallest of
     /// [`AROUND_SIDES`] that holds [`AROUND_SCALE`] × the box at the scale
-    /// a whole-frame search would see it at, about centred on the box
-    /// ([`Placement::around`]); parts of it outside the frame are padding.
-    /// `None` when no window is large enough or [`Detector::load_around`]
-    /// loaded none: the whole frame is the place to look then.
+    /// a whole-frame search would see it at, else the largest with the box
+    /// shrunk into it, about centred on the box ([`Placement::around`]);
+    /// parts of it outside the frame are padding. `None` when
+    /// [`Detector::load_around`] loaded none (or the box is degenerate):
+    /// the whole frame is the place to look then.
     pub fn window_around(&self, frame: &Frame, bbox: &BBox) -> Option<Window> {
-        let scale = self.post.scale(frame.width, frame.height);
-        let needed = around_side(bbox) * scale;
-        let size = self
+        let whole = self.post.scale(frame.width, frame.height);
+        let needed = around_side(bbox) * whole;
+        let (size, scale) = match self
             .around
             .iter()
-            .position(|(_, post)| post.input_w as f32 >= needed)?;
+            .position(|(_, post)| post.input_w as f32 >= needed)
+        {
+            Some(size) => (size, whole),
+            None => {
+                // Larger than the largest window at the whole search's
+                // scale: shrunk into it, which leaves the face at least
+                // 192 / 1.8 = 107 px in the input.
+                let size = self.around.len().checked_sub(1)?;
+                let side = self.around[size].1.input_w as f32;
+                (size, side / around_side(bbox))
+            }
+        };
+        if !(scale.is_finite() && scale > 0.0) {
+            return None;
+        }
         Some(Window {
             size,
             place: Placement::around(bbox, AROUND_SIDES[size], scale),
