@@ -88,21 +88,22 @@ pub const MAX_ANCHORS: usize = 1 << 21;
 /// for at the scale the whole-frame search sees it at where it can be (the
 /// detector's recall depends on a face's size in its input: FER2013 faces
 /// at 60 px in the input were found again only half as often as at the
-/// whole search's 140 px, at 107 px 91% of the time, `ferd eval
+/// whole search's 140 px, at 96 px 88% of the time, `ferd eval
 /// --scenes`), in the smallest of these squares that holds
 /// [`AROUND_SCALE`] × the face at that scale; a face too large for the
-/// largest is shrunk into it (to 107 px). A 96×96 run costs about a sixth
+/// largest is shrunk into it (to 96 px). A 96×96 run costs about a sixth
 /// of a 320×240 one (2.4 against 14–16 ms on the dev VM), a 192×192 one
-/// about half.
-pub const AROUND_SIDES: [usize; 4] = [96, 128, 160, 192];
+/// about half. Each side is a plan in memory: with four sides (and 128,
+/// 160) `ferd run` on the demo peaked at 57.9 MB, with these three 53.2.
+pub const AROUND_SIDES: [usize; 3] = [96, 144, 192];
 
 /// The least square searched around a followed face, in sides of its
-/// box's longer side: room for the face to move 0.4 of its size either
-/// way from one frame to the next (farther, and it is looked for in the
-/// whole frame), and the context the detector needs: with 1.6 a face it
-/// scored 0.98 in the whole frame was not found at all
-/// (`vision::follow`'s tests); 2.0 costs a quarter more per window.
-pub const AROUND_SCALE: f32 = 1.8;
+/// box's longer side: room for the face to move half its size either way
+/// from one frame to the next (farther, and it is looked for in the whole
+/// frame), and the context the detector needs: a face it scored 0.98 in
+/// the whole frame was not found at all in a window 1.6 times its size,
+/// nor in one 1.87 times (`vision::follow`'s tests).
+pub const AROUND_SCALE: f32 = 2.0;
 
 /// Where a network input lies in the frame: input pixel (x, y) is centred
 /// on frame point (x0 + (x + 0.5) / scale, y0 + (y + 0.5) / scale).
@@ -326,7 +327,7 @@ impl Detector {
             None => {
                 // Larger than the largest window at the whole search's
                 // scale: shrunk into it, which leaves the face at least
-                // 192 / 1.8 = 107 px in the input.
+                // 192 / 2 = 96 px in the input.
                 let size = self.around.len().checked_sub(1)?;
                 let side = self.around[size].1.input_w as f32;
                 (size, side / around_side(bbox))
@@ -955,21 +956,36 @@ mod tests {
             .unwrap();
         let found = one.detect(&frame).unwrap();
         assert_eq!(found.len(), 2);
-        let windows: Vec<Window> = found
+        let mut windows: Vec<Window> = found
             .iter()
             .map(|f| one.window_around(&frame, &f.bbox).unwrap())
             .collect();
-        // Two sizes of network, so the worker switches plans.
-        assert_ne!(windows[0].side(), windows[1].side());
+        // And the smallest network's window on the first face, so that
+        // the worker switches plans between jobs.
+        let (cx, cy) = found[0].bbox.center();
+        let small = BBox {
+            x: cx - 20.0,
+            y: cy - 20.0,
+            w: 40.0,
+            h: 40.0,
+        };
+        windows.push(one.window_around(&frame, &small).unwrap());
+        assert_eq!(windows[2].side(), AROUND_SIDES[0]);
+        assert_ne!(windows[0].side(), windows[2].side());
         let (mut a1, mut b1, mut a2, mut b2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for pair in [[&windows[0], &windows[1]], [&windows[1], &windows[0]]] {
+        for (i, j) in [(0, 1), (1, 0), (0, 2), (2, 1)] {
+            let pair = [&windows[i], &windows[j]];
             for _ in 0..2 {
                 one.detect_in_windows(&frame, pair, &mut a1, &mut b1)
                     .unwrap();
                 two.detect_in_windows(&frame, pair, &mut a2, &mut b2)
                     .unwrap();
+                assert_eq!((&a1, &b1), (&a2, &b2), "windows {i} and {j}");
+            }
+            // The two faces' windows find each its own face: a swap of
+            // results would show.
+            if (i, j) == (0, 1) {
                 assert!(!a1.is_empty() && !b1.is_empty());
-                assert_eq!((&a1, &b1), (&a2, &b2));
                 assert_ne!(a1, b1);
             }
         }
