@@ -799,6 +799,17 @@ fn sample_input(
     }
 }
 
+/// The packaged config's detector with its windows loaded (tests).
+#[cfg(test)]
+pub(crate) fn shipped_with_windows() -> Detector {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = crate::config::Config::load(&root.join("systemd/ferd.toml")).unwrap();
+    let manifest = config.detector_model().unwrap();
+    let mut detector = Detector::load(&manifest, &config.detector).unwrap();
+    assert!(detector.load_around(&manifest, &config.detector).unwrap());
+    detector
+}
+
 /// Greedy non-maximum suppression, in place: keeps the best-scoring face
 /// of every group overlapping by more than `iou`, by falling score.
 pub fn nms(faces: &mut Vec<Face>, iou: f32) {
@@ -850,18 +861,23 @@ mod tests {
         assert_eq!(kept[1].bbox.x, 30.0);
     }
 
-    #[test]
-    fn letterbox_feeds_a_grey_model_one_plane() {
-        // A grey manifest has one mean and one std; three planes used to
-        // index a second mean (a panic at the first frame).
-        let spec = InputSpec {
+    /// A grey model's input spec with a free size.
+    fn grey_spec(mean: f32, std: f32) -> InputSpec {
+        InputSpec {
             shape: vec![1, 1, 0, 0],
             layout: "NCHW".into(),
             color: ColorOrder::Grey,
             scale: 1.0,
-            mean: vec![100.0],
-            std: vec![2.0],
-        };
+            mean: vec![mean],
+            std: vec![std],
+        }
+    }
+
+    #[test]
+    fn letterbox_feeds_a_grey_model_one_plane() {
+        // A grey manifest has one mean and one std; three planes used to
+        // index a second mean (a panic at the first frame).
+        let spec = grey_spec(100.0, 2.0);
         let f = Frame::new(4, 2, crate::frame::PixelFormat::Grey, vec![120; 8]);
         // A reused buffer: whatever was there is overwritten.
         let mut v = vec![f32::NAN; 64];
@@ -880,14 +896,7 @@ mod tests {
     /// part outside the frame left at the mean (0).
     #[test]
     fn a_square_around_a_face_samples_that_part_of_the_frame() {
-        let spec = InputSpec {
-            shape: vec![1, 1, 0, 0],
-            layout: "NCHW".into(),
-            color: ColorOrder::Grey,
-            scale: 1.0,
-            mean: vec![0.0],
-            std: vec![1.0],
-        };
+        let spec = grey_spec(0.0, 1.0);
         // Luma = x + 10 y on a 20×10 frame.
         let data = (0..10u8)
             .flat_map(|y| (0..20u8).map(move |x| x + 10 * y))
@@ -941,13 +950,8 @@ mod tests {
     #[test]
     fn two_threads_search_windows_exactly_as_one_does() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let config = crate::config::Config::load(&root.join("systemd/ferd.toml")).unwrap();
-        let manifest = config.detector_model().unwrap();
-        let mut one = Detector::load(&manifest, &config.detector).unwrap();
-        assert!(one.load_around(&manifest, &config.detector).unwrap());
-        let mut two = Detector::load(&manifest, &config.detector).unwrap();
-        two.load_around(&manifest, &config.detector).unwrap();
-        let two = two.with_window_thread().unwrap();
+        let one = shipped_with_windows();
+        let two = shipped_with_windows().with_window_thread().unwrap();
         assert!(two.has_window_thread() && !one.has_window_thread());
         let frame = crate::source::open(&root.join("tests/data/faces/two_faces.png"))
             .unwrap()
