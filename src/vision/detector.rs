@@ -155,14 +155,15 @@ impl Window {
 
     /// Whether this window, placed for an earlier frame, may be searched
     /// again instead of `fresh` (the one placed on the face's latest
-    /// box): the same network and origins within a twentieth of the side.
-    /// Keeping a window still while the face stays near its centre keeps
-    /// the detector's input, and so the box it finds on a still face,
-    /// the same from frame to frame.
+    /// box): the same network, scales within 5% (a face shrunk into the
+    /// largest window has a scale of its own) and origins within a
+    /// twentieth of the side. Keeping a window still while the face stays
+    /// near its centre keeps the detector's input, and so the box it finds
+    /// on a still face, the same from frame to frame.
     pub fn still_serves(&self, fresh: &Window) -> bool {
         let tolerance = self.side() as f32 / 20.0 / self.place.scale;
         self.size == fresh.size
-            && self.place.scale == fresh.place.scale
+            && (self.place.scale / fresh.place.scale - 1.0).abs() <= 0.05
             && (self.place.x0 - fresh.place.x0).abs() <= tolerance
             && (self.place.y0 - fresh.place.y0).abs() <= tolerance
     }
@@ -352,8 +353,15 @@ impl Detector {
     ) -> Result<(), ModelError> {
         faces.clear();
         let Some((model, post)) = self.around.get(window.size) else {
-            // Windows come from this detector's `window_around`.
-            return self.detect_into(frame, faces);
+            // Windows come from `window_around`, so only a window of
+            // another detector lands here.
+            return Err(ModelError::Shape {
+                path: self.model.path.clone(),
+                message: format!(
+                    "a {}-px window, and this detector has no window network of that size",
+                    window.side()
+                ),
+            });
         };
         run_placed(model, post, frame, window.place, faces)
     }

@@ -147,10 +147,10 @@ impl Analyzer {
     /// From now on, without the landmark stage, follows faces from frame
     /// to frame by looking only around their last boxes, searching the
     /// whole frame every `config.detector.full_frame_every` frames and
-    /// whenever [`follow::FaceFollow`] says so. Loads the detector a
-    /// second time for the small input; a detector whose input size the
-    /// manifest fixes, or `full_frame_every = 1`, keeps searching whole
-    /// frames.
+    /// whenever [`follow::FaceFollow`] says so. Loads the detector again
+    /// for each window size ([`Detector::load_around`]); a detector whose
+    /// input size the manifest fixes, or `full_frame_every = 1`, keeps
+    /// searching whole frames.
     pub fn follow_faces(&mut self, manifest: &Path, config: &Config) -> Result<(), ModelError> {
         let every = config.detector.full_frame_every.0;
         if every > 1 && self.detector.load_around(manifest, &config.detector)? {
