@@ -807,17 +807,6 @@ fn sample_input(
     }
 }
 
-/// The packaged config's detector with its windows loaded (tests).
-#[cfg(test)]
-pub(crate) fn shipped_with_windows() -> Detector {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let config = crate::config::Config::load(&root.join("systemd/ferd.toml")).unwrap();
-    let manifest = config.detector_model().unwrap();
-    let mut detector = Detector::load(&manifest, &config.detector).unwrap();
-    assert!(detector.load_around(&manifest, &config.detector).unwrap());
-    detector
-}
-
 /// Greedy non-maximum suppression, in place: keeps the best-scoring face
 /// of every group overlapping by more than `iou`, by falling score.
 pub fn nms(faces: &mut Vec<Face>, iou: f32) {
@@ -950,57 +939,6 @@ mod tests {
         assert_eq!(faces.len(), 1);
         assert_eq!(faces[0].bbox, bbox);
         assert_eq!(faces[0].landmarks[0], [3.0, 3.0]);
-    }
-
-    /// The window thread changes where a window is searched, not what is
-    /// found: the same faces as one thread, pair after pair, each window
-    /// in its own place (a swap would show: the faces differ).
-    #[test]
-    fn two_threads_search_windows_exactly_as_one_does() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let one = shipped_with_windows();
-        let two = shipped_with_windows().with_window_thread().unwrap();
-        assert!(two.has_window_thread() && !one.has_window_thread());
-        let frame = crate::source::open(&root.join("tests/data/faces/two_faces.png"))
-            .unwrap()
-            .next_frame()
-            .unwrap()
-            .unwrap();
-        let found = one.detect(&frame).unwrap();
-        assert_eq!(found.len(), 2);
-        let mut windows: Vec<Window> = found
-            .iter()
-            .map(|f| one.window_around(&frame, &f.bbox).unwrap())
-            .collect();
-        // And the smallest network's window on the first face, so that
-        // the worker switches plans between jobs.
-        let (cx, cy) = found[0].bbox.center();
-        let small = BBox {
-            x: cx - 20.0,
-            y: cy - 20.0,
-            w: 40.0,
-            h: 40.0,
-        };
-        windows.push(one.window_around(&frame, &small).unwrap());
-        assert_eq!(windows[2].side(), AROUND_SIDES[0]);
-        assert_ne!(windows[0].side(), windows[2].side());
-        let (mut a1, mut b1, mut a2, mut b2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (i, j) in [(0, 1), (1, 0), (0, 2), (2, 1)] {
-            let pair = [&windows[i], &windows[j]];
-            for _ in 0..2 {
-                one.detect_in_windows(&frame, pair, &mut a1, &mut b1)
-                    .unwrap();
-                two.detect_in_windows(&frame, pair, &mut a2, &mut b2)
-                    .unwrap();
-                assert_eq!((&a1, &b1), (&a2, &b2), "windows {i} and {j}");
-            }
-            // The two faces' windows find each its own face: a swap of
-            // results would show.
-            if (i, j) == (0, 1) {
-                assert!(!a1.is_empty() && !b1.is_empty());
-                assert_ne!(a1, b1);
-            }
-        }
     }
 
     #[test]
