@@ -8,8 +8,8 @@
 use std::path::Path;
 
 use ferd::frame::Frame;
-use ferd::vision::detector::{around_side, BBox, Detector, Face, Window, AROUND_SIDES};
-use ferd::vision::follow::{FaceFollow, Search};
+use ferd::vision::detector::{BBox, Detector, Face, Window, AROUND_SIDES};
+use ferd::vision::follow::{square_around, FaceFollow, Search};
 
 /// The packaged config's detector with its windows loaded.
 fn shipped_with_windows() -> Detector {
@@ -19,18 +19,6 @@ fn shipped_with_windows() -> Detector {
     let mut detector = Detector::load(&manifest, &config.detector).unwrap();
     assert!(detector.load_around(&manifest, &config.detector).unwrap());
     detector
-}
-
-/// The least square the follower searches around a box.
-fn square_around(bbox: &BBox) -> BBox {
-    let side = around_side(bbox);
-    let (cx, cy) = bbox.center();
-    BBox {
-        x: cx - side / 2.0,
-        y: cy - side / 2.0,
-        w: side,
-        h: side,
-    }
 }
 
 /// On the demo clip (faces 58–107 px, changing every second),

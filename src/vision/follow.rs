@@ -256,7 +256,7 @@ pub fn continuation(found: &[Face], last: &BBox) -> Option<Face> {
 
 /// The least square the detector searches around a box, as a box (the
 /// one it searches is as large or larger).
-fn square_around(bbox: &BBox) -> BBox {
+pub fn square_around(bbox: &BBox) -> BBox {
     let side = around_side(bbox);
     let (cx, cy) = bbox.center();
     BBox {
