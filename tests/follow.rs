@@ -21,6 +21,16 @@ fn shipped_with_windows() -> Detector {
     detector
 }
 
+/// The fixture with two faces, 320×240 grey.
+fn two_faces() -> Frame {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    ferd::source::open(&root.join("tests/data/faces/two_faces.png"))
+        .unwrap()
+        .next_frame()
+        .unwrap()
+        .unwrap()
+}
+
 /// On the demo clip (faces 58–107 px, changing every second),
 /// following finds every face the whole-frame search finds on the
 /// same frame, with nearly the same box.
@@ -70,13 +80,8 @@ fn following_loses_no_face_the_whole_search_finds() {
 /// which finds them.
 #[test]
 fn a_face_stepping_in_away_from_the_followed_one_is_found_at_once() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let detector = shipped_with_windows();
-    let both = ferd::source::open(&root.join("tests/data/faces/two_faces.png"))
-        .unwrap()
-        .next_frame()
-        .unwrap()
-        .unwrap();
+    let both = two_faces();
     let found = detector.detect(&both).unwrap();
     assert_eq!(found.len(), 2);
     // The same picture with the second face painted over.
@@ -129,15 +134,10 @@ fn a_face_stepping_in_away_from_the_followed_one_is_found_at_once() {
 /// in its own place (a swap would show: the faces differ).
 #[test]
 fn two_threads_search_windows_exactly_as_one_does() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let one = shipped_with_windows();
     let two = shipped_with_windows().with_window_thread().unwrap();
     assert!(two.has_window_thread() && !one.has_window_thread());
-    let frame = ferd::source::open(&root.join("tests/data/faces/two_faces.png"))
-        .unwrap()
-        .next_frame()
-        .unwrap()
-        .unwrap();
+    let frame = two_faces();
     let found = one.detect(&frame).unwrap();
     assert_eq!(found.len(), 2);
     let mut windows: Vec<Window> = found

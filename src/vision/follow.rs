@@ -115,6 +115,7 @@ impl FaceFollow {
         if !due && self.follow(detector, frame)? {
             self.since_whole += 1;
         } else {
+            // A follow that gave up midway left part of its faces here.
             self.next.clear();
             detector.detect_into(frame, faces)?;
             if self.every > 1 {
@@ -211,16 +212,8 @@ impl FaceFollow {
     ) -> Result<(), ModelError> {
         for &face in faces {
             let mut kept = Followed { face, window: None };
-            let prev = self
-                .last
-                .iter()
-                .filter(|p| p.face.bbox.iou(&face.bbox) >= FOLLOW_MIN_IOU)
-                .max_by(|a, b| {
-                    a.face
-                        .bbox
-                        .iou(&face.bbox)
-                        .total_cmp(&b.face.bbox.iou(&face.bbox))
-                });
+            let prev =
+                best_overlap(self.last.iter().map(|p| &p.face), &face.bbox).map(|k| &self.last[k]);
             if let Some(window) = prev.and_then(|p| Self::window(detector, frame, p)) {
                 if self.found.is_empty() {
                     self.found.push(Vec::new());
@@ -246,12 +239,18 @@ impl FaceFollow {
 /// face whose box was `last`: the one overlapping it most, if by at least
 /// [`FOLLOW_MIN_IOU`].
 pub fn continuation(found: &[Face], last: &BBox) -> Option<Face> {
-    found
-        .iter()
-        .map(|f| (f.bbox.iou(last), f))
-        .filter(|(overlap, _)| *overlap >= FOLLOW_MIN_IOU)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, f)| *f)
+    best_overlap(found.iter(), last).map(|k| found[k])
+}
+
+/// The index of the face among `faces` overlapping `target` most, if by
+/// at least [`FOLLOW_MIN_IOU`].
+fn best_overlap<'a>(faces: impl Iterator<Item = &'a Face>, target: &BBox) -> Option<usize> {
+    faces
+        .map(|f| f.bbox.iou(target))
+        .enumerate()
+        .filter(|&(_, overlap)| overlap >= FOLLOW_MIN_IOU)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(k, _)| k)
 }
 
 /// The least square the detector searches around a box, as a box (the
