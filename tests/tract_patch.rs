@@ -4,7 +4,10 @@
 //! shipped int8 model must give bit-identical outputs both ways, on real
 //! image content. The eager path is stock tract's, kept reachable in the
 //! patched crate by the `TRACT_QUANT_EAGER_IM2COL` knob, which is read when
-//! the model is optimised (here in a knob scope on this thread only).
+//! the model is optimised (here in a knob scope on this thread only). On
+//! x86_64 with AVX2 (no VNNI) the patched tract-linalg also runs int8
+//! products on its own K=4-inner kernel; `TRACT_FERD_AVX2_I8_KMAJOR` keeps
+//! stock's, so the comparison is against stock tract on both counts.
 
 use std::path::Path;
 
@@ -27,14 +30,56 @@ fn ops(model: &LoadedModel) -> Vec<String> {
         .collect()
 }
 
+/// The matrix-product kernels a loaded model's plan runs (as tract
+/// describes its `OptMatMul` nodes).
+fn kernels(model: &LoadedModel) -> String {
+    model
+        .plan
+        .model()
+        .nodes()
+        .iter()
+        .flat_map(|n| n.op().info().unwrap_or_default())
+        .filter(|line| line.starts_with("Mult:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Whether this machine's int8 products run on the AVX2 kernels (x86_64
+/// with AVX2 and none of the VNNI/AMX instruction sets tract prefers).
+fn avx2_int8() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2")
+            && !is_x86_feature_detected!("avx512vnni")
+            && !is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 #[test]
 fn the_lazy_int8_path_matches_stock_tracts_eager_one_bit_for_bit() {
     Manifest::load(&manifest()).unwrap();
     let lazy = LoadedModel::load(&manifest(), Task::Expression, None).unwrap();
-    let eager = KnobScope::new([("TRACT_QUANT_EAGER_IM2COL", "1")])
-        .unwrap()
-        .enter(|| LoadedModel::load(&manifest(), Task::Expression, None))
-        .unwrap();
+    // Stock tract throughout: the eager im2col and, on AVX2, stock's
+    // K-major int8 kernel instead of the patch's K=4-inner one.
+    let eager = KnobScope::new([
+        ("TRACT_QUANT_EAGER_IM2COL", "1"),
+        ("TRACT_FERD_AVX2_I8_KMAJOR", "1"),
+    ])
+    .unwrap()
+    .enter(|| LoadedModel::load(&manifest(), Task::Expression, None))
+    .unwrap();
+    if avx2_int8() {
+        let (patched, stock) = (kernels(&lazy), kernels(&eager));
+        assert!(patched.contains("avx2_mmm_i32_8x8k4"), "{patched}");
+        assert!(
+            stock.contains("avx2_mmm_i32_8x8") && !stock.contains("avx2_mmm_i32_8x8k4"),
+            "{stock}"
+        );
+    }
     let (lazy_ops, eager_ops) = (ops(&lazy), ops(&eager));
     let has = |ops: &[String], name: &str| ops.iter().any(|o| o == name);
     assert!(

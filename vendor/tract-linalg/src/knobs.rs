@@ -101,3 +101,10 @@ tract_data::declare_knob!(
     None,
     "riscv64: matmul size, in multiply-adds, from which a TLB flush precedes the run. Unset applies the SpacemiT X60 default and does nothing elsewhere; 0 turns it off; any other value forces it on with that threshold."
 );
+
+tract_data::declare_knob!(
+    scopable TRACT_FERD_AVX2_I8_KMAJOR,
+    bool,
+    false,
+    "ferd patch, x86_64 AVX2 without VNNI: run int8 matrix products on stock tract's K-major kernel (avx2_mmm_i32_8x8) instead of the K=4-inner avx2_mmm_i32_8x8k4 (for comparisons). Read when a model is optimised."
+);

@@ -6,7 +6,6 @@ use crate::isa::IsaSet;
 use crate::mmm::{Query, Suitable};
 use crate::mmm_tiers::MmmTier;
 use crate::pack::PackedFormat;
-#[cfg(any(tract_avx512vnni, tract_avxvnni, tract_amx_int8))]
 use crate::pack::PackedI8K4;
 
 #[cfg(tract_amx_int8)]
@@ -144,6 +143,18 @@ MMMExternKernel! { x86_64; avx_mmm_i32_8x4<i32>(8,4)@(256,4) isa(X86_64Avx)
 
 MMMExternKernel! { x86_64; avx2_mmm_i32_8x8<i32>(8,8)@(256,4) isa(X86_64Avx2)
     packing[1] = i8i8 => |k| k.with_packing(PackedFormat::new(DatumType::I8, 8, 256), PackedFormat::new(DatumType::I8, 8, 4));
+
+    store(i8)
+}
+
+// ferd patch: the same kernel with its int8 loop over the K=4-inner layout
+// of the VNNI kernels (PackedI8K4), widening both operands to i16 and
+// summing pairs of products with VPMADDWD: exact for any s8 x s8 (the
+// accumulators are avx2_mmm_i32_8x8's, bit for bit) with a quarter of the
+// K-major loop's shuffles. `avx2_preferred` picks it for int8 unless
+// TRACT_FERD_AVX2_I8_KMAJOR is set.
+MMMExternKernel! { x86_64; avx2_mmm_i32_8x8k4<i32>(8,8)@(256,4) isa(X86_64Avx2)
+    packing[1] = i8i8 => |k| k.with_packing(PackedI8K4::new(8), PackedI8K4::new(8));
 
     store(i8)
 }
@@ -424,7 +435,11 @@ fn avx2_preferred(
 ) -> Option<&'static str> {
     match (dt, query.n) {
         (DatumType::I32, Some(1)) => None,
-        (DatumType::I32, _) => Some(&mmm::avx2_mmm_i32_8x8.name.as_str()),
+        // ferd patch: the K=4-inner kernel, unless the knob asks for stock's.
+        (DatumType::I32, _) if crate::knobs::TRACT_FERD_AVX2_I8_KMAJOR.get() => {
+            Some(&mmm::avx2_mmm_i32_8x8.name.as_str())
+        }
+        (DatumType::I32, _) => Some(&mmm::avx2_mmm_i32_8x8k4.name.as_str()),
         _ => None,
     }
 }

@@ -431,6 +431,47 @@ impl MMMInputValue for LazyIm2colInput {
 }
 
 impl LazyIm2colInput {
+    /// ferd patch: the whole K=4 blocks of a full 8-column panel of 1-byte
+    /// values in the K=4-inner layout, `out[kb*32 + n*4 + t] = src[k_offsets[4kb+t]
+    /// + n_offsets[n]]`. When the 8 columns are 8 consecutive bytes of the
+    /// input (stride 1, within one output row: most panels of a 3×3 conv
+    /// over a row at least 8 wide), each K is one 8-byte load, and the four of
+    /// a block are interleaved in registers. Otherwise each byte is loaded on
+    /// its own, still stored 32 at a time.
+    ///
+    /// Safety: every `src + k_offsets[k] + n_offsets[n]` must be readable and
+    /// `out` must hold `k_offsets.len() / 4 * 32` bytes.
+    unsafe fn k4_blocks_8n(
+        src: *const u8,
+        k_offsets: &[isize],
+        n_offsets: &[isize; 8],
+        out: *mut u8,
+    ) {
+        let o0 = n_offsets[0];
+        let consecutive = n_offsets.iter().enumerate().all(|(n, &o)| o == o0 + n as isize);
+        for (kb, ks) in k_offsets.chunks_exact(4).enumerate() {
+            let mut block = [0u8; 32];
+            if consecutive {
+                // The 8 bytes read are the 8 columns' own values.
+                let rows: [[u8; 8]; 4] = std::array::from_fn(|t| unsafe {
+                    std::ptr::read_unaligned(src.offset(ks[t] + o0) as *const [u8; 8])
+                });
+                for n in 0..8 {
+                    for t in 0..4 {
+                        block[n * 4 + t] = rows[t][n];
+                    }
+                }
+            } else {
+                for (n, &o) in n_offsets.iter().enumerate() {
+                    for t in 0..4 {
+                        block[n * 4 + t] = unsafe { *src.offset(ks[t] + o) };
+                    }
+                }
+            }
+            unsafe { std::ptr::write_unaligned(out.add(kb * 32) as *mut [u8; 32], block) };
+        }
+    }
+
     fn do_panel<T: Datum + Copy>(&self, i: usize, buffer: Option<*mut u8>) -> *const u8 {
         let r = self.im2col.packer.r;
         let mn_start = i * r;
@@ -452,7 +493,18 @@ impl LazyIm2colInput {
                 let src = self.tensor.as_ptr_unchecked::<u8>().offset(self.group_offset_bytes);
                 let out = packed as *mut T;
                 let n_offsets = &self.im2col.n_byte_offsets[mn_start..mn_end];
-                for (kk, &k_offset) in self.im2col.k_byte_offsets.iter().enumerate() {
+                let k_offsets = &self.im2col.k_byte_offsets;
+                // Whole K=4 blocks of a full 8-column panel of bytes (the AVX2,
+                // VNNI and dot-product kernels' r) are assembled 32 bytes at a
+                // time and stored at once; the rest goes element by element.
+                let whole = if std::mem::size_of::<T>() == 1 && r == 8 && n_offsets.len() == 8 {
+                    let n_offsets: &[isize; 8] = n_offsets.try_into().unwrap();
+                    Self::k4_blocks_8n(src, k_offsets, n_offsets, packed);
+                    k / 4 * 4
+                } else {
+                    0
+                };
+                for (kk, &k_offset) in k_offsets.iter().enumerate().skip(whole) {
                     let row = src.offset(k_offset);
                     let dst = out.add((kk / 4) * r * 4 + kk % 4);
                     for (n, &n_offset) in n_offsets.iter().enumerate() {
