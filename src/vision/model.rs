@@ -931,6 +931,23 @@ mod tests {
         }
         // The reused input and state give the same answer twice.
         assert_eq!(logits(&int8), b);
+        // The patched tract's lazy int8 path (vendor/TRACT-PATCH.md: its
+        // gather, and the kernel it picks for this CPU; CI also runs this
+        // test under qemu-aarch64) equals stock tract's eager im2col.
+        let eager = tract_onnx::tract_core::knobs::KnobScope::new([
+            ("TRACT_QUANT_EAGER_IM2COL", "1"),
+            ("TRACT_FERD_AVX2_I8_KMAJOR", "1"),
+        ])
+        .unwrap()
+        .enter(|| {
+            LoadedModel::load(
+                &shipped("expression-kd-int8-nnef.toml"),
+                Task::Expression,
+                None,
+            )
+        })
+        .unwrap();
+        assert_eq!(logits(&eager), b);
     }
 
     #[test]

@@ -449,6 +449,23 @@ impl LazyIm2colInput {
     ) {
         let o0 = n_offsets[0];
         let consecutive = n_offsets.iter().enumerate().all(|(n, &o)| o == o0 + n as isize);
+        #[cfg(target_arch = "x86_64")]
+        if consecutive {
+            // SSE2 (every x86_64): two byte and two word interleaves make the
+            // block from the four 8-byte rows, as the portable loop below.
+            use std::arch::x86_64::*;
+            for (kb, ks) in k_offsets.chunks_exact(4).enumerate() {
+                unsafe {
+                    let row = |t: usize| _mm_loadl_epi64(src.offset(ks[t] + o0) as *const __m128i);
+                    let k01 = _mm_unpacklo_epi8(row(0), row(1));
+                    let k23 = _mm_unpacklo_epi8(row(2), row(3));
+                    let dst = out.add(kb * 32) as *mut __m128i;
+                    _mm_storeu_si128(dst, _mm_unpacklo_epi16(k01, k23));
+                    _mm_storeu_si128(dst.add(1), _mm_unpackhi_epi16(k01, k23));
+                }
+            }
+            return;
+        }
         for (kb, ks) in k_offsets.chunks_exact(4).enumerate() {
             let mut block = [0u8; 32];
             if consecutive {
