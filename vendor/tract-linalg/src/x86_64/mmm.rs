@@ -150,8 +150,8 @@ MMMExternKernel! { x86_64; avx2_mmm_i32_8x8<i32>(8,8)@(256,4) isa(X86_64Avx2)
 // ferd patch: the same kernel with its int8 loop over the K=4-inner layout
 // of the VNNI kernels (PackedI8K4), widening both operands to i16 and
 // summing pairs of products with VPMADDWD: exact for any s8 x s8 (the
-// accumulators are avx2_mmm_i32_8x8's, bit for bit) with a quarter of the
-// K-major loop's shuffles. `avx2_preferred` picks it for int8 unless
+// accumulators are avx2_mmm_i32_8x8's, bit for bit) with 7 shuffles per 4 K
+// where the K-major loop has about 100. `avx2_preferred` picks it for int8 unless
 // TRACT_FERD_AVX2_I8_KMAJOR is set.
 MMMExternKernel! { x86_64; avx2_mmm_i32_8x8k4<i32>(8,8)@(256,4) isa(X86_64Avx2)
     packing[1] = i8i8 => |k| k.with_packing(PackedI8K4::new(8), PackedI8K4::new(8));
