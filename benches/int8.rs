@@ -34,6 +34,13 @@ fn load(manifest: &str, knobs: &[(&str, &str)]) -> LoadedModel {
         .expect("loading the model")
 }
 
+/// One inference of `model` on `input`.
+fn infer(model: &LoadedModel, input: &[f32]) {
+    model
+        .run_with(|buf| buf.copy_from_slice(input), |_| Ok(()))
+        .expect("running the model");
+}
+
 /// A fixed input: a smooth pattern with texture, in the normalised range
 /// the classifier sees ([-1, 1]). Neither model's time depends on values.
 fn face_like_input() -> Vec<f32> {
@@ -70,9 +77,7 @@ fn main() {
         let model = load(manifest, &[]);
         let input = face_like_input();
         for _ in 0..runs {
-            model
-                .run_with(|buf| buf.copy_from_slice(&input), |_| Ok(()))
-                .expect("running the model");
+            infer(&model, &input);
         }
         return;
     }
@@ -97,9 +102,7 @@ fn main() {
             let mut this_round = Vec::with_capacity(PER_ROUND);
             for _ in 0..PER_ROUND {
                 let began = Instant::now();
-                model
-                    .run_with(|buf| buf.copy_from_slice(&input), |_| Ok(()))
-                    .expect("running the model");
+                infer(model, &input);
                 this_round.push(began.elapsed().as_secs_f64() * 1e3);
             }
             if round > 0 {
