@@ -236,10 +236,18 @@ pub struct ClassifierConfig {
     pub align: bool,
 }
 
+/// The expression model a config without `classifier.model` uses, and
+/// `ferd eval`'s default: the int8 NNEF form of the shipped network, which
+/// tract runs as integers and faster than the fp32 twin
+/// (`models/expression.toml`) everywhere but on cores without a dot
+/// product, such as a Pi 4's Cortex-A72 (docs/PERFORMANCE.md, "The int8
+/// model").
+pub const DEFAULT_EXPRESSION_MODEL: &str = "models/expression-kd-int8-nnef.toml";
+
 impl Default for ClassifierConfig {
     fn default() -> Self {
         ClassifierConfig {
-            model: PathBuf::from("models/expression.toml"),
+            model: PathBuf::from(DEFAULT_EXPRESSION_MODEL),
             margin: Fraction(0.0),
             align: true,
         }

@@ -66,9 +66,9 @@ enum Command {
         /// The dataset folder.
         #[arg(long)]
         data: PathBuf,
-        /// Manifest of the expression model (default models/expression.toml,
-        /// else the packaged one).
-        #[arg(long, default_value = "models/expression.toml")]
+        /// Manifest of the expression model (default the shipped int8 model,
+        /// models/expression-kd-int8-nnef.toml, else the packaged one).
+        #[arg(long, default_value = ferd::config::DEFAULT_EXPRESSION_MODEL)]
         model: PathBuf,
         /// Also print a JSON summary (as the first line).
         #[arg(long)]
