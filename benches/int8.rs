@@ -5,8 +5,11 @@
 //! - fp32: `models/expression.toml`;
 //! - int8: `models/expression-kd-int8-nnef.toml` (the same weights
 //!   quantized), optimised the way ferd loads it;
-//! - int8 with stock tract's K-major AVX2 kernel (`TRACT_FERD_AVX2_I8_KMAJOR`,
-//!   vendor/TRACT-PATCH.md), on x86_64 only: what the patched kernel saves.
+//! - where the patched tract-linalg chooses other kernels than stock tract
+//!   on this machine (vendor/TRACT-PATCH.md), each model on stock's too:
+//!   fp32 on its AVX-512 kernels (`TRACT_FERD_AVX512_F32`, cores with one
+//!   512-bit FMA port), int8 on its K-major AVX2 kernel
+//!   (`TRACT_FERD_AVX2_I8_KMAJOR`, AVX2 without VNNI).
 //!
 //! Run with `cargo bench --bench int8 [-- ROUNDS]` (release profile;
 //! default 20 rounds of 50 inferences per variant, the first round not
@@ -86,13 +89,20 @@ fn main() {
         .find_map(|a| a.parse::<usize>().ok())
         .unwrap_or(20)
         .max(2);
-    let mut variants = vec![("fp32", load(FP32, &[])), ("int8", load(INT8, &[]))];
-    if cfg!(target_arch = "x86_64") {
-        variants.push((
-            "int8, stock K-major kernel",
-            load(INT8, &[("TRACT_FERD_AVX2_I8_KMAJOR", "1")]),
-        ));
+    let (fp32, int8) = (load(FP32, &[]), load(INT8, &[]));
+    // Stock tract's kernel choices, where the patched tract-linalg makes
+    // another on this machine (vendor/TRACT-PATCH.md): f32 on AVX-512 with
+    // one 512-bit FMA port, int8 on AVX2 without VNNI.
+    let stock_fp32 = load(FP32, &[("TRACT_FERD_AVX512_F32", "1")]);
+    let stock_int8 = load(INT8, &[("TRACT_FERD_AVX2_I8_KMAJOR", "1")]);
+    let mut variants = Vec::new();
+    if stock_fp32.kernels() != fp32.kernels() {
+        variants.push(("fp32, stock AVX-512 kernels", stock_fp32));
     }
+    if stock_int8.kernels() != int8.kernels() {
+        variants.push(("int8, stock K-major kernel", stock_int8));
+    }
+    variants.splice(0..0, [("fp32", fp32), ("int8", int8)]);
     let input = face_like_input();
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     let mut round_ratios: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];

@@ -1,9 +1,11 @@
 //! Where each model's time goes inside tract, op kind by op kind, and what
-//! the patched tract-core's f32 fast paths (vendor/TRACT-PATCH.md) save:
-//! every run is timed node by node through tract's own evaluation hook
-//! (`SimpleState::run_plan_with_eval`), alternating runs with and without
-//! `TRACT_FERD_STOCK_EVAL=1` (stock tract's code for those ops) so that both
-//! columns see the same machine noise.
+//! the patched tract's f32 changes (vendor/TRACT-PATCH.md) save: every run
+//! is timed node by node through tract's own evaluation hook
+//! (`SimpleState::run_plan_with_eval`), alternating runs of the patched
+//! plan and of stock tract's (its kernels chosen with
+//! `TRACT_FERD_AVX512_F32=1`, evaluated with `TRACT_FERD_STOCK_EVAL=1`: stock
+//! tract's code for the ops with fast paths) so that both columns see the
+//! same machine noise.
 //!
 //! Run with `cargo bench --bench ops [-- ROUNDS]` (release profile; default
 //! 20 rounds, the first of each kind not counted). Models: the packaged
@@ -26,6 +28,12 @@ type Totals = BTreeMap<String, [f64; 2]>;
 fn profile(name: &str, manifest: &str, task: Task, size: Option<[usize; 2]>, rounds: usize) {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join(manifest);
     let model = LoadedModel::load(&manifest, task, size).expect("loading the model");
+    // Stock tract's kernel choice too, made when the plan is optimised
+    // (f32 products on AVX-512 where the patch moves them off it).
+    let stock_model = KnobScope::new([("TRACT_FERD_AVX512_F32", "1")])
+        .expect("knob scope")
+        .enter(|| LoadedModel::load(&manifest, task, size))
+        .expect("loading the model");
     let shape = model.input_shape.clone();
     let n: usize = shape.iter().product();
     // Values spread over the range the detector's BGR-minus-mean input has.
@@ -39,7 +47,8 @@ fn profile(name: &str, manifest: &str, task: Task, size: Option<[usize; 2]>, rou
         let knob =
             KnobScope::new([("TRACT_FERD_STOCK_EVAL", ["0", "1"][stock])]).expect("knob scope");
         knob.enter(|| {
-            let mut state = SimpleState::new(&model.plan).expect("tract state");
+            let plan = [&model.plan, &stock_model.plan][stock];
+            let mut state = SimpleState::new(plan).expect("tract state");
             state
                 .run_plan_with_eval(
                     tvec![input.clone().into_tvalue()],

@@ -30,20 +30,6 @@ fn ops(model: &LoadedModel) -> Vec<String> {
         .collect()
 }
 
-/// The matrix-product kernels a loaded model's plan runs (as tract
-/// describes its `OptMatMul` nodes).
-fn kernels(model: &LoadedModel) -> String {
-    model
-        .plan
-        .model()
-        .nodes()
-        .iter()
-        .flat_map(|n| n.op().info().unwrap_or_default())
-        .filter(|line| line.starts_with("Mult:"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// Whether this machine's int8 products run on the AVX2 kernels (x86_64
 /// with AVX2 and none of the VNNI/AMX instruction sets tract prefers).
 fn avx2_int8() -> bool {
@@ -73,7 +59,7 @@ fn the_lazy_int8_path_matches_stock_tracts_eager_one_bit_for_bit() {
     .enter(|| LoadedModel::load(&manifest(), Task::Expression, None))
     .unwrap();
     if avx2_int8() {
-        let (patched, stock) = (kernels(&lazy), kernels(&eager));
+        let (patched, stock) = (lazy.kernels(), eager.kernels());
         assert!(patched.contains("avx2_mmm_i32_8x8k4"), "{patched}");
         assert!(
             stock.contains("avx2_mmm_i32_8x8") && !stock.contains("avx2_mmm_i32_8x8k4"),
@@ -317,6 +303,31 @@ fn nearest_resize_gathers_what_stock_tract_computes() {
     }
 }
 
+/// Every 15th frame of the demo clip as the detector's 320×240 input: the
+/// luma, scaled and offset per channel as the BGR-minus-mean input would
+/// be; with each frame's sequence number.
+fn detector_inputs() -> impl Iterator<Item = (u64, Tensor)> {
+    let mut clip =
+        ferd::source::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo.y4m"))
+            .unwrap();
+    std::iter::from_fn(move || clip.next_frame())
+        .step_by(15)
+        .map(|frame| {
+            let frame = frame.unwrap();
+            let (w, h) = (frame.width as usize, frame.height as usize);
+            let mut input = vec![0f32; 3 * 240 * 320];
+            for (k, v) in input.iter_mut().enumerate() {
+                let (c, y, x) = (k / (240 * 320), k / 320 % 240, k % 320);
+                let p = frame.data[(y * h / 240) * w + x * w / 320] as f32;
+                *v = p - [104.0, 117.0, 123.0][c];
+            }
+            let input = tract_ndarray::ArrayD::from_shape_vec(vec![1, 3, 240, 320], input)
+                .unwrap()
+                .into();
+            (frame.sequence, input)
+        })
+}
+
 #[test]
 fn the_detector_matches_stock_tract_without_the_fast_paths() {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/retinaface-mnet025.toml");
@@ -325,24 +336,8 @@ fn the_detector_matches_stock_tract_without_the_fast_paths() {
     for op in ["Softmax", "Resize"] {
         assert!(names.iter().any(|o| o == op), "{op} not in {names:?}");
     }
-    let mut clip =
-        ferd::source::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo.y4m"))
-            .unwrap();
     let mut compared = 0;
-    for frame in std::iter::from_fn(|| clip.next_frame()).step_by(15) {
-        let frame = frame.unwrap();
-        // The demo's luma, scaled to 320x240 and offset per channel as the
-        // detector's BGR-minus-mean input would be.
-        let (w, h) = (frame.width as usize, frame.height as usize);
-        let mut input = vec![0f32; 3 * 240 * 320];
-        for (k, v) in input.iter_mut().enumerate() {
-            let (c, y, x) = (k / (240 * 320), k / 320 % 240, k % 320);
-            let p = frame.data[(y * h / 240) * w + x * w / 320] as f32;
-            *v = p - [104.0, 117.0, 123.0][c];
-        }
-        let input: Tensor = tract_ndarray::ArrayD::from_shape_vec(vec![1, 3, 240, 320], input)
-            .unwrap()
-            .into();
+    for (sequence, input) in detector_inputs() {
         let (fast, stock) = (
             run_plan(&model.plan, &input, false),
             run_plan(&model.plan, &input, true),
@@ -359,8 +354,7 @@ fn the_detector_matches_stock_tract_without_the_fast_paths() {
             // pass the softmax: equal within float rounding of `exp`.
             assert!(
                 worst <= 1e-6,
-                "frame {}: output {o} differs by {worst}",
-                frame.sequence
+                "frame {sequence}: output {o} differs by {worst}"
             );
         }
         compared += 1;
@@ -480,4 +474,69 @@ fn the_landmark_models_match_stock_tract_without_the_fast_paths() {
             assert_eq!(fast, stock, "{manifest}, input {seed}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// f32 products where AVX-512 gains nothing (vendor/TRACT-PATCH.md): on a
+// core whose probe finds one 512-bit FMA port the patched tract-linalg
+// runs them on the 256-bit FMA kernels; `TRACT_FERD_AVX512_F32` (read when
+// a model is optimised) keeps stock tract's AVX-512 kernels.
+
+/// Whether this machine is one where the patch moves f32 products: AVX-512
+/// VNNI (which the probe needs) and one 512-bit FMA port found by it.
+fn one_port_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512vnni")
+            && tract_linalg::x86_64::fma_width::avx512_fma_units() == 1
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[test]
+fn f32_products_leave_avx512_only_where_it_gains_nothing_and_agree_with_it() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/retinaface-mnet025.toml");
+    let load = || LoadedModel::load(&manifest, Task::FaceDetector, Some([240, 320])).unwrap();
+    let ours = load();
+    let stock = KnobScope::new([("TRACT_FERD_AVX512_F32", "1")])
+        .unwrap()
+        .enter(load);
+    let (a, b) = (ours.kernels(), stock.kernels());
+    assert!(!a.is_empty() && !b.is_empty());
+    if one_port_avx512() {
+        assert!(
+            a.contains("fma_mmm_f32") && !a.contains("avx512_mmm_f32"),
+            "{a}"
+        );
+        assert!(b.contains("avx512_mmm_f32"), "{b}");
+    } else {
+        assert_eq!(a, b, "the knob changed nothing here");
+    }
+    // Other kernels sum in another order: the same outputs within float
+    // rounding.
+    let mut compared = 0;
+    for (sequence, input) in detector_inputs() {
+        let (x, y) = (
+            run_plan(&ours.plan, &input, false),
+            run_plan(&stock.plan, &input, false),
+        );
+        assert_eq!(x.len(), 3);
+        for (o, (x, y)) in x.iter().zip(&y).enumerate() {
+            assert_eq!(x.len(), y.len());
+            let worst = x
+                .iter()
+                .zip(y)
+                .map(|(x, y)| (x - y).abs() / y.abs().max(1.0))
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= 1e-4,
+                "frame {sequence}: output {o} differs by {worst}"
+            );
+        }
+        compared += 1;
+    }
+    assert!(compared >= 4, "{compared}");
 }

@@ -617,6 +617,21 @@ impl LoadedModel {
         })
     }
 
+    /// The matrix-product kernels the plan runs, as tract describes its
+    /// matrix-product nodes (their `Mult:` lines), one per line: which of
+    /// tract's kernels this machine and the knobs in force at load chose.
+    /// For tests and benchmarks; allocates.
+    pub fn kernels(&self) -> String {
+        self.plan
+            .model()
+            .nodes()
+            .iter()
+            .flat_map(|n| n.op().info().unwrap_or_default())
+            .filter(|line| line.starts_with("Mult:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Another runner of the same optimised plan, with its own tract state
     /// and input tensor, so that a second thread can run this model while
     /// this one does (the plan is shared and read-only; nothing is loaded

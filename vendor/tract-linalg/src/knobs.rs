@@ -108,3 +108,10 @@ tract_data::declare_knob!(
     false,
     "ferd patch, x86_64 AVX2 without VNNI: run int8 matrix products on stock tract's K-major kernel (avx2_mmm_i32_8x8) instead of the K=4-inner avx2_mmm_i32_8x8k4 (for comparisons). Read when a model is optimised."
 );
+
+tract_data::declare_knob!(
+    scopable TRACT_FERD_AVX512_F32,
+    bool,
+    false,
+    "ferd patch, x86_64 with AVX-512 VNNI and one 512-bit FMA port: keep stock tract's AVX-512 f32 matrix kernels instead of handing f32 products to the 256-bit FMA tier (for comparisons). Read when a model is optimised."
+);

@@ -619,13 +619,37 @@ fn avx512_mmm_f32(suitable: &[Suitable], query: &Query) -> Option<&'static str> 
     }
 }
 
+/// ferd patch: true where the avx512f tier should leave f32 products to the fma tier below it.
+///
+/// On a core that issues 512-bit FMAs through one port (`fma_width`'s probe: AMD Zen 4, whose
+/// 512-bit ops are double-pumped, and the AVX-512 client cores), one zmm FMA does the work of
+/// the two ymm FMAs the 256-bit kernels issue per cycle, so the avx512 kernels gain no
+/// arithmetic throughput, and their 16-row tiles waste more of a small CNN's 8- to 64-channel
+/// layers. Measured on an AMD EPYC (Zen 4, 2-core VM): a RetinaFace-MobileNet's matrix products
+/// 19% and a small VGG-style net's 16% faster on the fma tier's kernels. The probe runs only
+/// with AVX-512 VNNI (it times VPDPBUSD), so without VNNI stock's choice stands; so it does
+/// with TRACT_FERD_AVX512_F32 set, or TRACT_AVX512_FMA_UNITS=2.
+#[cfg(tract_avx512vnni)]
+fn avx512_f32_gains_nothing(isa: &IsaSet) -> bool {
+    isa.has(Isa::X86_64Avx512Vnni)
+        && !has_dual_avx512_fma()
+        && !crate::knobs::TRACT_FERD_AVX512_F32.get()
+}
+
+#[cfg(not(tract_avx512vnni))]
+fn avx512_f32_gains_nothing(_isa: &IsaSet) -> bool {
+    false
+}
+
 fn avx512f_preferred(
-    _isa: &IsaSet,
+    isa: &IsaSet,
     dt: DatumType,
     query: &Query,
     suitable: &[Suitable],
 ) -> Option<&'static str> {
     match (dt, query.n) {
+        // ferd patch: declining hands the product to the fma tier (precedence 4).
+        (DatumType::F32, _) if avx512_f32_gains_nothing(isa) => None,
         (DatumType::F32, Some(1)) => avx512_mmv_f32(suitable, query),
         (DatumType::F32, _) => avx512_mmm_f32(suitable, query),
         _ => None,
