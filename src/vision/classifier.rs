@@ -16,7 +16,7 @@ use super::model::{ColorOrder, InputSpec, LoadedModel, ModelError, OutputKind, T
 use super::worker::ModelWorker;
 use crate::config::ClassifierConfig;
 use crate::expression::Probs;
-use crate::frame::Frame;
+use crate::frame::{Frame, LumaSampler};
 
 /// Largest supersampling factor per axis when shrinking a big face.
 const MAX_SUPERSAMPLE: usize = 4;
@@ -282,12 +282,13 @@ pub fn sample_grey(
     map: impl Fn(f32) -> f32,
     out: &mut [f32],
 ) {
+    let sampler = LumaSampler::new(frame);
     let mut i = 0;
     supersample(
         crop,
         w,
         h,
-        |x, y| [frame.luma_bilinear(x, y)],
+        |x, y| [sampler.at(x, y)],
         |[v]| {
             out[i] = map(v);
             i += 1;
@@ -310,16 +311,25 @@ pub(crate) fn supersample<const N: usize>(
     let k = (step_x.max(step_y).ceil() as usize).clamp(1, MAX_SUPERSAMPLE);
     let (sin, cos) = crop.angle.sin_cos();
     let inv_k2 = 1.0 / (k * k) as f32;
+    // Where the k samples sit across an output pixel, in pixels: worked
+    // out once, not a division per sample.
+    let mut within = [0.0f32; MAX_SUPERSAMPLE];
+    for (s, at) in within.iter_mut().enumerate() {
+        *at = (s as f32 + 0.5) / k as f32;
+    }
+    let within = &within[..k];
+    let half = crop.side / 2.0;
     for v in 0..h {
         for u in 0..w {
             let mut acc = [0.0; N];
-            for sv in 0..k {
-                for su in 0..k {
-                    // Offset from the crop centre in crop pixels.
-                    let dx = (u as f32 + (su as f32 + 0.5) / k as f32) * step_x - crop.side / 2.0;
-                    let dy = (v as f32 + (sv as f32 + 0.5) / k as f32) * step_y - crop.side / 2.0;
-                    let x = crop.cx + dx * cos - dy * sin - 0.5;
-                    let y = crop.cy + dx * sin + dy * cos - 0.5;
+            for &sv in within {
+                // Offset from the crop centre in crop pixels.
+                let dy = (v as f32 + sv) * step_y - half;
+                let (dy_sin, dy_cos) = (dy * sin, dy * cos);
+                for &su in within {
+                    let dx = (u as f32 + su) * step_x - half;
+                    let x = crop.cx + dx * cos - dy_sin - 0.5;
+                    let y = crop.cy + dx * sin + dy_cos - 0.5;
                     for (a, s) in acc.iter_mut().zip(sample(x, y)) {
                         *a += s;
                     }
