@@ -15,7 +15,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 
 use ferd::config::Config;
-use ferd::frame::{Frame, PixelFormat};
+use ferd::frame::{Frame, PixelFormat, Sampler};
 use ferd::rules::Rules;
 use ferd::track::Tracker;
 use ferd::vision::classifier::{crop_into, Crop};
@@ -133,12 +133,12 @@ fn pixel_conversion(c: &mut Criterion) {
     let mean = [104.0f32, 117.0, 127.0];
     g.bench_function("rgb_bilinear_grid/640x480_i420_to_320x240", |b| {
         b.iter(|| {
-            let f = black_box(&i420);
+            let f = Sampler::new(black_box(&i420));
             for y in 0..ih {
                 let sy = (y as f32 + 0.5) * inv - 0.5;
                 for x in 0..iw {
                     let sx = (x as f32 + 0.5) * inv - 0.5;
-                    let rgb = f.rgb_bilinear(sx, sy);
+                    let rgb = f.rgb(sx, sy);
                     for c in 0..3 {
                         planes[c * iw * ih + y * iw + x] = rgb[2 - c] - mean[c];
                     }
@@ -150,12 +150,12 @@ fn pixel_conversion(c: &mut Criterion) {
     let mut luma = vec![0f32; iw * ih];
     g.bench_function("luma_bilinear_grid/640x480_i420_to_320x240", |b| {
         b.iter(|| {
-            let f = black_box(&i420);
+            let f = Sampler::new(black_box(&i420));
             for y in 0..ih {
                 let sy = (y as f32 + 0.5) * inv - 0.5;
                 for x in 0..iw {
                     let sx = (x as f32 + 0.5) * inv - 0.5;
-                    luma[y * iw + x] = f.luma_bilinear(sx, sy);
+                    luma[y * iw + x] = f.luma(sx, sy);
                 }
             }
             black_box(&luma);

@@ -196,33 +196,49 @@ fn limited_to_full(y: u8) -> f32 {
     ((y as f32 - 16.0) * (255.0 / 219.0)).clamp(0.0, 255.0)
 }
 
-/// [`Frame::luma_bilinear`] for callers that take thousands of samples of
-/// one frame (the crops of the models' inputs): the same values bit for
-/// bit, with the luma of a grey or I420 frame's bytes looked up in a table
-/// made once (1 KiB, on the stack) instead of worked out four times a
-/// sample.
-pub struct LumaSampler<'a> {
+/// [`Frame::luma_bilinear`] and [`Frame::rgb_bilinear`] for callers that
+/// take thousands of samples of one frame (the models' inputs): the same
+/// values bit for bit, with what does not change from sample to sample
+/// worked out once: the luma of each byte value of a grey or I420 frame
+/// (a 1 KiB table, on the stack) and an I420 frame's chroma planes.
+pub struct Sampler<'a> {
     frame: &'a Frame,
     /// Luma of each byte value; `None` for RGB frames, whose luma takes
     /// three bytes.
     table: Option<[f32; 256]>,
+    /// An I420 frame's U and V planes and their width; empty otherwise.
+    chroma: (&'a [u8], &'a [u8], usize),
 }
 
-impl<'a> LumaSampler<'a> {
+impl<'a> Sampler<'a> {
     /// A sampler of `frame`.
-    pub fn new(frame: &'a Frame) -> LumaSampler<'a> {
+    pub fn new(frame: &'a Frame) -> Sampler<'a> {
         let table = match frame.format {
             PixelFormat::Grey => Some(std::array::from_fn(|v| v as f32)),
             PixelFormat::I420 => Some(std::array::from_fn(|v| limited_to_full(v as u8))),
             PixelFormat::Rgb => None,
         };
-        LumaSampler { frame, table }
+        let chroma = match frame.format {
+            PixelFormat::I420 => {
+                let (w, h) = (frame.width as usize, frame.height as usize);
+                let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+                // `try_new` checked the length: w·h luma, then cw·ch each.
+                let (u, v) = frame.data[w * h..].split_at(cw * ch);
+                (u, v, cw)
+            }
+            PixelFormat::Grey | PixelFormat::Rgb => (&[][..], &[][..], 0),
+        };
+        Sampler {
+            frame,
+            table,
+            chroma,
+        }
     }
 
     /// Bilinear luma at a real-valued position, clamped to the border:
     /// `frame.luma_bilinear(x, y)`.
     #[inline]
-    pub fn at(&self, x: f32, y: f32) -> f32 {
+    pub fn luma(&self, x: f32, y: f32) -> f32 {
         let Some(table) = &self.table else {
             return self.frame.luma_bilinear(x, y);
         };
@@ -233,6 +249,29 @@ impl<'a> LumaSampler<'a> {
         let top = p(r0 + x0 as usize) * (1.0 - fx) + p(r0 + x1 as usize) * fx;
         let bottom = p(r1 + x0 as usize) * (1.0 - fx) + p(r1 + x1 as usize) * fx;
         top * (1.0 - fy) + bottom * fy
+    }
+
+    /// Bilinear RGB at a real-valued position, clamped to the border:
+    /// `frame.rgb_bilinear(x, y)`.
+    #[inline]
+    pub fn rgb(&self, x: f32, y: f32) -> [f32; 3] {
+        if self.frame.format != PixelFormat::I420 {
+            return self.frame.rgb_bilinear(x, y);
+        }
+        let (x0, y0, x1, y1, fx, fy) = self.frame.neighbours(x, y);
+        let (u, v, cw) = self.chroma;
+        let w = self.frame.width as usize;
+        let px = |x: u32, y: u32| {
+            let c = (y as usize / 2) * cw + x as usize / 2;
+            let [r, g, b] = yuv_to_rgb(self.frame.data[y as usize * w + x as usize], u[c], v[c]);
+            [r as f32, g as f32, b as f32]
+        };
+        let (a, b, c, d) = (px(x0, y0), px(x1, y0), px(x0, y1), px(x1, y1));
+        std::array::from_fn(|k| {
+            let top = a[k] * (1.0 - fx) + b[k] * fx;
+            let bottom = c[k] * (1.0 - fx) + d[k] * fx;
+            top * (1.0 - fy) + bottom * fy
+        })
     }
 }
 
@@ -308,18 +347,26 @@ mod tests {
     }
 
     #[test]
-    fn the_sampler_gives_luma_bilinear_bit_for_bit() {
+    fn the_sampler_gives_the_frames_bilinear_values_bit_for_bit() {
         for format in [PixelFormat::Grey, PixelFormat::I420, PixelFormat::Rgb] {
             let f = varied(format);
-            let sampler = LumaSampler::new(&f);
+            let sampler = Sampler::new(&f);
             for (x, y) in positions() {
                 assert_eq!(
-                    sampler.at(x, y).to_bits(),
+                    sampler.luma(x, y).to_bits(),
                     f.luma_bilinear(x, y).to_bits(),
-                    "{format:?} at ({x}, {y})"
+                    "{format:?} luma at ({x}, {y})"
+                );
+                assert_eq!(
+                    sampler.rgb(x, y).map(f32::to_bits),
+                    f.rgb_bilinear(x, y).map(f32::to_bits),
+                    "{format:?} rgb at ({x}, {y})"
                 );
             }
-            assert!(sampler.at(f32::NAN, 1.0).is_nan() && f.luma_bilinear(f32::NAN, 1.0).is_nan());
+            assert!(
+                sampler.luma(f32::NAN, 1.0).is_nan() && f.luma_bilinear(f32::NAN, 1.0).is_nan()
+            );
+            assert!(sampler.rgb(1.0, f32::NAN)[0].is_nan());
         }
     }
 

@@ -16,7 +16,7 @@ use super::model::{ColorOrder, InputSpec, LoadedModel, ModelError, OutputKind, T
 use super::worker::ModelWorker;
 use crate::config::ClassifierConfig;
 use crate::expression::Probs;
-use crate::frame::{Frame, LumaSampler};
+use crate::frame::{Frame, Sampler};
 
 /// Largest supersampling factor per axis when shrinking a big face.
 const MAX_SUPERSAMPLE: usize = 4;
@@ -253,12 +253,13 @@ pub fn crop_into(
             let (first, rest) = out.split_at_mut(w * h);
             let (second, third) = rest.split_at_mut(w * h);
             let mut planes = [first, second, third];
+            let sampler = Sampler::new(frame);
             let mut i = 0;
             supersample(
                 crop,
                 w,
                 h,
-                |x, y| frame.rgb_bilinear(x, y),
+                |x, y| sampler.rgb(x, y),
                 |rgb| {
                     for (c, plane) in planes.iter_mut().enumerate() {
                         plane[i] = norm(c)(rgb[order[c]]);
@@ -282,13 +283,13 @@ pub fn sample_grey(
     map: impl Fn(f32) -> f32,
     out: &mut [f32],
 ) {
-    let sampler = LumaSampler::new(frame);
+    let sampler = Sampler::new(frame);
     let mut i = 0;
     supersample(
         crop,
         w,
         h,
-        |x, y| [sampler.at(x, y)],
+        |x, y| [sampler.luma(x, y)],
         |[v]| {
             out[i] = map(v);
             i += 1;

@@ -13,7 +13,7 @@ use tract_onnx::prelude::*;
 use super::model::{ColorOrder, DetectorSpec, InputSpec, LoadedModel, ModelError, Task};
 use super::worker::ModelWorker;
 use crate::config::DetectorConfig;
-use crate::frame::Frame;
+use crate::frame::{Frame, Sampler};
 
 /// An axis-aligned box in frame pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -790,15 +790,16 @@ fn sample_input(
     };
     // `mean` and `std` have `channels` entries: the manifest check.
     let norm = |c: usize, v: f32| (v * spec.scale - spec.mean[c]) / spec.std[c];
+    let sampler = Sampler::new(frame);
     for y in ys {
         // The bilinear samplers take pixel-centre coordinates (pixel k at k).
         let sy = place.y0 + (y as f32 + 0.5) * inv - 0.5;
         for x in xs.clone() {
             let sx = place.x0 + (x as f32 + 0.5) * inv - 0.5;
             if channels == 1 {
-                data[y * w + x] = norm(0, frame.luma_bilinear(sx, sy));
+                data[y * w + x] = norm(0, sampler.luma(sx, sy));
             } else {
-                let rgb = frame.rgb_bilinear(sx, sy);
+                let rgb = sampler.rgb(sx, sy);
                 for c in 0..3 {
                     data[c * plane + y * w + x] = norm(c, rgb[order[c]]);
                 }

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use tract_onnx::prelude::*;
 
 use crate::driver::FaceMeasure;
-use crate::frame::Frame;
+use crate::frame::{Frame, Sampler};
 use crate::vision::classifier::{supersample, Crop};
 use crate::vision::detector::Face;
 use crate::vision::model::{output_floats, LoadedModel, ModelError, Task};
@@ -593,12 +593,13 @@ fn nhwc_rgb(
     data: &mut [f32],
 ) {
     let spec = &model.manifest.input;
+    let sampler = Sampler::new(frame);
     let mut i = 0;
     supersample(
         roi,
         w,
         h,
-        |x, y| frame.rgb_bilinear(x, y),
+        |x, y| sampler.rgb(x, y),
         |rgb| {
             let (row, col) = (i / w, i % w);
             let col = if mirror { w - 1 - col } else { col };
