@@ -133,42 +133,57 @@ impl Frame {
                 let p = &self.data[i * 3..i * 3 + 3];
                 [p[0] as f32, p[1] as f32, p[2] as f32]
             }
-            PixelFormat::I420 => {
-                let (w, h) = (self.width as usize, self.height as usize);
-                let cw = w.div_ceil(2);
-                let c = (y as usize / 2) * cw + x as usize / 2;
-                let u = self.data[w * h + c];
-                let v = self.data[w * h + cw * h.div_ceil(2) + c];
-                let [r, g, b] = yuv_to_rgb(self.data[i], u, v);
-                [r as f32, g as f32, b as f32]
-            }
+            PixelFormat::I420 => self.i420_rgb(self.chroma_planes(), x, y),
         }
+    }
+
+    /// An I420 frame's U and V planes and their width (`try_new` checked
+    /// the length: width × height luma, then a half-size plane each).
+    fn chroma_planes(&self) -> (&[u8], &[u8], usize) {
+        let (w, h) = (self.width as usize, self.height as usize);
+        let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+        let (u, v) = self.data[w * h..].split_at(cw * ch);
+        (u, v, cw)
+    }
+
+    /// R, G, B of pixel `(x, y)` of an I420 frame whose chroma planes are
+    /// `chroma` ([`Frame::chroma_planes`]).
+    #[inline]
+    fn i420_rgb(&self, chroma: (&[u8], &[u8], usize), x: u32, y: u32) -> [f32; 3] {
+        let (u, v, cw) = chroma;
+        let c = (y as usize / 2) * cw + x as usize / 2;
+        let luma = self.data[y as usize * self.width as usize + x as usize];
+        let [r, g, b] = yuv_to_rgb(luma, u[c], v[c]);
+        [r as f32, g as f32, b as f32]
     }
 
     /// Bilinear luma at a real-valued position, clamped to the border.
     pub fn luma_bilinear(&self, x: f32, y: f32) -> f32 {
-        let (x0, y0, x1, y1, fx, fy) = self.neighbours(x, y);
-        let top = self.luma(x0, y0) * (1.0 - fx) + self.luma(x1, y0) * fx;
-        let bottom = self.luma(x0, y1) * (1.0 - fx) + self.luma(x1, y1) * fx;
-        top * (1.0 - fy) + bottom * fy
+        let [l] = self.bilinear(x, y, |x, y| [self.luma(x, y)]);
+        l
     }
 
     /// Bilinear RGB at a real-valued position, clamped to the border.
     pub fn rgb_bilinear(&self, x: f32, y: f32) -> [f32; 3] {
+        self.bilinear(x, y, |x, y| self.rgb(x, y))
+    }
+
+    /// The bilinear blend at `(x, y)`, clamped to the border, of `pixel`'s
+    /// values at the four pixels around it.
+    #[inline]
+    fn bilinear<const N: usize>(
+        &self,
+        x: f32,
+        y: f32,
+        pixel: impl Fn(u32, u32) -> [f32; N],
+    ) -> [f32; N] {
         let (x0, y0, x1, y1, fx, fy) = self.neighbours(x, y);
-        let (a, b, c, d) = (
-            self.rgb(x0, y0),
-            self.rgb(x1, y0),
-            self.rgb(x0, y1),
-            self.rgb(x1, y1),
-        );
-        let mut out = [0.0; 3];
-        for k in 0..3 {
+        let (a, b, c, d) = (pixel(x0, y0), pixel(x1, y0), pixel(x0, y1), pixel(x1, y1));
+        std::array::from_fn(|k| {
             let top = a[k] * (1.0 - fx) + b[k] * fx;
             let bottom = c[k] * (1.0 - fx) + d[k] * fx;
-            out[k] = top * (1.0 - fy) + bottom * fy;
-        }
-        out
+            top * (1.0 - fy) + bottom * fy
+        })
     }
 
     #[inline]
@@ -219,13 +234,7 @@ impl<'a> Sampler<'a> {
             PixelFormat::Rgb => None,
         };
         let chroma = match frame.format {
-            PixelFormat::I420 => {
-                let (w, h) = (frame.width as usize, frame.height as usize);
-                let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
-                // `try_new` checked the length: w·h luma, then cw·ch each.
-                let (u, v) = frame.data[w * h..].split_at(cw * ch);
-                (u, v, cw)
-            }
+            PixelFormat::I420 => frame.chroma_planes(),
             PixelFormat::Grey | PixelFormat::Rgb => (&[][..], &[][..], 0),
         };
         Sampler {
@@ -242,13 +251,11 @@ impl<'a> Sampler<'a> {
         let Some(table) = &self.table else {
             return self.frame.luma_bilinear(x, y);
         };
-        let (x0, y0, x1, y1, fx, fy) = self.frame.neighbours(x, y);
         let w = self.frame.width as usize;
-        let (r0, r1) = (y0 as usize * w, y1 as usize * w);
-        let p = |i: usize| table[self.frame.data[i] as usize];
-        let top = p(r0 + x0 as usize) * (1.0 - fx) + p(r0 + x1 as usize) * fx;
-        let bottom = p(r1 + x0 as usize) * (1.0 - fx) + p(r1 + x1 as usize) * fx;
-        top * (1.0 - fy) + bottom * fy
+        let [l] = self.frame.bilinear(x, y, |x, y| {
+            [table[self.frame.data[y as usize * w + x as usize] as usize]]
+        });
+        l
     }
 
     /// Bilinear RGB at a real-valued position, clamped to the border:
@@ -258,20 +265,8 @@ impl<'a> Sampler<'a> {
         if self.frame.format != PixelFormat::I420 {
             return self.frame.rgb_bilinear(x, y);
         }
-        let (x0, y0, x1, y1, fx, fy) = self.frame.neighbours(x, y);
-        let (u, v, cw) = self.chroma;
-        let w = self.frame.width as usize;
-        let px = |x: u32, y: u32| {
-            let c = (y as usize / 2) * cw + x as usize / 2;
-            let [r, g, b] = yuv_to_rgb(self.frame.data[y as usize * w + x as usize], u[c], v[c]);
-            [r as f32, g as f32, b as f32]
-        };
-        let (a, b, c, d) = (px(x0, y0), px(x1, y0), px(x0, y1), px(x1, y1));
-        std::array::from_fn(|k| {
-            let top = a[k] * (1.0 - fx) + b[k] * fx;
-            let bottom = c[k] * (1.0 - fx) + d[k] * fx;
-            top * (1.0 - fy) + bottom * fy
-        })
+        self.frame
+            .bilinear(x, y, |x, y| self.frame.i420_rgb(self.chroma, x, y))
     }
 }
 
