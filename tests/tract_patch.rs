@@ -336,24 +336,38 @@ fn the_detector_matches_stock_tract_without_the_fast_paths() {
     for op in ["Softmax", "Resize"] {
         assert!(names.iter().any(|o| o == op), "{op} not in {names:?}");
     }
+    // Boxes and landmarks only pass the resize (copies): equal. Scores pass
+    // the softmax: equal within float rounding of `exp`.
+    detector_runs_agree(
+        |input| run_plan(&model.plan, input, false),
+        |input| run_plan(&model.plan, input, true),
+        |a, b| (a - b).abs(),
+        1e-6,
+    );
+}
+
+/// Asserts that two ways of running the detector agree on the demo's
+/// frames ([`detector_inputs`]): for every output, the largest
+/// `difference(first, second)` over its values is at most `tolerance`.
+fn detector_runs_agree(
+    first: impl Fn(&Tensor) -> Vec<Vec<f32>>,
+    second: impl Fn(&Tensor) -> Vec<Vec<f32>>,
+    difference: impl Fn(f32, f32) -> f32,
+    tolerance: f32,
+) {
     let mut compared = 0;
     for (sequence, input) in detector_inputs() {
-        let (fast, stock) = (
-            run_plan(&model.plan, &input, false),
-            run_plan(&model.plan, &input, true),
-        );
-        assert_eq!(fast.len(), 3);
-        for (o, (a, b)) in fast.iter().zip(&stock).enumerate() {
+        let (a, b) = (first(&input), second(&input));
+        assert_eq!(a.len(), 3);
+        for (o, (a, b)) in a.iter().zip(&b).enumerate() {
             assert_eq!(a.len(), b.len());
             let worst = a
                 .iter()
                 .zip(b)
-                .map(|(a, b)| (a - b).abs())
+                .map(|(&a, &b)| difference(a, b))
                 .fold(0f32, f32::max);
-            // Boxes and landmarks only pass the resize (copies): equal. Scores
-            // pass the softmax: equal within float rounding of `exp`.
             assert!(
-                worst <= 1e-6,
+                worst <= tolerance,
                 "frame {sequence}: output {o} differs by {worst}"
             );
         }
@@ -517,26 +531,10 @@ fn f32_products_leave_avx512_only_where_it_gains_nothing_and_agree_with_it() {
     }
     // Other kernels sum in another order: the same outputs within float
     // rounding.
-    let mut compared = 0;
-    for (sequence, input) in detector_inputs() {
-        let (x, y) = (
-            run_plan(&ours.plan, &input, false),
-            run_plan(&stock.plan, &input, false),
-        );
-        assert_eq!(x.len(), 3);
-        for (o, (x, y)) in x.iter().zip(&y).enumerate() {
-            assert_eq!(x.len(), y.len());
-            let worst = x
-                .iter()
-                .zip(y)
-                .map(|(x, y)| (x - y).abs() / y.abs().max(1.0))
-                .fold(0f32, f32::max);
-            assert!(
-                worst <= 1e-4,
-                "frame {sequence}: output {o} differs by {worst}"
-            );
-        }
-        compared += 1;
-    }
-    assert!(compared >= 4, "{compared}");
+    detector_runs_agree(
+        |input| run_plan(&ours.plan, input, false),
+        |input| run_plan(&stock.plan, input, false),
+        |a, b| (a - b).abs() / b.abs().max(1.0),
+        1e-4,
+    );
 }
