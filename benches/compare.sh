@@ -107,6 +107,10 @@ run_peer() {
 {
     echo "ferd: $FERD ($([ "$HAVE_FERD" = 1 ] && "$FERD" --version 2>/dev/null || echo 'not run'))"
     echo "clip: $CLIP; rounds: $ROUNDS; frames: ${FRAMES:-all}; cores: $(nproc)"
+    # Both sides pick kernels by instruction set: ratios from machines
+    # with different sets do not compare.
+    echo "cpu: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1);" \
+        "vector sets: $(grep -m 1 -o -w -E 'avx2|fma|avx512f|avx512_vnni|avx_vnni|asimddp|asimd' /proc/cpuinfo | sort -u | tr '\n' ' ')"
     echo "before: $(uptime)"
 } | tee "$OUT/env.txt"
 
