@@ -95,14 +95,17 @@ fn main() {
     // one 512-bit FMA port, int8 on AVX2 without VNNI.
     let stock_fp32 = load(FP32, &[("TRACT_FERD_AVX512_F32", "1")]);
     let stock_int8 = load(INT8, &[("TRACT_FERD_AVX2_I8_KMAJOR", "1")]);
-    let mut variants = Vec::new();
-    if stock_fp32.kernels() != fp32.kernels() {
+    let differs = [
+        stock_fp32.kernels() != fp32.kernels(),
+        stock_int8.kernels() != int8.kernels(),
+    ];
+    let mut variants = vec![("fp32", fp32), ("int8", int8)];
+    if differs[0] {
         variants.push(("fp32, stock AVX-512 kernels", stock_fp32));
     }
-    if stock_int8.kernels() != int8.kernels() {
+    if differs[1] {
         variants.push(("int8, stock K-major kernel", stock_int8));
     }
-    variants.splice(0..0, [("fp32", fp32), ("int8", int8)]);
     let input = face_like_input();
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     let mut round_ratios: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];

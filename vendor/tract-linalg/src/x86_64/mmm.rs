@@ -625,8 +625,9 @@ fn avx512_mmm_f32(suitable: &[Suitable], query: &Query) -> Option<&'static str> 
 /// 512-bit ops are double-pumped, and the AVX-512 client cores), one zmm FMA does the work of
 /// the two ymm FMAs the 256-bit kernels issue per cycle, so the avx512 kernels gain no
 /// arithmetic throughput, and their 16-row tiles waste more of a small CNN's 8- to 64-channel
-/// layers. Measured on an AMD EPYC (Zen 4, 2-core VM): a RetinaFace-MobileNet's matrix products
-/// 19% and a small VGG-style net's 16% faster on the fma tier's kernels. The probe runs only
+/// layers. Measured on an AMD EPYC (Zen 4, 2-core VM), both choices alternating in one process:
+/// the matrix products of four small CNNs 4-20% faster on the fma tier's kernels (ferd's
+/// vendor/TRACT-PATCH.md). The probe runs only
 /// with AVX-512 VNNI (it times VPDPBUSD), so without VNNI stock's choice stands; so it does
 /// with TRACT_FERD_AVX512_F32 set, or TRACT_AVX512_FMA_UNITS=2.
 #[cfg(tract_avx512vnni)]
