@@ -11,7 +11,8 @@
 //! 20 rounds, the first of each kind not counted). Models: the packaged
 //! detector at 320×240, the expression classifier, and the landmark
 //! stage's face mesh and iris model, on a fixed synthetic input; one
-//! thread.
+//! thread. With `FERD_OPS_BY_NODE=1` in the environment the rows are the
+//! plan's nodes (name, op and what tract says of it) instead of op kinds.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,8 +23,9 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::knobs::KnobScope;
 use tract_onnx::tract_core::plan::{eval, SimpleState};
 
-/// Seconds per op kind, summed over the counted runs: (patched, stock).
-type Totals = BTreeMap<String, [f64; 2]>;
+/// Seconds per op kind (or per node: its id first, so that the rows come
+/// in plan order), summed over the counted runs: (patched, stock).
+type Totals = BTreeMap<(usize, String), [f64; 2]>;
 
 fn profile(name: &str, manifest: &str, task: Task, size: Option<[usize; 2]>, rounds: usize) {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join(manifest);
@@ -41,6 +43,7 @@ fn profile(name: &str, manifest: &str, task: Task, size: Option<[usize; 2]>, rou
     let input: Tensor = tract_ndarray::ArrayD::from_shape_vec(shape.to_vec(), values)
         .expect("input shape")
         .into();
+    let by_node = std::env::var_os("FERD_OPS_BY_NODE").is_some_and(|v| v == "1");
     let mut totals = Totals::new();
     for round in 0..rounds * 2 {
         let stock = round % 2;
@@ -57,7 +60,16 @@ fn profile(name: &str, manifest: &str, task: Task, size: Option<[usize; 2]>, rou
                         let out = eval(ctx, op_state, node, inputs);
                         let took = began.elapsed().as_secs_f64();
                         if round >= 2 {
-                            totals.entry(node.op().name().to_string()).or_default()[stock] += took;
+                            let key = if by_node {
+                                let info = node.op().info().unwrap_or_default().join("; ");
+                                (
+                                    node.id,
+                                    format!("{} {} {info}", node.name, node.op().name()),
+                                )
+                            } else {
+                                (0, node.op().name().to_string())
+                            };
+                            totals.entry(key).or_default()[stock] += took;
                         }
                         out
                     },
@@ -72,7 +84,7 @@ fn profile(name: &str, manifest: &str, task: Task, size: Option<[usize; 2]>, rou
     );
     println!("  {:<20} {:>9} {:>9}", "op", "patched", "stock");
     let mut sum = [0.0; 2];
-    for (op, t) in &totals {
+    for ((_, op), t) in &totals {
         let ms = t.map(|s| s / counted * 1e3);
         sum = [sum[0] + ms[0], sum[1] + ms[1]];
         if ms[0].max(ms[1]) >= 0.01 {

@@ -303,6 +303,118 @@ fn nearest_resize_gathers_what_stock_tract_computes() {
     }
 }
 
+/// A plain convolution in NCHW (`kernel` OIHW, `pad` on each side), the
+/// definition to check tract's plans against.
+fn conv_reference(
+    input: &Tensor,
+    kernel: &Tensor,
+    bias: &[f32],
+    stride: usize,
+    pad: [usize; 2],
+) -> Vec<f32> {
+    let x = input.to_plain_array_view::<f32>().unwrap();
+    let k = kernel.to_plain_array_view::<f32>().unwrap();
+    let (ci, h, w) = (x.shape()[1], x.shape()[2], x.shape()[3]);
+    let (co, kh, kw) = (k.shape()[0], k.shape()[2], k.shape()[3]);
+    let oh = (h + 2 * pad[0] - kh) / stride + 1;
+    let ow = (w + 2 * pad[1] - kw) / stride + 1;
+    let mut out = Vec::with_capacity(co * oh * ow);
+    for o in 0..co {
+        for y in 0..oh {
+            for xo in 0..ow {
+                let mut sum = bias[o] as f64;
+                for c in 0..ci {
+                    for dy in 0..kh {
+                        for dx in 0..kw {
+                            let (iy, ix) = (y * stride + dy, xo * stride + dx);
+                            if iy < pad[0] || ix < pad[1] || iy - pad[0] >= h || ix - pad[1] >= w {
+                                continue;
+                            }
+                            let v = x[[0, c, iy - pad[0], ix - pad[1]]] as f64;
+                            sum += v * k[[o, c, dy, dx]] as f64;
+                        }
+                    }
+                }
+                out.push(sum as f32);
+            }
+        }
+    }
+    out
+}
+
+/// The lazy im2col's gather of a panel whose columns are consecutive input
+/// values (a run copied per k) packs what stock tract's per-column gather
+/// packs: the convolution's outputs are equal bit for bit, and equal to the
+/// definition within rounding. Shapes: output rows wider than, equal to and
+/// narrower than a panel (so that panels straddle rows), strides 1 and 2,
+/// 3×3 and 1×3 kernels, with and without padding.
+#[test]
+fn convolutions_gather_consecutive_columns_as_stock_tract_does() {
+    use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
+    use tract_onnx::tract_core::ops::nn::DataFormat;
+    let cases: [(usize, usize, usize, usize, [usize; 2], usize, usize); 7] = [
+        // (ci, co, h, w, kernel, stride, pad)
+        (16, 32, 30, 40, [3, 3], 1, 1),
+        (8, 16, 15, 20, [3, 3], 1, 1),
+        (8, 4, 8, 10, [3, 3], 1, 1),
+        (5, 7, 9, 7, [3, 3], 1, 0),
+        (4, 6, 12, 13, [1, 3], 1, 0),
+        (6, 8, 17, 23, [3, 3], 2, 1),
+        (3, 9, 6, 3, [3, 3], 1, 1),
+    ];
+    for (i, &(ci, co, h, w, kernel_shape, stride, pad)) in cases.iter().enumerate() {
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([1, ci, h, w])).unwrap();
+        let kernel = noise(
+            &[co, ci, kernel_shape[0], kernel_shape[1]],
+            200 + i as u64,
+            1.0,
+        );
+        let bias: Vec<f32> = (0..co).map(|o| o as f32 * 0.125 - 0.5).collect();
+        let k = model.add_const("kernel", kernel.clone()).unwrap();
+        let b = model.add_const("bias", tensor1(&bias)).unwrap();
+        let pads: TVec<usize> = tvec![pad.min(kernel_shape[0] / 2), pad.min(kernel_shape[1] / 2)];
+        let conv = Conv {
+            pool_spec: PoolSpec {
+                data_format: DataFormat::NCHW,
+                kernel_shape: kernel_shape.into_iter().collect(),
+                padding: PaddingSpec::Explicit(pads.clone(), pads.clone()),
+                dilations: None,
+                strides: Some(tvec![stride, stride]),
+                input_channels: ci,
+                output_channels: co,
+            },
+            kernel_fmt: KernelFormat::OIHW,
+            group: 1,
+            q_params: None,
+        };
+        let y = model.wire_node("conv", conv, &[x, k, b]).unwrap();
+        model.select_output_outlets(&y).unwrap();
+        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+        assert!(
+            plan.model()
+                .nodes()
+                .iter()
+                .any(|n| n.op().name() == "LazyIm2col"),
+            "case {i}: the plan gathers its patches some other way"
+        );
+        for seed in 0..2 {
+            let input = noise(&[1, ci, h, w], 300 + 10 * i as u64 + seed, 3.0);
+            let fast = run_plan(&plan, &input, false).remove(0);
+            let stock = run_plan(&plan, &input, true).remove(0);
+            assert_eq!(fast, stock, "case {i}, input {seed}");
+            let want = conv_reference(&input, &kernel, &bias, stride, [pads[0], pads[1]]);
+            assert_eq!(fast.len(), want.len(), "case {i}");
+            for (j, (a, b)) in fast.iter().zip(&want).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "case {i}, input {seed}, output {j}: {a} vs {b}"
+                );
+            }
+        }
+    }
+}
+
 /// Every 15th frame of the demo clip as the detector's 320×240 input: the
 /// luma, scaled and offset per channel as the BGR-minus-mean input would
 /// be; with each frame's sequence number.

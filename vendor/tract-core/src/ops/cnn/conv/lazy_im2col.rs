@@ -173,6 +173,37 @@ unsafe impl Send for LazyIm2colInput {}
 unsafe impl Sync for LazyIm2colInput {}
 
 impl LazyIm2colInput {
+    /// ferd patch: whether the columns `n_range` sit at consecutive `T`s of
+    /// the input (each byte offset one element past the previous one).
+    fn consecutive<T: Datum + Copy>(&self, n_range: Range<isize>) -> bool {
+        let offsets = &self.im2col.n_byte_offsets[n_range.start as usize..n_range.end as usize];
+        offsets.windows(2).all(|w| w[1] - w[0] == std::mem::size_of::<T>() as isize)
+    }
+
+    /// ferd patch: [`Self::input_8n`] and its kin for `N` columns at
+    /// consecutive elements ([`Self::consecutive`]): the same values in the
+    /// same order, read as one run of `N` per k.
+    fn input_run<T: Datum + Copy, const N: usize>(
+        &self,
+        writer: &mut impl PackingWriter<T>,
+        k_range: Range<isize>,
+        n: isize,
+    ) {
+        let k_byte_offsets = self.im2col.k_byte_offsets.as_ptr();
+        unsafe {
+            let ptr = self
+                .tensor
+                .as_ptr_unchecked::<u8>()
+                .offset(self.group_offset_bytes + self.im2col.n_byte_offsets[n as usize]);
+            for k in k_range.start..k_range.end {
+                let run = (ptr.offset(*k_byte_offsets.offset(k)) as *const [T; N]).read_unaligned();
+                for v in run {
+                    writer.write(v);
+                }
+            }
+        }
+    }
+
     fn input_8n<T: Datum + Copy>(
         &self,
         writer: &mut impl PackingWriter<T>,
@@ -305,6 +336,18 @@ impl LazyIm2colInput {
     ) {
         let mn_end = mn_range.end.min(self.im2col.n_byte_offsets.len() as isize);
         let n_range = mn_range.start..mn_end;
+        // ferd patch: a panel whose columns are consecutive elements of the
+        // input (stride 1 along the last axis, within one output row: most
+        // panels of a 3x3 convolution) copies a run of N values per k, which
+        // the compiler moves as vectors, instead of N gathered loads.
+        if !crate::ops::TRACT_FERD_STOCK_EVAL.get() && self.consecutive::<T>(n_range.clone()) {
+            match n_range.len() {
+                8 => return self.input_run::<T, 8>(writer, k_range, n_range.start),
+                6 => return self.input_run::<T, 6>(writer, k_range, n_range.start),
+                4 => return self.input_run::<T, 4>(writer, k_range, n_range.start),
+                _ => (),
+            }
+        }
         match n_range.len() {
             8 => return self.input_8n(writer, k_range, n_range.start),
             6 => return self.input_6n(writer, k_range, n_range.start),
