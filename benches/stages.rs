@@ -134,6 +134,24 @@ fn pixel_conversion(c: &mut Criterion) {
     g.bench_function("rgb_bilinear_grid/640x480_i420_to_320x240", |b| {
         b.iter(|| {
             let f = Sampler::new(black_box(&i420));
+            f.rgb_grid(
+                0..iw,
+                0..ih,
+                |x| (x as f32 + 0.5) * inv - 0.5,
+                |y| (y as f32 + 0.5) * inv - 0.5,
+                |x, y, rgb| {
+                    for c in 0..3 {
+                        planes[c * iw * ih + y * iw + x] = rgb[2 - c] - mean[c];
+                    }
+                },
+            );
+            black_box(&planes);
+        })
+    });
+    // The same grid sampled point by point (`Sampler::rgb`), as the crops do.
+    g.bench_function("rgb_bilinear_points/640x480_i420_to_320x240", |b| {
+        b.iter(|| {
+            let f = Sampler::new(black_box(&i420));
             for y in 0..ih {
                 let sy = (y as f32 + 0.5) * inv - 0.5;
                 for x in 0..iw {

@@ -177,30 +177,58 @@ impl Frame {
         y: f32,
         pixel: impl Fn(u32, u32) -> [f32; N],
     ) -> [f32; N] {
-        let (x0, y0, x1, y1, fx, fy) = self.neighbours(x, y);
-        let (a, b, c, d) = (pixel(x0, y0), pixel(x1, y0), pixel(x0, y1), pixel(x1, y1));
+        let (tx, ty) = (Tap::new(x, self.width), Tap::new(y, self.height));
+        let (a, b) = (pixel(tx.lo, ty.lo), pixel(tx.hi, ty.lo));
+        let (c, d) = (pixel(tx.lo, ty.hi), pixel(tx.hi, ty.hi));
+        Frame::blend(a, b, c, d, tx.f, ty.f)
+    }
+
+    /// The bilinear blend of the values at the four pixels around a point
+    /// (`a` top left, `b` top right, `c` bottom left, `d` bottom right),
+    /// `fx` and `fy` of the way from the top left one.
+    #[inline]
+    fn blend<const N: usize>(
+        a: [f32; N],
+        b: [f32; N],
+        c: [f32; N],
+        d: [f32; N],
+        fx: f32,
+        fy: f32,
+    ) -> [f32; N] {
         std::array::from_fn(|k| {
             let top = a[k] * (1.0 - fx) + b[k] * fx;
             let bottom = c[k] * (1.0 - fx) + d[k] * fx;
             top * (1.0 - fy) + bottom * fy
         })
     }
+}
 
+/// Where a bilinear sample falls along one axis: the two pixels around the
+/// position, clamped to the axis, and the weight of the second.
+#[derive(Debug, Clone, Copy)]
+struct Tap {
+    lo: u32,
+    hi: u32,
+    f: f32,
+}
+
+impl Tap {
+    /// The tap at `at` on an axis of `len` pixels (≥ 1, as `try_new`
+    /// checks, so `len - 1` does not wrap).
     #[inline]
-    fn neighbours(&self, x: f32, y: f32) -> (u32, u32, u32, u32, f32, f32) {
-        // Sides are ≥ 1 (checked by `try_new`), so these do not wrap; a NaN
-        // position survives `clamp` but `as u32` turns it into 0, inside.
-        let max_x = (self.width - 1) as f32;
-        let max_y = (self.height - 1) as f32;
-        let x = x.clamp(0.0, max_x);
-        let y = y.clamp(0.0, max_y);
+    fn new(at: f32, len: u32) -> Tap {
+        // A NaN position survives `clamp` but `as u32` turns it into 0,
+        // inside.
+        let at = at.clamp(0.0, (len - 1) as f32);
         // Not negative after the clamp, so truncation is the floor; unlike
         // `f32::floor` it needs no libm call on x86_64's baseline (no
         // SSE4.1 `roundss`), and the crops take thousands of samples.
-        let (x0, y0) = (x as u32, y as u32);
-        let x1 = (x0 + 1).min(self.width - 1);
-        let y1 = (y0 + 1).min(self.height - 1);
-        (x0, y0, x1, y1, x - x0 as f32, y - y0 as f32)
+        let lo = at as u32;
+        Tap {
+            lo,
+            hi: (lo + 1).min(len - 1),
+            f: at - lo as f32,
+        }
     }
 }
 
@@ -268,20 +296,89 @@ impl<'a> Sampler<'a> {
         self.frame
             .bilinear(x, y, |x, y| self.frame.i420_rgb(self.chroma, x, y))
     }
+
+    /// [`Sampler::rgb`] at every point of an axis-aligned grid: `put(i, j,
+    /// rgb)` for each column `i` of `cols` and row `j` of `rows`, row by
+    /// row, sampled at (`x_of(i)`, `y_of(j)`). The same values bit for bit;
+    /// what a row's samples share (its two source rows and their chroma
+    /// rows) is found once per row, and for an I420 frame each chroma
+    /// sample's part of the conversion once per pixel pair or square that
+    /// shares it, which is most of a letterbox's cost.
+    pub fn rgb_grid(
+        &self,
+        cols: std::ops::Range<usize>,
+        rows: std::ops::Range<usize>,
+        x_of: impl Fn(usize) -> f32,
+        y_of: impl Fn(usize) -> f32,
+        mut put: impl FnMut(usize, usize, [f32; 3]),
+    ) {
+        let frame = self.frame;
+        if frame.format != PixelFormat::I420 {
+            for j in rows {
+                let y = y_of(j);
+                for i in cols.clone() {
+                    put(i, j, frame.rgb_bilinear(x_of(i), y));
+                }
+            }
+            return;
+        }
+        let (w, h) = (frame.width as usize, frame.height as usize);
+        let (u, v, cw) = self.chroma;
+        let luma_row = |y: u32| &frame.data[y as usize * w..][..w];
+        let chroma_row = |y: u32| {
+            let at = y as usize / 2 * cw;
+            (&u[at..][..cw], &v[at..][..cw])
+        };
+        for j in rows {
+            let ty = Tap::new(y_of(j), h as u32);
+            let (luma0, luma1) = (luma_row(ty.lo), luma_row(ty.hi));
+            let (u0, v0) = chroma_row(ty.lo);
+            let (u1, v1) = chroma_row(ty.hi);
+            let same_chroma_row = ty.lo / 2 == ty.hi / 2;
+            for i in cols.clone() {
+                let tx = Tap::new(x_of(i), w as u32);
+                let (x0, x1) = (tx.lo as usize, tx.hi as usize);
+                let (c0, c1) = (x0 / 2, x1 / 2);
+                let top0 = chroma_terms(u0[c0], v0[c0]);
+                let top1 = if c1 == c0 {
+                    top0
+                } else {
+                    chroma_terms(u0[c1], v0[c1])
+                };
+                let (bottom0, bottom1) = if same_chroma_row {
+                    (top0, top1)
+                } else {
+                    (chroma_terms(u1[c0], v1[c0]), chroma_terms(u1[c1], v1[c1]))
+                };
+                let px = |luma: u8, terms| yuv_terms_to_rgb(luma, terms).map(|c| c as f32);
+                let (a, b) = (px(luma0[x0], top0), px(luma0[x1], top1));
+                let (c, d) = (px(luma1[x0], bottom0), px(luma1[x1], bottom1));
+                put(i, j, Frame::blend(a, b, c, d, tx.f, ty.f));
+            }
+        }
+    }
 }
 
 /// Converts one YUV (BT.601, limited range) sample to RGB.
 #[inline]
 pub fn yuv_to_rgb(y: u8, u: u8, v: u8) -> [u8; 3] {
-    let c = (y as i32 - 16).max(0) * 298;
+    yuv_terms_to_rgb(y, chroma_terms(u, v))
+}
+
+/// The chroma's part of [`yuv_to_rgb`]'s R, G and B sums, which the two to
+/// four pixels sharing an I420 chroma sample share.
+#[inline]
+fn chroma_terms(u: u8, v: u8) -> [i32; 3] {
     let d = u as i32 - 128;
     let e = v as i32 - 128;
-    let clamp = |x: i32| ((x + 128) >> 8).clamp(0, 255) as u8;
-    [
-        clamp(c + 409 * e),
-        clamp(c - 100 * d - 208 * e),
-        clamp(c + 516 * d),
-    ]
+    [409 * e, -100 * d - 208 * e, 516 * d]
+}
+
+/// [`yuv_to_rgb`] from the luma and the chroma's [`chroma_terms`].
+#[inline]
+fn yuv_terms_to_rgb(y: u8, terms: [i32; 3]) -> [u8; 3] {
+    let c = (y as i32 - 16).max(0) * 298;
+    terms.map(|t| ((c + t + 128) >> 8).clamp(0, 255) as u8)
 }
 
 /// Converts RGB to YUV (BT.601, limited range).
@@ -356,6 +453,24 @@ mod tests {
                     sampler.rgb(x, y).map(f32::to_bits),
                     f.rgb_bilinear(x, y).map(f32::to_bits),
                     "{format:?} rgb at ({x}, {y})"
+                );
+            }
+            // The grid: the points of `positions`, as 40 columns × 30 rows.
+            let mut grid = Vec::new();
+            sampler.rgb_grid(
+                0..40,
+                0..30,
+                |i| i as f32 * 0.29 - 2.1,
+                |j| j as f32 * 0.31 - 2.3,
+                |i, j, rgb| grid.push((i, j, rgb)),
+            );
+            assert_eq!(grid.len(), 40 * 30);
+            for (i, j, rgb) in grid {
+                let (x, y) = (i as f32 * 0.29 - 2.1, j as f32 * 0.31 - 2.3);
+                assert_eq!(
+                    rgb.map(f32::to_bits),
+                    f.rgb_bilinear(x, y).map(f32::to_bits),
+                    "{format:?} grid rgb at ({x}, {y})"
                 );
             }
             assert!(

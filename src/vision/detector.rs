@@ -791,20 +791,21 @@ fn sample_input(
     // `mean` and `std` have `channels` entries: the manifest check.
     let norm = |c: usize, v: f32| (v * spec.scale - spec.mean[c]) / spec.std[c];
     let sampler = Sampler::new(frame);
-    for y in ys {
-        // The bilinear samplers take pixel-centre coordinates (pixel k at k).
-        let sy = place.y0 + (y as f32 + 0.5) * inv - 0.5;
-        for x in xs.clone() {
-            let sx = place.x0 + (x as f32 + 0.5) * inv - 0.5;
-            if channels == 1 {
-                data[y * w + x] = norm(0, sampler.luma(sx, sy));
-            } else {
-                let rgb = sampler.rgb(sx, sy);
-                for c in 0..3 {
-                    data[c * plane + y * w + x] = norm(c, rgb[order[c]]);
-                }
+    // The bilinear samplers take pixel-centre coordinates (pixel k at k).
+    let sx = |x: usize| place.x0 + (x as f32 + 0.5) * inv - 0.5;
+    let sy = |y: usize| place.y0 + (y as f32 + 0.5) * inv - 0.5;
+    if channels == 1 {
+        for y in ys {
+            for x in xs.clone() {
+                data[y * w + x] = norm(0, sampler.luma(sx(x), sy(y)));
             }
         }
+    } else {
+        sampler.rgb_grid(xs, ys, sx, sy, |x, y, rgb| {
+            for c in 0..3 {
+                data[c * plane + y * w + x] = norm(c, rgb[order[c]]);
+            }
+        });
     }
 }
 
