@@ -586,7 +586,14 @@ impl LoadedModel {
                     check_declared_input(&model, &manifest.input, &path, manifest_path)?;
                     model
                         .with_input_fact(0, f32::fact(&input_shape).into())
-                        .and_then(|m| m.into_optimized())
+                        .and_then(|m| m.into_typed())
+                        .and_then(|mut m| {
+                            // Constants folded first (a bias cast for each
+                            // of two equal layers becomes a constant each).
+                            m.prop_consts()?;
+                            merge_equal_constants(&mut m)?;
+                            m.into_optimized()
+                        })
                         .map_err(|e| tract_err("type and optimise the graph", &path, e))?
                 };
                 let plan = model
@@ -707,6 +714,46 @@ impl LoadedModel {
         };
         read(&outputs)
     }
+}
+
+/// Makes the constants of `model` that hold equal values one node, and
+/// says how many it merged. Why: tract's declutter already computes once
+/// what two nodes with the same op and the same inputs compute (its
+/// `PushSplitDown` pass), but a layer that an exporter wrote out twice has
+/// its own copy of the weights, so its inputs differ. RetinaFace's ONNX
+/// export is such a model: each SSH module's first 5×5-context convolution
+/// (and its activation) is there twice with equal weights, 7% of the
+/// detector's multiply-adds. Translate-time only: a plan is optimised once.
+fn merge_equal_constants(model: &mut TypedModel) -> TractResult<usize> {
+    use tract_onnx::tract_core::ops::konst::Const;
+    let consts: Vec<(usize, &Arc<Tensor>)> = model
+        .nodes()
+        .iter()
+        .filter_map(|n| {
+            let k = n.op_as::<Const>()?;
+            // A constant with an exotic fact (packed weights) is more than
+            // its values.
+            k.exotic_fact().is_none().then(|| (n.id, k.val()))
+        })
+        .collect();
+    // (duplicate, the first node with its values); the model's few hundred
+    // constants at most, compared shape first.
+    let mut merges = Vec::new();
+    for (i, &(id, value)) in consts.iter().enumerate() {
+        let same = consts[..i].iter().find(|(_, v)| {
+            v.shape() == value.shape() && v.datum_type() == value.datum_type() && v == &value
+        });
+        if let Some(&(keep, _)) = same {
+            merges.push((id, keep));
+        }
+    }
+    for &(duplicate, keep) in &merges {
+        let mut patch = TypedModelPatch::default();
+        let tap = patch.tap_model(model, OutletId::new(keep, 0))?;
+        patch.shunt_outside(model, OutletId::new(duplicate, 0), tap)?;
+        patch.apply(model)?;
+    }
+    Ok(merges.len())
 }
 
 /// One of a run's outputs as f32 values, or a shape error naming the
@@ -896,6 +943,52 @@ mod tests {
 
     fn load_err(path: &Path) -> String {
         Manifest::load(path).unwrap_err().to_string()
+    }
+
+    /// RetinaFace's export has each SSH module's first context convolution
+    /// twice with equal weights: the plan computes it once, and its outputs
+    /// are the unmerged plan's, bit for bit.
+    #[test]
+    fn layers_exported_twice_are_computed_once() {
+        let manifest = shipped("retinaface-mnet025.toml");
+        let merged = LoadedModel::load(&manifest, Task::FaceDetector, Some([240, 320])).unwrap();
+        let plain = tract_onnx::onnx()
+            .model_for_path(shipped("retinaface-mnet025.onnx"))
+            .unwrap()
+            .with_input_fact(0, f32::fact([1, 3, 240, 320]).into())
+            .unwrap()
+            .into_optimized()
+            .unwrap()
+            .into_runnable()
+            .unwrap();
+        let products = |m: &TypedModel| {
+            m.nodes()
+                .iter()
+                .filter(|n| n.op().name() == "OptMatMul")
+                .count()
+        };
+        assert_eq!(
+            products(merged.plan.model()) + 3,
+            products(plain.model()),
+            "one product fewer per SSH module"
+        );
+        let values: Vec<f32> = (0..3 * 240 * 320)
+            .map(|i| ((i * 7919) % 255) as f32 - 120.0)
+            .collect();
+        let input: Tensor = tract_ndarray::ArrayD::from_shape_vec(vec![1, 3, 240, 320], values)
+            .unwrap()
+            .into();
+        let run = |plan: &Arc<TypedRunnableModel>| -> Vec<Vec<u32>> {
+            plan.run(tvec![input.clone().into_tvalue()])
+                .unwrap()
+                .iter()
+                .map(|o| {
+                    let v = o.to_plain_array_view::<f32>().unwrap();
+                    v.iter().map(|x| x.to_bits()).collect()
+                })
+                .collect()
+        };
+        assert_eq!(run(&merged.plan), run(&plain));
     }
 
     #[test]
