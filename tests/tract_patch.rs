@@ -352,7 +352,10 @@ fn conv_reference(
 fn convolutions_gather_consecutive_columns_as_stock_tract_does() {
     use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
     use tract_onnx::tract_core::ops::nn::DataFormat;
-    let cases: [(usize, usize, usize, usize, [usize; 2], usize, usize); 7] = [
+    /// Input and output channels, input height and width, kernel, stride,
+    /// padding on each side.
+    type Case = (usize, usize, usize, usize, [usize; 2], usize, usize);
+    let cases: [Case; 7] = [
         // (ci, co, h, w, kernel, stride, pad)
         (16, 32, 30, 40, [3, 3], 1, 1),
         (8, 16, 15, 20, [3, 3], 1, 1),
