@@ -303,19 +303,21 @@ fn nearest_resize_gathers_what_stock_tract_computes() {
     }
 }
 
-/// A plain convolution in NCHW (`kernel` OIHW, `pad` on each side), the
-/// definition to check tract's plans against.
+/// A plain convolution in NCHW (`kernel` OIHW, its input channels those of
+/// one of `group` groups; `pad` on each side), the definition to check
+/// tract's plans against.
 fn conv_reference(
     input: &Tensor,
     kernel: &Tensor,
     bias: &[f32],
     stride: usize,
     pad: [usize; 2],
+    group: usize,
 ) -> Vec<f32> {
     let x = input.to_plain_array_view::<f32>().unwrap();
     let k = kernel.to_plain_array_view::<f32>().unwrap();
-    let (ci, h, w) = (x.shape()[1], x.shape()[2], x.shape()[3]);
-    let (co, kh, kw) = (k.shape()[0], k.shape()[2], k.shape()[3]);
+    let (h, w) = (x.shape()[2], x.shape()[3]);
+    let (co, ci, kh, kw) = (k.shape()[0], k.shape()[1], k.shape()[2], k.shape()[3]);
     let oh = (h + 2 * pad[0] - kh) / stride + 1;
     let ow = (w + 2 * pad[1] - kw) / stride + 1;
     let mut out = Vec::with_capacity(co * oh * ow);
@@ -323,6 +325,7 @@ fn conv_reference(
         for y in 0..oh {
             for xo in 0..ow {
                 let mut sum = bias[o] as f64;
+                let first = o / (co / group) * ci;
                 for c in 0..ci {
                     for dy in 0..kh {
                         for dx in 0..kw {
@@ -330,7 +333,7 @@ fn conv_reference(
                             if iy < pad[0] || ix < pad[1] || iy - pad[0] >= h || ix - pad[1] >= w {
                                 continue;
                             }
-                            let v = x[[0, c, iy - pad[0], ix - pad[1]]] as f64;
+                            let v = x[[0, first + c, iy - pad[0], ix - pad[1]]] as f64;
                             sum += v * k[[o, c, dy, dx]] as f64;
                         }
                     }
@@ -406,7 +409,7 @@ fn convolutions_gather_consecutive_columns_as_stock_tract_does() {
             let fast = run_plan(&plan, &input, false).remove(0);
             let stock = run_plan(&plan, &input, true).remove(0);
             assert_eq!(fast, stock, "case {i}, input {seed}");
-            let want = conv_reference(&input, &kernel, &bias, stride, [pads[0], pads[1]]);
+            let want = conv_reference(&input, &kernel, &bias, stride, [pads[0], pads[1]], 1);
             assert_eq!(fast.len(), want.len(), "case {i}");
             for (j, (a, b)) in fast.iter().zip(&want).enumerate() {
                 assert!(
@@ -414,6 +417,68 @@ fn convolutions_gather_consecutive_columns_as_stock_tract_does() {
                     "case {i}, input {seed}, output {j}: {a} vs {b}"
                 );
             }
+        }
+    }
+}
+
+/// Depthwise 3×3 convolutions (the detector's and the landmark models'),
+/// stride 1 and stride 2 (which the patched tract-linalg vectorises too),
+/// rows of every length around the kernels' vector widths: equal to the
+/// definition within rounding.
+#[test]
+fn depthwise_convolutions_match_the_definition() {
+    use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
+    use tract_onnx::tract_core::ops::nn::DataFormat;
+    // (channels, height, width, stride)
+    let cases = [
+        (4, 9, 20, 1),
+        (4, 9, 20, 2),
+        (3, 7, 33, 2),
+        (5, 12, 35, 2),
+        (2, 6, 18, 2),
+        (8, 30, 41, 2),
+        (2, 5, 3, 2),
+    ];
+    for (i, &(c, h, w, stride)) in cases.iter().enumerate() {
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([1, c, h, w])).unwrap();
+        let kernel = noise(&[c, 1, 3, 3], 400 + i as u64, 1.0);
+        let bias: Vec<f32> = (0..c).map(|o| o as f32 * 0.25 - 0.5).collect();
+        let k = model.add_const("kernel", kernel.clone()).unwrap();
+        let b = model.add_const("bias", tensor1(&bias)).unwrap();
+        let conv = Conv {
+            pool_spec: PoolSpec {
+                data_format: DataFormat::NCHW,
+                kernel_shape: tvec![3, 3],
+                padding: PaddingSpec::Explicit(tvec![1, 1], tvec![1, 1]),
+                dilations: None,
+                strides: Some(tvec![stride, stride]),
+                input_channels: c,
+                output_channels: c,
+            },
+            kernel_fmt: KernelFormat::OIHW,
+            group: c,
+            q_params: None,
+        };
+        let y = model.wire_node("conv", conv, &[x, k, b]).unwrap();
+        model.select_output_outlets(&y).unwrap();
+        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+        assert!(
+            plan.model()
+                .nodes()
+                .iter()
+                .any(|n| n.op().name() == "DepthWiseConv"),
+            "case {i}: not a depthwise plan"
+        );
+        let input = noise(&[1, c, h, w], 500 + i as u64, 3.0);
+        let got = run_plan(&plan, &input, false).remove(0);
+        let want = conv_reference(&input, &kernel, &bias, stride, [1, 1], c);
+        assert_eq!(got.len(), want.len(), "case {i}");
+        for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                "case {i}, output {j}: {a} vs {b}"
+            );
         }
     }
 }

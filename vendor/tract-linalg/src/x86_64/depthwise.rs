@@ -4,7 +4,8 @@
 /// Same contract as the aarch64 and wasm kernels. The arithmetic is the scalar walk's, in the
 /// same order: the bias, then one multiply and one add per tap. It uses no FMA, so every output
 /// is bit-identical to the scalar path and a plan gives the same results with or without this
-/// kernel. `in_stride == 1` is vectorised at any tap count; any other stride stays scalar.
+/// kernel. `in_stride == 1` is vectorised at any tap count, and so (ferd patch) is
+/// `in_stride == 2`, the stride-2 layers of a MobileNet; any other stride stays scalar.
 ///
 /// # Safety
 /// `input.offset(offsets[t] + i * in_stride)` must be readable for every tap and every `i` below
@@ -22,6 +23,7 @@ pub unsafe fn depthwise_w_f32(
     unsafe {
         match in_stride {
             1 => contiguous(input, output, taps, offsets, bias, len),
+            2 => stride2(input, output, taps, offsets, bias, len),
             _ => scalar(input, output, taps, offsets, bias, 0, len, in_stride),
         }
     }
@@ -75,6 +77,63 @@ unsafe fn contiguous(
             i += 8;
         }
         scalar(input, output, taps, offsets, bias, i, len, 1);
+    }
+}
+
+/// ferd patch: the `in_stride == 2` case, the arithmetic of [`contiguous`] on the even input
+/// elements. Eight outputs take the sixteen inputs from the first one on, de-interleaved with
+/// AVX's lane permutes and shuffles. The vector loops stop early enough that no load reaches
+/// past `offsets[t] + (len - 1) * 2`, the last element the scalar walk reads, so a run ending on
+/// the tensor's last element is safe.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn stride2(
+    input: *const f32,
+    output: *mut f32,
+    taps: &[f32],
+    offsets: &[isize],
+    bias: f32,
+    len: usize,
+) {
+    use std::arch::x86_64::*;
+    /// The even elements of the sixteen from `p`.
+    #[inline(always)]
+    unsafe fn evens(p: *const f32) -> __m256 {
+        unsafe {
+            let (a, b) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
+            // [a0..a3, b0..b3] and [a4..a7, b4..b7], then their even lanes in order.
+            let lo = _mm256_permute2f128_ps::<0x20>(a, b);
+            let hi = _mm256_permute2f128_ps::<0x31>(a, b);
+            _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi)
+        }
+    }
+    unsafe {
+        let biasv = _mm256_set1_ps(bias);
+        let mut i = 0usize;
+        // Outputs i..i + 16 read inputs up to 2 * i + 31, which must not pass 2 * (len - 1).
+        while i + 17 <= len {
+            let mut a0 = biasv;
+            let mut a1 = biasv;
+            for (tap, offset) in taps.iter().zip(offsets) {
+                let k = _mm256_set1_ps(*tap);
+                let p = input.offset(*offset).add(2 * i);
+                a0 = _mm256_add_ps(a0, _mm256_mul_ps(evens(p), k));
+                a1 = _mm256_add_ps(a1, _mm256_mul_ps(evens(p.add(16)), k));
+            }
+            _mm256_storeu_ps(output.add(i), a0);
+            _mm256_storeu_ps(output.add(i + 8), a1);
+            i += 16;
+        }
+        while i + 9 <= len {
+            let mut acc = biasv;
+            for (tap, offset) in taps.iter().zip(offsets) {
+                let x = evens(input.offset(*offset).add(2 * i));
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(x, _mm256_set1_ps(*tap)));
+            }
+            _mm256_storeu_ps(output.add(i), acc);
+            i += 8;
+        }
+        scalar(input, output, taps, offsets, bias, i, len, 2);
     }
 }
 
@@ -164,6 +223,56 @@ mod tests {
             for len in [0, 1, 7, 8, 9, 31, 32, 33, 64, 100, 224] {
                 compare(taps, len, 1);
                 compare(taps, len, 2);
+            }
+        }
+    }
+}
+
+/// ferd patch: the vector strides give the scalar walk's values bit for bit.
+#[cfg(all(test, target_arch = "x86_64"))]
+mod ferd_tests {
+    use super::*;
+
+    #[test]
+    fn vector_strides_match_the_scalar_walk_bit_for_bit() {
+        if !is_x86_feature_detected!("avx") {
+            return;
+        }
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        };
+        for stride in [1isize, 2, 3] {
+            for taps_len in [1usize, 3, 9] {
+                for len in [1usize, 7, 8, 9, 10, 16, 17, 18, 33, 40, 80] {
+                    let taps: Vec<f32> = (0..taps_len).map(|_| next()).collect();
+                    // Taps over three rows of a plane `row` wide, as a 3x3 kernel's are.
+                    let row = len as isize * stride + 2;
+                    let offsets: Vec<isize> =
+                        (0..taps_len as isize).map(|t| (t / 3) * row + t % 3).collect();
+                    // Exactly the elements the scalar walk may read, so that a read past
+                    // them would be out of bounds (and caught by a sanitizer or Miri).
+                    let needed = offsets.iter().max().unwrap() + (len as isize - 1) * stride + 1;
+                    let input: Vec<f32> = (0..needed).map(|_| next()).collect();
+                    let (mut fast, mut slow) = (vec![0f32; len], vec![0f32; len]);
+                    unsafe {
+                        depthwise_w_f32(
+                            input.as_ptr(),
+                            fast.as_mut_ptr(),
+                            &taps,
+                            &offsets,
+                            0.25,
+                            len,
+                            stride,
+                        );
+                        scalar(input.as_ptr(), slow.as_mut_ptr(), &taps, &offsets, 0.25, 0, len, stride);
+                    }
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&fast), bits(&slow), "stride {stride}, {taps_len} taps, len {len}");
+                }
             }
         }
     }

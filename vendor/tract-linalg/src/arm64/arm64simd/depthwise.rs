@@ -4,7 +4,7 @@
 /// `taps` and `offsets` hold one kernel tap each and must be the same length. `in_stride` is the
 /// input step one output point costs, in elements: 1 is a plain load, 2 and 3 are de-interleaved
 /// by `vld2q`/`vld3q`, and anything else stays scalar. Strides 2 and 3 vectorise one to four taps;
-/// stride 1 vectorises any count. The vector loops stop early enough that
+/// stride 1, and (ferd patch) stride 2, any count. The vector loops stop early enough that
 /// no lane reads past `offsets[t] + (len - 1) * in_stride`, so a run ending on the tensor's last
 /// element is safe.
 ///
@@ -28,6 +28,7 @@ pub unsafe fn depthwise_w_f32(
             3 => vectorised::<3>(input, output, taps, offsets, bias, len, in_stride),
             4 => vectorised::<4>(input, output, taps, offsets, bias, len, in_stride),
             _ if in_stride == 1 => contiguous(input, output, taps, offsets, bias, len),
+            _ if in_stride == 2 => stride2(input, output, taps, offsets, bias, len),
             _ => scalar(input, output, taps, offsets, bias, 0, len, in_stride),
         }
     }
@@ -96,6 +97,49 @@ unsafe fn contiguous(
             i += 4;
         }
         scalar(input, output, taps, offsets, bias, i, len, 1);
+    }
+}
+
+/// ferd patch: the `in_stride == 2` case for more than four taps (a stride-2 3x3 layer of a
+/// MobileNet), with the count taken at runtime: [`vectorised`]'s stride-2 loops, which stock
+/// tract only reaches with one to four taps.
+#[cfg(target_arch = "aarch64")]
+unsafe fn stride2(
+    input: *const f32,
+    output: *mut f32,
+    taps: &[f32],
+    offsets: &[isize],
+    bias: f32,
+    len: usize,
+) {
+    unsafe {
+        use std::arch::aarch64::*;
+        let biasv = vdupq_n_f32(bias);
+        let mut i = 0usize;
+        // As in `vectorised`: no lane reads past offsets[t] + (len - 1) * 2.
+        while i + 9 <= len {
+            let mut acc0 = biasv;
+            let mut acc1 = biasv;
+            for (tap, offset) in taps.iter().zip(offsets) {
+                let kn = vdupq_n_f32(*tap);
+                let p = input.offset(*offset).add(2 * i);
+                acc0 = vfmaq_f32(acc0, vld2q_f32(p).0, kn);
+                acc1 = vfmaq_f32(acc1, vld2q_f32(p.add(8)).0, kn);
+            }
+            vst1q_f32(output.add(i), acc0);
+            vst1q_f32(output.add(i + 4), acc1);
+            i += 8;
+        }
+        while i + 5 <= len {
+            let mut acc = biasv;
+            for (tap, offset) in taps.iter().zip(offsets) {
+                let x = vld2q_f32(input.offset(*offset).add(2 * i)).0;
+                acc = vfmaq_f32(acc, x, vdupq_n_f32(*tap));
+            }
+            vst1q_f32(output.add(i), acc);
+            i += 4;
+        }
+        scalar(input, output, taps, offsets, bias, i, len, 2);
     }
 }
 
