@@ -148,6 +148,26 @@ fn pixel_conversion(c: &mut Criterion) {
             black_box(&planes);
         })
     });
+    // The same grid through the halving fast path the whole-frame search
+    // takes at this size (`Sampler::rgb_half_row`).
+    g.bench_function("rgb_half_rows/640x480_i420_to_320x240", |b| {
+        b.iter(|| {
+            let f = Sampler::new(black_box(&i420));
+            let (first, rest) = planes.split_at_mut(iw * ih);
+            let (second, third) = rest.split_at_mut(iw * ih);
+            for y in 0..ih {
+                let [b, g, r] =
+                    [&mut *first, &mut *second, &mut *third].map(|p| &mut p[y * iw..][..iw]);
+                assert!(f.rgb_half_row(y, [r, g, b]));
+            }
+            for (c, p) in planes.chunks_mut(iw * ih).enumerate() {
+                for v in p {
+                    *v -= mean[c];
+                }
+            }
+            black_box(&planes);
+        })
+    });
     // The same grid sampled point by point (`Sampler::rgb`), as the crops do.
     g.bench_function("rgb_bilinear_points/640x480_i420_to_320x240", |b| {
         b.iter(|| {

@@ -118,12 +118,16 @@ impl EvalOp for LazyIm2Col {
         let tensor = args_1!(inputs);
         let dt = tensor.datum_type();
         let mut values: TVec<Box<dyn MMMInputValue>> = TVec::with_capacity(self.group);
+        // ferd patch: the knob read once here, not for every panel (a read
+        // looks the variable up in the environment).
+        let runs = !crate::ops::TRACT_FERD_STOCK_EVAL.get();
         for g in 0..self.group {
             let group_offset_bytes = g as isize * self.group_stride_bytes;
             values.push(Box::new(LazyIm2colInput {
                 tensor: tensor.clone(),
                 im2col: self.params.clone(),
                 group_offset_bytes,
+                runs,
             }));
         }
         let output = PackedMatrixStorage::new_batched(&[1, self.group], values).into_tensor(dt);
@@ -155,6 +159,9 @@ struct LazyIm2colInput {
     /// Per-group base byte offset added to every gather. For group g this is
     /// `g * ci_per_group * c_stride * size_of(input)`. Zero for ungrouped convs.
     group_offset_bytes: isize,
+    /// ferd patch: whether panels of consecutive columns are copied as runs
+    /// (`false` under `TRACT_FERD_STOCK_EVAL`).
+    runs: bool,
 }
 
 impl Display for LazyIm2colInput {
@@ -340,7 +347,7 @@ impl LazyIm2colInput {
         // input (stride 1 along the last axis, within one output row: most
         // panels of a 3x3 convolution) copies a run of N values per k, which
         // the compiler moves as vectors, instead of N gathered loads.
-        if !crate::ops::TRACT_FERD_STOCK_EVAL.get() && self.consecutive::<T>(n_range.clone()) {
+        if self.runs && self.consecutive::<T>(n_range.clone()) {
             match n_range.len() {
                 8 => return self.input_run::<T, 8>(writer, k_range, n_range.start),
                 6 => return self.input_run::<T, 6>(writer, k_range, n_range.start),
