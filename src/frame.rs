@@ -297,33 +297,36 @@ impl<'a> Sampler<'a> {
             .bilinear(x, y, |x, y| self.frame.i420_rgb(self.chroma, x, y))
     }
 
-    /// Row `j` of the commonest grid, the frame halved: output pixel `i`
-    /// is [`Sampler::rgb`] at (2`i` + 0.5, 2`j` + 0.5), bit for bit, for `i`
-    /// below half the width, written to `out` (the R, G and B values of the
-    /// row, each half the width long). For an I420 frame with even sides
-    /// only (`false`, nothing written, otherwise, or when `j` or `out`
-    /// does not fit): each output is then the mean of a 2×2 block that
-    /// shares one chroma sample, and the walk is straight enough for the
-    /// compiler to vectorise (in float, exactly [`yuv_to_rgb`]'s integer
-    /// arithmetic), a few times faster than [`Sampler::rgb_grid`].
-    pub fn rgb_half_row(&self, j: usize, out: [&mut [f32]; 3]) -> bool {
+    /// A row of the commonest grid, the frame halved: output pixel `i` is
+    /// [`Sampler::rgb`] at (2(`i0` + `i`) + 0.5, 2`j` + 0.5), bit for bit,
+    /// written to `out` (the R, G and B values, as many as fit in the
+    /// frame's width from `i0`, all three the same length). For an I420
+    /// frame with even sides only (`false`, nothing written, otherwise, or
+    /// when the row or columns fall outside): each output is then the mean
+    /// of a 2×2 block that shares one chroma sample, and the walk is
+    /// straight enough for the compiler to vectorise (in float, exactly
+    /// [`yuv_to_rgb`]'s integer arithmetic), three times faster than
+    /// [`Sampler::rgb_grid`].
+    pub fn rgb_half_row(&self, j: usize, i0: usize, out: [&mut [f32]; 3]) -> bool {
         let f = self.frame;
         let (w, h) = (f.width as usize, f.height as usize);
-        let half = w / 2;
+        let (half, n) = (w / 2, out[0].len());
         if f.format != PixelFormat::I420
             || w % 2 != 0
             || h % 2 != 0
             || j >= h / 2
-            || out.iter().any(|o| o.len() != half)
+            || out.iter().any(|o| o.len() != n)
+            || i0.checked_add(n).is_none_or(|end| end > half)
         {
             return false;
         }
         // Even sides: the chroma planes are `half` wide.
         let (u, v, _) = self.chroma;
-        let (u, v) = (&u[j * half..][..half], &v[j * half..][..half]);
-        let (top, bottom) = (&f.data[2 * j * w..][..w], &f.data[(2 * j + 1) * w..][..w]);
+        let (u, v) = (&u[j * half + i0..][..n], &v[j * half + i0..][..n]);
+        let top = &f.data[2 * j * w + 2 * i0..][..2 * n];
+        let bottom = &f.data[(2 * j + 1) * w + 2 * i0..][..2 * n];
         let [r, g, b] = out;
-        for i in 0..half {
+        for i in 0..n {
             let t = chroma_terms(u[i], v[i]).map(|t| t as f32);
             let px = |luma: u8| yuv_terms_to_rgb_f32(luma, t);
             let rgb = Frame::blend(
@@ -566,13 +569,21 @@ mod tests {
             (0..len).map(|i| (i * 89 % 253) as u8).collect(),
         );
         let sampler = Sampler::new(&f);
-        for j in 0..3 {
+        for (j, i0, n) in [
+            (0, 0, 5),
+            (1, 0, 5),
+            (2, 0, 5),
+            (1, 2, 3),
+            (2, 4, 1),
+            (0, 1, 2),
+        ] {
             let mut rows = [[0f32; 5]; 3];
             let [r, g, b] = &mut rows;
-            assert!(sampler.rgb_half_row(j, [r, g, b]));
+            assert!(sampler.rgb_half_row(j, i0, [&mut r[..n], &mut g[..n], &mut b[..n]]));
             let [r, g, b] = rows;
-            for (i, got) in r.into_iter().zip(g).zip(b).enumerate() {
-                let want = sampler.rgb(2.0 * i as f32 + 0.5, 2.0 * j as f32 + 0.5);
+            for (i, got) in r.into_iter().zip(g).zip(b).take(n).enumerate() {
+                let x = 2.0 * (i0 + i) as f32 + 0.5;
+                let want = sampler.rgb(x, 2.0 * j as f32 + 0.5);
                 let ((r, g), b) = got;
                 let got = [r, g, b];
                 assert_eq!(got.map(f32::to_bits), want.map(f32::to_bits), "({i}, {j})");
@@ -580,15 +591,28 @@ mod tests {
         }
         let mut rows = [[0f32; 5]; 3];
         let [r, g, b] = &mut rows;
-        assert!(!sampler.rgb_half_row(3, [r, g, b]), "row past the end");
+        assert!(!sampler.rgb_half_row(3, 0, [r, g, b]), "row past the end");
         let [r, g, b] = &mut rows;
-        assert!(!sampler.rgb_half_row(0, [&mut r[..4], g, b]), "short row");
+        assert!(
+            !sampler.rgb_half_row(0, 1, [r, g, b]),
+            "columns past the end"
+        );
+        let [r, g, b] = &mut rows;
+        assert!(
+            !sampler.rgb_half_row(0, usize::MAX, [r, g, b]),
+            "columns past the end"
+        );
+        let [r, g, b] = &mut rows;
+        assert!(
+            !sampler.rgb_half_row(0, 0, [&mut r[..4], g, b]),
+            "rows of unequal lengths"
+        );
         let odd = varied(PixelFormat::I420);
         let [r, g, b] = &mut rows;
-        assert!(!Sampler::new(&odd).rgb_half_row(0, [&mut r[..3], &mut g[..3], &mut b[..3]]));
+        assert!(!Sampler::new(&odd).rgb_half_row(0, 0, [&mut r[..3], &mut g[..3], &mut b[..3]]));
         let rgb = varied(PixelFormat::Rgb);
         let [r, g, b] = &mut rows;
-        assert!(!Sampler::new(&rgb).rgb_half_row(0, [&mut r[..3], &mut g[..3], &mut b[..3]]));
+        assert!(!Sampler::new(&rgb).rgb_half_row(0, 0, [&mut r[..3], &mut g[..3], &mut b[..3]]));
     }
 
     #[test]

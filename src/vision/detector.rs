@@ -809,7 +809,9 @@ fn sample_input(
                 data[y * w + x] = norm(0, sampler.luma(sx(x), sy(y)));
             }
         }
-    } else if !(halved(frame, place, w, h) && halve_into(&sampler, w, h, order, norm, data)) {
+    } else if !halving(frame, place)
+        .is_some_and(|(px, py)| halve_into(&sampler, [px, py], w, [&xs, &ys], order, norm, data))
+    {
         sampler.rgb_grid(xs, ys, sx, sy, |x, y, rgb| {
             for c in 0..3 {
                 data[c * plane + y * w + x] = norm(c, rgb[order[c]]);
@@ -818,45 +820,64 @@ fn sample_input(
     }
 }
 
-/// Whether `place` puts the whole of `frame`, halved, on the whole `w` ×
-/// `h` input: a 640×480 camera and the default 320×240 input, the
-/// commonest whole-frame search.
-fn halved(frame: &Frame, place: Placement, w: usize, h: usize) -> bool {
-    place.x0 == 0.0
-        && place.y0 == 0.0
-        && place.scale == 0.5
-        && (frame.width as usize, frame.height as usize) == (2 * w, 2 * h)
+/// Where `place` puts the frame halved onto the input's grid, as the frame
+/// pixel pair of input pixel (0, 0) (which may lie outside the frame):
+/// `Some` when the scale is one half and the origin is on even frame
+/// pixels, as for the whole frame of a 640×480 camera in the default
+/// 320×240 input and for the windows around followed faces at that scale
+/// ([`Placement::around`] puts them on the whole search's grid).
+fn halving(frame: &Frame, place: Placement) -> Option<(isize, isize)> {
+    let pair = |origin: f32| {
+        let half = origin / 2.0;
+        (half == half.trunc() && half.abs() <= (1 << 24) as f32).then_some(half as isize)
+    };
+    if place.scale != 0.5 || frame.format != crate::frame::PixelFormat::I420 {
+        return None;
+    }
+    Some((pair(place.x0)?, pair(place.y0)?))
 }
 
-/// [`sample_input`]'s three planes for a [`halved`] frame, row by row
-/// through [`Sampler::rgb_half_row`], each row then normalised; `false`
-/// (with `data` partly written) where the fast path does not apply.
+/// [`sample_input`]'s three planes where the frame is [`halving`] onto the
+/// input (input pixel (x, y) on frame pixel pair (`origin` + (x, y))), for
+/// the covered input pixels, row by row through
+/// [`Sampler::rgb_half_row`], each row then normalised; `false` (with
+/// `data` partly written) where the fast path does not apply.
 fn halve_into(
     sampler: &Sampler,
+    origin: [isize; 2],
     w: usize,
-    h: usize,
+    [xs, ys]: [&std::ops::Range<usize>; 2],
     order: [usize; 3],
     norm: impl Fn(usize, f32) -> f32,
     data: &mut [f32],
 ) -> bool {
-    let (first, rest) = data.split_at_mut(w * h);
-    let (second, third) = rest.split_at_mut(w * h);
-    for y in 0..h {
-        let [p0, p1, p2] = [&mut *first, &mut *second, &mut *third].map(|p| &mut p[y * w..][..w]);
+    let plane = data.len() / 3;
+    let (first, rest) = data.split_at_mut(plane);
+    let (second, third) = rest.split_at_mut(plane);
+    // The covered pixels' centres lie in the frame: their pairs are in it.
+    let (Ok(i0), Ok(j0)) = (
+        usize::try_from(origin[0] + xs.start as isize),
+        usize::try_from(origin[1] + ys.start as isize),
+    ) else {
+        return false;
+    };
+    for (j, y) in (j0..).zip(ys.clone()) {
+        let row = y * w + xs.start..y * w + xs.end;
+        let [p0, p1, p2] = [&mut *first, &mut *second, &mut *third].map(|p| &mut p[row.clone()]);
         // `order` is [2, 1, 0] or [0, 1, 2]: the plane of R, G and B.
         let rgb = if order[0] == 2 {
             [p2, p1, p0]
         } else {
             [p0, p1, p2]
         };
-        if !sampler.rgb_half_row(y, rgb) {
+        if !sampler.rgb_half_row(j, i0, rgb) {
             return false;
         }
         for (c, p) in [&mut *first, &mut *second, &mut *third]
             .into_iter()
             .enumerate()
         {
-            for v in &mut p[y * w..][..w] {
+            for v in &mut p[row.clone()] {
                 *v = norm(c, *v);
             }
         }
@@ -944,6 +965,70 @@ mod tests {
         assert_eq!(v[0], 10.0);
         // Padding below the letterboxed frame is the mean: 0.
         assert_eq!(v[7 * 8], 0.0);
+    }
+
+    /// The halving fast path (the whole frame, and windows at the whole
+    /// search's scale of one half, which lie on even frame pixels) fills
+    /// the input with exactly what sampling each pixel on its own gives:
+    /// the frame's bilinear RGB at the pixel's centre, normalised, in the
+    /// model's channel order, and 0 outside the frame. Placements the fast
+    /// path does not take (odd or fractional origins, another scale) give
+    /// the same by the general path.
+    #[test]
+    fn halved_inputs_are_the_per_pixel_samples_bit_for_bit() {
+        let (fw, fh) = (64u32, 48u32);
+        let len = crate::frame::PixelFormat::I420.buffer_len(fw, fh).unwrap();
+        let data = (0..len).map(|i| (i * 131 % 251) as u8).collect();
+        let f = Frame::new(fw, fh, crate::frame::PixelFormat::I420, data);
+        let sampler = Sampler::new(&f);
+        for color in [ColorOrder::Bgr, ColorOrder::Rgb] {
+            let spec = InputSpec {
+                shape: vec![1, 3, 0, 0],
+                layout: "NCHW".into(),
+                color,
+                scale: 1.0,
+                mean: vec![104.0, 117.0, 127.0],
+                std: vec![1.0, 1.0, 1.0],
+            };
+            let order = if color == ColorOrder::Bgr {
+                [2, 1, 0]
+            } else {
+                [0, 1, 2]
+            };
+            // (x0, y0, scale, side): the whole frame; windows reaching past
+            // each border; one off the even grid; another scale.
+            let cases = [
+                (0.0, 0.0, 0.5, [32, 24]),
+                (-10.0, 6.0, 0.5, [24, 24]),
+                (40.0, -4.0, 0.5, [24, 24]),
+                (2.0, 30.0, 0.5, [16, 16]),
+                (3.0, 2.0, 0.5, [16, 16]),
+                (1.5, 2.0, 0.5, [16, 16]),
+                (0.0, 0.0, 0.25, [16, 12]),
+            ];
+            for (x0, y0, scale, [w, h]) in cases {
+                let place = Placement { x0, y0, scale };
+                let mut got = vec![f32::NAN; 3 * w * h];
+                sample_input(&spec, w, h, &f, place, &mut got);
+                for (k, &v) in got.iter().enumerate() {
+                    let (c, y, x) = (k / (w * h), k / w % h, k % w);
+                    let sx = x0 + (x as f32 + 0.5) / scale - 0.5;
+                    let sy = y0 + (y as f32 + 0.5) / scale - 0.5;
+                    let inside = (-0.5..fw as f32 - 0.5).contains(&sx)
+                        && (-0.5..fh as f32 - 0.5).contains(&sy);
+                    let want = if inside {
+                        sampler.rgb(sx, sy)[order[c]] - spec.mean[c]
+                    } else {
+                        0.0
+                    };
+                    assert_eq!(
+                        v.to_bits(),
+                        want.to_bits(),
+                        "{color:?} at ({x0}, {y0}) x{scale}: plane {c}, ({x}, {y})"
+                    );
+                }
+            }
+        }
     }
 
     /// A square around a box: centred on it at the given scale, with the
