@@ -158,7 +158,7 @@ fn pixel_conversion(c: &mut Criterion) {
             for y in 0..ih {
                 let [b, g, r] =
                     [&mut *first, &mut *second, &mut *third].map(|p| &mut p[y * iw..][..iw]);
-                assert!(f.rgb_half_row(y, [r, g, b]));
+                assert!(f.rgb_half_row(y, 0, [r, g, b]));
             }
             for (c, p) in planes.chunks_mut(iw * ih).enumerate() {
                 for v in p {
