@@ -345,6 +345,69 @@ fn conv_reference(
     out
 }
 
+/// The optimised plan of one f32 convolution in NCHW with a random
+/// `[co, ci / group, kh, kw]` kernel (from `seed`), a bias and the same
+/// padding on both sides of each axis; with its kernel and bias, and an
+/// assertion that the plan holds an op named `op`.
+#[allow(clippy::too_many_arguments)]
+fn conv_plan(
+    [ci, co, h, w]: [usize; 4],
+    kernel_shape: [usize; 2],
+    stride: usize,
+    pads: [usize; 2],
+    group: usize,
+    seed: u64,
+    op: &str,
+) -> (std::sync::Arc<TypedRunnableModel>, Tensor, Vec<f32>) {
+    use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
+    use tract_onnx::tract_core::ops::nn::DataFormat;
+    let mut model = TypedModel::default();
+    let x = model.add_source("x", f32::fact([1, ci, h, w])).unwrap();
+    let kernel = noise(
+        &[co, ci / group, kernel_shape[0], kernel_shape[1]],
+        seed,
+        1.0,
+    );
+    let bias: Vec<f32> = (0..co).map(|o| o as f32 * 0.125 - 0.5).collect();
+    let k = model.add_const("kernel", kernel.clone()).unwrap();
+    let b = model.add_const("bias", tensor1(&bias)).unwrap();
+    let pads: TVec<usize> = pads.into_iter().collect();
+    let conv = Conv {
+        pool_spec: PoolSpec {
+            data_format: DataFormat::NCHW,
+            kernel_shape: kernel_shape.into_iter().collect(),
+            padding: PaddingSpec::Explicit(pads.clone(), pads),
+            dilations: None,
+            strides: Some(tvec![stride, stride]),
+            input_channels: ci,
+            output_channels: co,
+        },
+        kernel_fmt: KernelFormat::OIHW,
+        group,
+        q_params: None,
+    };
+    let y = model.wire_node("conv", conv, &[x, k, b]).unwrap();
+    model.select_output_outlets(&y).unwrap();
+    let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+    assert!(
+        plan.model().nodes().iter().any(|n| n.op().name() == op),
+        "no {op} in the plan of a {kernel_shape:?} convolution of {ci}x{h}x{w}"
+    );
+    (plan, kernel, bias)
+}
+
+/// Asserts that `got` is `want` within `tolerance` relative (plus as much
+/// absolute), naming `case` and the first output that is not.
+fn assert_close(got: &[f32], want: &[f32], tolerance: f32, case: &str) {
+    assert_eq!(got.len(), want.len(), "{case}");
+    for (j, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() <= tolerance * (1.0 + b.abs()),
+            "{case}, output {j}: {a} vs {b}"
+        );
+    }
+}
+
 /// The lazy im2col's gather of a panel whose columns are consecutive input
 /// values (a run copied per k) packs what stock tract's per-column gather
 /// packs: the convolution's outputs are equal bit for bit, and equal to the
@@ -353,70 +416,30 @@ fn conv_reference(
 /// 3×3 and 1×3 kernels, with and without padding.
 #[test]
 fn convolutions_gather_consecutive_columns_as_stock_tract_does() {
-    use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
-    use tract_onnx::tract_core::ops::nn::DataFormat;
-    /// Input and output channels, input height and width, kernel, stride,
-    /// padding on each side.
-    type Case = (usize, usize, usize, usize, [usize; 2], usize, usize);
-    let cases: [Case; 7] = [
-        // (ci, co, h, w, kernel, stride, pad)
-        (16, 32, 30, 40, [3, 3], 1, 1),
-        (8, 16, 15, 20, [3, 3], 1, 1),
-        (8, 4, 8, 10, [3, 3], 1, 1),
-        (5, 7, 9, 7, [3, 3], 1, 0),
-        (4, 6, 12, 13, [1, 3], 1, 0),
-        (6, 8, 17, 23, [3, 3], 2, 1),
-        (3, 9, 6, 3, [3, 3], 1, 1),
+    // (input and output channels, input height and width), kernel, stride,
+    // padding on each side.
+    let cases: [([usize; 4], [usize; 2], usize, usize); 7] = [
+        ([16, 32, 30, 40], [3, 3], 1, 1),
+        ([8, 16, 15, 20], [3, 3], 1, 1),
+        ([8, 4, 8, 10], [3, 3], 1, 1),
+        ([5, 7, 9, 7], [3, 3], 1, 0),
+        ([4, 6, 12, 13], [1, 3], 1, 0),
+        ([6, 8, 17, 23], [3, 3], 2, 1),
+        ([3, 9, 6, 3], [3, 3], 1, 1),
     ];
-    for (i, &(ci, co, h, w, kernel_shape, stride, pad)) in cases.iter().enumerate() {
-        let mut model = TypedModel::default();
-        let x = model.add_source("x", f32::fact([1, ci, h, w])).unwrap();
-        let kernel = noise(
-            &[co, ci, kernel_shape[0], kernel_shape[1]],
-            200 + i as u64,
-            1.0,
-        );
-        let bias: Vec<f32> = (0..co).map(|o| o as f32 * 0.125 - 0.5).collect();
-        let k = model.add_const("kernel", kernel.clone()).unwrap();
-        let b = model.add_const("bias", tensor1(&bias)).unwrap();
-        let pads: TVec<usize> = tvec![pad.min(kernel_shape[0] / 2), pad.min(kernel_shape[1] / 2)];
-        let conv = Conv {
-            pool_spec: PoolSpec {
-                data_format: DataFormat::NCHW,
-                kernel_shape: kernel_shape.into_iter().collect(),
-                padding: PaddingSpec::Explicit(pads.clone(), pads.clone()),
-                dilations: None,
-                strides: Some(tvec![stride, stride]),
-                input_channels: ci,
-                output_channels: co,
-            },
-            kernel_fmt: KernelFormat::OIHW,
-            group: 1,
-            q_params: None,
-        };
-        let y = model.wire_node("conv", conv, &[x, k, b]).unwrap();
-        model.select_output_outlets(&y).unwrap();
-        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
-        assert!(
-            plan.model()
-                .nodes()
-                .iter()
-                .any(|n| n.op().name() == "LazyIm2col"),
-            "case {i}: the plan gathers its patches some other way"
-        );
+    for (i, &(shape, kernel_shape, stride, pad)) in cases.iter().enumerate() {
+        let pads = [pad.min(kernel_shape[0] / 2), pad.min(kernel_shape[1] / 2)];
+        let seed = 200 + i as u64;
+        let (plan, kernel, bias) =
+            conv_plan(shape, kernel_shape, stride, pads, 1, seed, "LazyIm2col");
+        let [ci, _, h, w] = shape;
         for seed in 0..2 {
             let input = noise(&[1, ci, h, w], 300 + 10 * i as u64 + seed, 3.0);
             let fast = run_plan(&plan, &input, false).remove(0);
             let stock = run_plan(&plan, &input, true).remove(0);
             assert_eq!(fast, stock, "case {i}, input {seed}");
-            let want = conv_reference(&input, &kernel, &bias, stride, [pads[0], pads[1]], 1);
-            assert_eq!(fast.len(), want.len(), "case {i}");
-            for (j, (a, b)) in fast.iter().zip(&want).enumerate() {
-                assert!(
-                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                    "case {i}, input {seed}, output {j}: {a} vs {b}"
-                );
-            }
+            let want = conv_reference(&input, &kernel, &bias, stride, pads, 1);
+            assert_close(&fast, &want, 1e-4, &format!("case {i}, input {seed}"));
         }
     }
 }
@@ -427,8 +450,6 @@ fn convolutions_gather_consecutive_columns_as_stock_tract_does() {
 /// definition within rounding.
 #[test]
 fn depthwise_convolutions_match_the_definition() {
-    use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
-    use tract_onnx::tract_core::ops::nn::DataFormat;
     // (channels, height, width, stride)
     let cases = [
         (4, 9, 20, 1),
@@ -440,46 +461,20 @@ fn depthwise_convolutions_match_the_definition() {
         (2, 5, 3, 2),
     ];
     for (i, &(c, h, w, stride)) in cases.iter().enumerate() {
-        let mut model = TypedModel::default();
-        let x = model.add_source("x", f32::fact([1, c, h, w])).unwrap();
-        let kernel = noise(&[c, 1, 3, 3], 400 + i as u64, 1.0);
-        let bias: Vec<f32> = (0..c).map(|o| o as f32 * 0.25 - 0.5).collect();
-        let k = model.add_const("kernel", kernel.clone()).unwrap();
-        let b = model.add_const("bias", tensor1(&bias)).unwrap();
-        let conv = Conv {
-            pool_spec: PoolSpec {
-                data_format: DataFormat::NCHW,
-                kernel_shape: tvec![3, 3],
-                padding: PaddingSpec::Explicit(tvec![1, 1], tvec![1, 1]),
-                dilations: None,
-                strides: Some(tvec![stride, stride]),
-                input_channels: c,
-                output_channels: c,
-            },
-            kernel_fmt: KernelFormat::OIHW,
-            group: c,
-            q_params: None,
-        };
-        let y = model.wire_node("conv", conv, &[x, k, b]).unwrap();
-        model.select_output_outlets(&y).unwrap();
-        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
-        assert!(
-            plan.model()
-                .nodes()
-                .iter()
-                .any(|n| n.op().name() == "DepthWiseConv"),
-            "case {i}: not a depthwise plan"
+        let seed = 400 + i as u64;
+        let (plan, kernel, bias) = conv_plan(
+            [c, c, h, w],
+            [3, 3],
+            stride,
+            [1, 1],
+            c,
+            seed,
+            "DepthWiseConv",
         );
         let input = noise(&[1, c, h, w], 500 + i as u64, 3.0);
         let got = run_plan(&plan, &input, false).remove(0);
         let want = conv_reference(&input, &kernel, &bias, stride, [1, 1], c);
-        assert_eq!(got.len(), want.len(), "case {i}");
-        for (j, (a, b)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
-                "case {i}, output {j}: {a} vs {b}"
-            );
-        }
+        assert_close(&got, &want, 1e-5, &format!("case {i}"));
     }
 }
 
