@@ -725,6 +725,8 @@ impl LoadedModel {
 /// (and its activation) is there twice with equal weights, 7% of the
 /// detector's multiply-adds. Translate-time only: a plan is optimised once.
 fn merge_equal_constants(model: &mut TypedModel) -> TractResult<usize> {
+    use std::collections::HashMap;
+    use std::hash::{Hash, Hasher};
     use tract_onnx::tract_core::ops::konst::Const;
     let consts: Vec<(usize, &Arc<Tensor>)> = model
         .nodes()
@@ -736,24 +738,44 @@ fn merge_equal_constants(model: &mut TypedModel) -> TractResult<usize> {
             k.exotic_fact().is_none().then(|| (n.id, k.val()))
         })
         .collect();
-    // (duplicate, the first node with its values); the model's few hundred
-    // constants at most, compared shape first.
-    let mut merges = Vec::new();
-    for (i, &(id, value)) in consts.iter().enumerate() {
-        let same = consts[..i].iter().find(|(_, v)| {
-            v.shape() == value.shape() && v.datum_type() == value.datum_type() && v == &value
-        });
-        if let Some(&(keep, _)) = same {
-            merges.push((id, keep));
+    // Each duplicate with the first node of its values: found through a
+    // hash of type, shape and bytes, so that a hostile file with very many
+    // constants costs one pass, not a comparison of every pair (equal
+    // hashes are confirmed by comparing the values), and all rewired in
+    // one patch. Constants of other than plain numbers are left alone.
+    let mut first: HashMap<u64, Vec<(usize, &Arc<Tensor>)>> = HashMap::new();
+    let mut merges = 0;
+    let mut patch = TypedModelPatch::default();
+    let mut taps: HashMap<usize, OutletId> = HashMap::new();
+    for &(id, value) in &consts {
+        if !value.datum_type().is_copy() {
+            continue;
         }
+        let key = {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (value.datum_type(), value.shape(), value.as_bytes()).hash(&mut h);
+            h.finish()
+        };
+        let seen = first.entry(key).or_default();
+        let Some(&(keep, _)) = seen.iter().find(|(_, v)| v == &value) else {
+            seen.push((id, value));
+            continue;
+        };
+        let tap = match taps.get(&keep) {
+            Some(&tap) => tap,
+            None => {
+                let tap = patch.tap_model(model, OutletId::new(keep, 0))?;
+                taps.insert(keep, tap);
+                tap
+            }
+        };
+        patch.shunt_outside(model, OutletId::new(id, 0), tap)?;
+        merges += 1;
     }
-    for &(duplicate, keep) in &merges {
-        let mut patch = TypedModelPatch::default();
-        let tap = patch.tap_model(model, OutletId::new(keep, 0))?;
-        patch.shunt_outside(model, OutletId::new(duplicate, 0), tap)?;
+    if merges > 0 {
         patch.apply(model)?;
     }
-    Ok(merges.len())
+    Ok(merges)
 }
 
 /// One of a run's outputs as f32 values, or a shape error naming the
@@ -943,6 +965,51 @@ mod tests {
 
     fn load_err(path: &Path) -> String {
         Manifest::load(path).unwrap_err().to_string()
+    }
+
+    /// Equal constants become one node, unequal ones (another value or
+    /// shape) stay, and the model computes what it did; a thousand equal
+    /// ones are merged in one pass.
+    #[test]
+    fn equal_constants_are_merged_and_others_kept() {
+        use tract_onnx::tract_core::ops::math;
+        let mut model = TypedModel::default();
+        let mut wire = model.add_source("x", f32::fact([3, 3])).unwrap();
+        // The same bytes in another shape, and another value, stay apart.
+        let consts = [
+            tensor2(&[[1f32, 2.0, 3.0]]),
+            tensor2(&[[1f32, 2.0, 3.0]]),
+            tensor2(&[[1f32, 2.0, 4.0]]),
+            tensor2(&[[1f32], [2.0], [3.0]]),
+        ];
+        let mut all = consts.to_vec();
+        all.extend(std::iter::repeat_n(tensor2(&[[0.5f32, 0.25, 0.125]]), 1000));
+        for (i, c) in all.into_iter().enumerate() {
+            // As tract's own passes make them (`add_const` would share an
+            // equal value already in the model).
+            let c = c.into_arc_tensor();
+            let fact = TypedFact::try_from(c.clone()).unwrap();
+            let op = tract_onnx::tract_core::ops::konst::Const::new(c).unwrap();
+            let c = model
+                .add_node(format!("c{i}"), op, tvec!(fact))
+                .unwrap()
+                .into();
+            wire = model
+                .wire_node(format!("add{i}"), math::add(), &[wire, c])
+                .unwrap()[0];
+        }
+        model.select_output_outlets(&[wire]).unwrap();
+        let input = tvec![tensor2(&[[10f32, 20.0, 30.0]; 3]).into_tvalue()];
+        let before = model
+            .clone()
+            .into_runnable()
+            .unwrap()
+            .run(input.clone())
+            .unwrap();
+        // The second is the first; the thousand are one.
+        assert_eq!(merge_equal_constants(&mut model).unwrap(), 1 + 999);
+        let after = model.into_runnable().unwrap().run(input).unwrap();
+        assert_eq!(before, after);
     }
 
     /// RetinaFace's export has each SSH module's first context convolution
