@@ -768,8 +768,6 @@ fn sample_input(
 ) {
     let plane = w * h;
     let channels = spec.color.channels();
-    // The buffer is reused: the padding must be cleared each time.
-    data.fill(0.0);
     let inv = 1.0 / place.scale;
     // The input pixels whose centre lies in the frame, per axis: pixel x
     // is centred on frame point x0 + (x + 0.5) / scale.
@@ -784,6 +782,16 @@ fn sample_input(
         covered(place.x0, frame.width, w),
         covered(place.y0, frame.height, h),
     );
+    // The buffer is reused: the padding (only that: the covered pixels are
+    // all written below) is cleared each time.
+    for plane in data.chunks_mut(plane) {
+        plane[..ys.start * w].fill(0.0);
+        plane[ys.end * w..].fill(0.0);
+        for row in plane[ys.start * w..ys.end * w].chunks_mut(w) {
+            row[..xs.start].fill(0.0);
+            row[xs.end..].fill(0.0);
+        }
+    }
     let order: [usize; 3] = match spec.color {
         ColorOrder::Bgr => [2, 1, 0],
         ColorOrder::Rgb | ColorOrder::Grey => [0, 1, 2],
@@ -863,21 +871,19 @@ fn halve_into(
     };
     for (j, y) in (j0..).zip(ys.clone()) {
         let row = y * w + xs.start..y * w + xs.end;
-        let [p0, p1, p2] = [&mut *first, &mut *second, &mut *third].map(|p| &mut p[row.clone()]);
+        let mut rows = [&mut *first, &mut *second, &mut *third].map(|p| &mut p[row.clone()]);
+        let [p0, p1, p2] = &mut rows;
         // `order` is [2, 1, 0] or [0, 1, 2]: the plane of R, G and B.
         let rgb = if order[0] == 2 {
-            [p2, p1, p0]
+            [&mut **p2, &mut **p1, &mut **p0]
         } else {
-            [p0, p1, p2]
+            [&mut **p0, &mut **p1, &mut **p2]
         };
         if !sampler.rgb_half_row(j, i0, rgb) {
             return false;
         }
-        for (c, p) in [&mut *first, &mut *second, &mut *third]
-            .into_iter()
-            .enumerate()
-        {
-            for v in &mut p[row.clone()] {
+        for (c, p) in rows.into_iter().enumerate() {
+            for v in p {
                 *v = norm(c, *v);
             }
         }

@@ -728,16 +728,12 @@ fn merge_equal_constants(model: &mut TypedModel) -> TractResult<usize> {
     use std::collections::HashMap;
     use std::hash::{Hash, Hasher};
     use tract_onnx::tract_core::ops::konst::Const;
-    let consts: Vec<(usize, &Arc<Tensor>)> = model
-        .nodes()
-        .iter()
-        .filter_map(|n| {
-            let k = n.op_as::<Const>()?;
-            // A constant with an exotic fact (packed weights) is more than
-            // its values.
-            k.exotic_fact().is_none().then(|| (n.id, k.val()))
-        })
-        .collect();
+    let consts = model.nodes().iter().filter_map(|n| {
+        let k = n.op_as::<Const>()?;
+        // A constant with an exotic fact (packed weights) is more than its
+        // values.
+        k.exotic_fact().is_none().then(|| (n.id, k.val()))
+    });
     // Each duplicate with the first node of its values: found through a
     // hash of type, shape and bytes, so that a hostile file with very many
     // constants costs one pass, not a comparison of every pair (equal
@@ -747,7 +743,7 @@ fn merge_equal_constants(model: &mut TypedModel) -> TractResult<usize> {
     let mut merges = 0;
     let mut patch = TypedModelPatch::default();
     let mut taps: HashMap<usize, OutletId> = HashMap::new();
-    for &(id, value) in &consts {
+    for (id, value) in consts {
         if !value.datum_type().is_copy() {
             continue;
         }
