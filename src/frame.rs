@@ -232,12 +232,45 @@ impl Tap {
     }
 }
 
+/// [`Tap::new`] on eight lanes, none NaN: the low pixels, the high ones
+/// and the weights of the high ones.
+///
+/// # Safety
+/// The CPU must support AVX2; `len` is at least 1 and at most 2^24.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn tap8_avx2(
+    at: std::arch::x86_64::__m256,
+    len: u32,
+) -> (
+    std::arch::x86_64::__m256i,
+    std::arch::x86_64::__m256i,
+    std::arch::x86_64::__m256,
+) {
+    use std::arch::x86_64::*;
+    // `f32::clamp`'s two comparisons, so −0 stays −0 as there.
+    let (zero, last) = (_mm256_setzero_ps(), _mm256_set1_ps((len - 1) as f32));
+    let at = _mm256_blendv_ps(at, zero, _mm256_cmp_ps::<_CMP_LT_OQ>(at, zero));
+    let at = _mm256_blendv_ps(at, last, _mm256_cmp_ps::<_CMP_GT_OQ>(at, last));
+    let lo = _mm256_cvttps_epi32(at);
+    let hi = _mm256_min_epi32(
+        _mm256_add_epi32(lo, _mm256_set1_epi32(1)),
+        _mm256_set1_epi32((len - 1) as i32),
+    );
+    (lo, hi, _mm256_sub_ps(at, _mm256_cvtepi32_ps(lo)))
+}
+
 /// An I420 frame's limited-range Y as full-range grey, so that a grey
 /// picture looks the same whichever format carried it.
 #[inline]
 fn limited_to_full(y: u8) -> f32 {
-    ((y as f32 - 16.0) * (255.0 / 219.0)).clamp(0.0, 255.0)
+    ((y as f32 - 16.0) * LIMITED_GAIN).clamp(0.0, 255.0)
 }
+
+/// Full-range steps per limited-range step of luma (219 steps from 16 to
+/// 235 spread over 255).
+const LIMITED_GAIN: f32 = 255.0 / 219.0;
 
 /// [`Frame::luma_bilinear`] and [`Frame::rgb_bilinear`] for callers that
 /// take thousands of samples of one frame (the models' inputs): the same
@@ -295,6 +328,98 @@ impl<'a> Sampler<'a> {
         }
         self.frame
             .bilinear(x, y, |x, y| self.frame.i420_rgb(self.chroma, x, y))
+    }
+
+    /// Whether [`Sampler::luma8_avx2`] may read this frame: grey or I420
+    /// (whose luma is a byte), sides within f32's exact integers and a
+    /// buffer that `i32` indices reach, as the gathers and the scalar
+    /// taps' conversions need.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn gathers_luma(&self) -> bool {
+        let f = self.frame;
+        matches!(f.format, PixelFormat::Grey | PixelFormat::I420)
+            && f.width <= 1 << 24
+            && f.height <= 1 << 24
+            && (4..=i32::MAX as usize).contains(&f.data.len())
+    }
+
+    /// [`Sampler::luma`] at eight positions (`x`, `y` lane by lane), the
+    /// same values bit for bit: the same clamps, taps and blend, lane for
+    /// lane, with no fused multiply-add. Two gathers a sample instead of
+    /// four: each reads the four bytes from a tap's left pixel, of which
+    /// the first two are the pair. Where the right pixel is clamped onto
+    /// the left one (the last column) its weight is exactly 0 and the
+    /// byte read in its place, finite, adds exactly 0 as the scalar
+    /// blend's copy of the left one does. Lanes are sampled one by one
+    /// when one has a NaN position (which the clamps keep) or a read would
+    /// pass the buffer's end (a grey frame's last three pixels).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and [`Sampler::gathers_luma`] must hold.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(crate) unsafe fn luma8_avx2(
+        &self,
+        x: std::arch::x86_64::__m256,
+        y: std::arch::x86_64::__m256,
+    ) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let one_by_one = || {
+            let (mut xs, mut ys, mut out) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+            _mm256_storeu_ps(xs.as_mut_ptr(), x);
+            _mm256_storeu_ps(ys.as_mut_ptr(), y);
+            for ((o, &x), &y) in out.iter_mut().zip(&xs).zip(&ys) {
+                *o = self.luma(x, y);
+            }
+            _mm256_loadu_ps(out.as_ptr())
+        };
+        let nan = _mm256_or_ps(
+            _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x),
+            _mm256_cmp_ps::<_CMP_UNORD_Q>(y, y),
+        );
+        if _mm256_movemask_ps(nan) != 0 {
+            return one_by_one();
+        }
+        let f = self.frame;
+        let (x_lo, _, fx) = tap8_avx2(x, f.width);
+        let (y_lo, y_hi, fy) = tap8_avx2(y, f.height);
+        let width = _mm256_set1_epi32(f.width as i32);
+        let top = _mm256_add_epi32(_mm256_mullo_epi32(y_lo, width), x_lo);
+        let bottom = _mm256_add_epi32(_mm256_mullo_epi32(y_hi, width), x_lo);
+        // Every index is a pixel's (the taps are clamped to the sides, so
+        // no product wraps), the bottom one the larger; each read takes
+        // four bytes from it.
+        let last_read = _mm256_set1_epi32(f.data.len() as i32 - 4);
+        if _mm256_movemask_epi8(_mm256_cmpgt_epi32(bottom, last_read)) != 0 {
+            return one_by_one();
+        }
+        let base = f.data.as_ptr() as *const i32;
+        let top = _mm256_i32gather_epi32::<1>(base, top);
+        let bottom = _mm256_i32gather_epi32::<1>(base, bottom);
+        let limited = f.format == PixelFormat::I420;
+        let byte = |v: __m256i| {
+            let v = _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(0xff)));
+            if limited {
+                // `limited_to_full`: no NaN here, and (v − 16) × gain is
+                // never −0, so max and min are its clamp.
+                let v = _mm256_mul_ps(
+                    _mm256_sub_ps(v, _mm256_set1_ps(16.0)),
+                    _mm256_set1_ps(LIMITED_GAIN),
+                );
+                _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(255.0))
+            } else {
+                v
+            }
+        };
+        let (a, b) = (byte(top), byte(_mm256_srli_epi32::<8>(top)));
+        let (c, d) = (byte(bottom), byte(_mm256_srli_epi32::<8>(bottom)));
+        // `Frame::blend`, operation for operation.
+        let one = _mm256_set1_ps(1.0);
+        let (gx, gy) = (_mm256_sub_ps(one, fx), _mm256_sub_ps(one, fy));
+        let top = _mm256_add_ps(_mm256_mul_ps(a, gx), _mm256_mul_ps(b, fx));
+        let bottom = _mm256_add_ps(_mm256_mul_ps(c, gx), _mm256_mul_ps(d, fx));
+        _mm256_add_ps(_mm256_mul_ps(top, gy), _mm256_mul_ps(bottom, fy))
     }
 
     /// A row of the commonest grid, the frame halved: output pixel `i` is
