@@ -174,3 +174,39 @@ fn two_threads_search_windows_exactly_as_one_does() {
         }
     }
 }
+
+/// A face large in its window is searched without the detector's finest
+/// pyramid level (half its multiply-adds) and found exactly as with it; a
+/// small one keeps that level.
+#[test]
+fn large_faces_are_searched_without_the_finest_level_and_found_as_with_it() {
+    let detector = shipped_with_windows();
+    let frame = two_faces();
+    let faces = detector.detect(&frame).unwrap();
+    assert_eq!(faces.len(), 2);
+    let (mut coarse, mut full) = (Vec::new(), Vec::new());
+    for face in &faces {
+        let window = detector.window_around(&frame, &face.bbox).unwrap();
+        assert!(window.is_coarse(), "{:?} in {window:?}", face.bbox);
+        let every = window.with_every_level();
+        assert!(!every.is_coarse() && every.place == window.place);
+        detector
+            .detect_in_window(&frame, &window, &mut coarse)
+            .unwrap();
+        detector
+            .detect_in_window(&frame, &every, &mut full)
+            .unwrap();
+        assert!(!coarse.is_empty());
+        assert_eq!(coarse, full);
+    }
+    // 40 px at the whole search's scale: the 32-px anchors' size.
+    let (cx, cy) = faces[0].bbox.center();
+    let small = BBox {
+        x: cx - 20.0,
+        y: cy - 20.0,
+        w: 40.0,
+        h: 40.0,
+    };
+    let window = detector.window_around(&frame, &small).unwrap();
+    assert!(!window.is_coarse(), "{window:?}");
+}

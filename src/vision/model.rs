@@ -500,6 +500,33 @@ impl LoadedModel {
         task: Task,
         size: Option<[usize; 2]>,
     ) -> Result<LoadedModel, ModelError> {
+        Ok(LoadedModel::load_edited(manifest_path, task, size, 0)?.0)
+    }
+
+    /// [`LoadedModel::load`] for a detector whose outputs each
+    /// concatenate its pyramid levels' anchors, finest first (RetinaFace's
+    /// form), with the first `levels` of them dropped and the layers that
+    /// only fed them gone from the plan ([`drop_first_levels`]): for faces
+    /// too large for those levels' anchors, at a fraction of the cost.
+    /// `None` when the graph does not have that form.
+    pub fn load_without_levels(
+        manifest_path: &Path,
+        size: [usize; 2],
+        levels: usize,
+    ) -> Result<Option<LoadedModel>, ModelError> {
+        let (model, dropped) =
+            LoadedModel::load_edited(manifest_path, Task::FaceDetector, Some(size), levels)?;
+        Ok(dropped.then_some(model))
+    }
+
+    /// [`LoadedModel::load`], dropping the first `drop_levels` pyramid
+    /// levels where the graph allows (0: none); says whether it did.
+    fn load_edited(
+        manifest_path: &Path,
+        task: Task,
+        size: Option<[usize; 2]>,
+        drop_levels: usize,
+    ) -> Result<(LoadedModel, bool), ModelError> {
         let manifest = Manifest::load(manifest_path)?;
         if manifest.model.task != task {
             return Err(ModelError::Manifest {
@@ -567,6 +594,7 @@ impl LoadedModel {
         // hostile file whose checksum matches its (equally hostile)
         // manifest may make them panic. That must be this model's error,
         // not the process's end (exit status 101).
+        let mut dropped = false;
         let built =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<_, ModelError> {
                 let model = if is_nnef(&manifest.model.file) {
@@ -576,6 +604,9 @@ impl LoadedModel {
                         .model_for_read(&mut &bytes[..])
                         .map_err(|e| tract_err("parse the NNEF archive", &path, e))?;
                     check_typed_input(&model, &input_shape, &path, manifest_path)?;
+                    let mut model = model;
+                    dropped = drop_first_levels(&mut model, drop_levels)
+                        .map_err(|e| tract_err("drop the finest levels", &path, e))?;
                     model
                         .into_optimized()
                         .map_err(|e| tract_err("optimise the graph", &path, e))?
@@ -592,6 +623,7 @@ impl LoadedModel {
                             // of two equal layers becomes a constant each).
                             m.prop_consts()?;
                             merge_equal_constants(&mut m)?;
+                            dropped = drop_first_levels(&mut m, drop_levels)?;
                             m.into_optimized()
                         })
                         .map_err(|e| tract_err("type and optimise the graph", &path, e))?
@@ -615,13 +647,14 @@ impl LoadedModel {
                 })
             });
         let (plan, state, input) = built?;
-        Ok(LoadedModel {
+        let model = LoadedModel {
             manifest,
             path,
             input_shape,
             plan,
             scratch: Mutex::new(Scratch { state, input }),
-        })
+        };
+        Ok((model, dropped))
     }
 
     /// The matrix-product kernels the plan runs, as tract describes its
@@ -772,6 +805,58 @@ fn merge_equal_constants(model: &mut TypedModel) -> TractResult<usize> {
         patch.apply(model)?;
     }
     Ok(merges)
+}
+
+/// Drops the first `levels` inputs of each output's concatenation along
+/// the anchor axis (1; seen through a softmax over other axes), so that
+/// the layers that only fed them are never computed: a detector's finest
+/// pyramid levels. Says whether it did: every output must have that form
+/// with more than `levels` inputs, or nothing is changed (and with
+/// `levels` 0 nothing is). Translate-time only.
+///
+/// RetinaFace's stride-8 level is half its multiply-adds (its FPN merge
+/// and SSH module run at the finest resolution) and its anchors (16 and
+/// 32 px) are trained for small faces only.
+fn drop_first_levels(model: &mut TypedModel, levels: usize) -> TractResult<bool> {
+    use tract_onnx::tract_core::ops::array::TypedConcat;
+    use tract_onnx::tract_core::ops::nn::Softmax;
+    if levels == 0 {
+        return Ok(false);
+    }
+    let outputs = model.output_outlets()?.to_vec();
+    // Each output's concatenation and the softmax after it, if any.
+    let mut found = Vec::with_capacity(outputs.len());
+    for out in &outputs {
+        let node = model.node(out.node);
+        let (concat, softmax) = match node.op_as::<Softmax>() {
+            Some(sm) => (model.node(node.inputs[0].node), Some(sm.clone())),
+            None => (node, None),
+        };
+        let Some(op) = concat.op_as::<TypedConcat>() else {
+            return Ok(false);
+        };
+        if op.axis != 1
+            || concat.inputs.len() <= levels
+            || softmax.as_ref().is_some_and(|sm| sm.axes.contains(&1))
+        {
+            return Ok(false);
+        }
+        found.push((concat.id, op.clone(), softmax));
+    }
+    let mut coarse = Vec::with_capacity(outputs.len());
+    for (concat, op, softmax) in found {
+        let name = model.node(concat).name.clone();
+        let inputs = model.node(concat).inputs[levels..].to_vec();
+        let mut wire = model.wire_node(format!("{name}.coarse"), op, &inputs)?;
+        if let Some(sm) = softmax {
+            wire = model.wire_node(format!("{name}.coarse.softmax"), sm, &wire)?;
+        }
+        coarse.push(wire[0]);
+    }
+    // The old outputs and what fed only them are left unreachable, and
+    // optimising removes them.
+    model.select_output_outlets(&coarse)?;
+    Ok(true)
 }
 
 /// One of a run's outputs as f32 values, or a shape error naming the
@@ -1006,6 +1091,72 @@ mod tests {
         assert_eq!(merge_equal_constants(&mut model).unwrap(), 1 + 999);
         let after = model.into_runnable().unwrap().run(input).unwrap();
         assert_eq!(before, after);
+    }
+
+    /// A window network without the finest level computes fewer layers
+    /// and gives, for every anchor it keeps, what the full one gives.
+    #[test]
+    fn the_coarse_detector_is_the_full_ones_coarser_anchors_bit_for_bit() {
+        let manifest = shipped("retinaface-mnet025.toml");
+        let full = LoadedModel::load(&manifest, Task::FaceDetector, Some([192, 192])).unwrap();
+        let coarse = LoadedModel::load_without_levels(&manifest, [192, 192], 1)
+            .unwrap()
+            .expect("RetinaFace's outputs concatenate its levels");
+        let products = |m: &LoadedModel| {
+            let nodes = m.plan.model().nodes();
+            nodes
+                .iter()
+                .filter(|n| n.op().name() == "OptMatMul")
+                .count()
+        };
+        // The stride-8 level's lateral and merge convolutions, its SSH
+        // module (five) and its three heads.
+        assert_eq!(products(&coarse) + 10, products(&full));
+        let outputs = |m: &LoadedModel| {
+            let fill = |input: &mut [f32]| {
+                for (i, v) in input.iter_mut().enumerate() {
+                    *v = ((i * 7919) % 255) as f32 - 120.0;
+                }
+            };
+            m.run_with(fill, |outputs| {
+                // By the last dimension (loc 4, conf 2, landmarks 10), as
+                // the detector reads them.
+                let mut by_width: Vec<(usize, Vec<u32>)> = outputs
+                    .iter()
+                    .map(|o| {
+                        let v = o.to_plain_array_view::<f32>().unwrap();
+                        (o.shape()[2], v.iter().map(|x| x.to_bits()).collect())
+                    })
+                    .collect();
+                by_width.sort();
+                Ok(by_width)
+            })
+            .unwrap()
+        };
+        let (full, coarse) = (outputs(&full), outputs(&coarse));
+        // Two anchors per cell of the 24 × 24 stride-8 map.
+        let dropped = 2 * 24 * 24;
+        for ((width, f), (coarse_width, c)) in full.iter().zip(&coarse) {
+            assert_eq!(width, coarse_width);
+            assert_eq!(c.len() + dropped * width, f.len());
+            assert!(
+                c[..] == f[dropped * width..],
+                "outputs of width {width} differ"
+            );
+        }
+    }
+
+    /// A graph whose outputs are not concatenations is left as it is.
+    #[test]
+    fn a_graph_of_another_form_keeps_its_levels() {
+        let mut model = tract_onnx::onnx()
+            .model_for_path(shipped("expression-kd.onnx"))
+            .unwrap()
+            .into_typed()
+            .unwrap();
+        let before = model.nodes().len();
+        assert!(!drop_first_levels(&mut model, 1).unwrap());
+        assert_eq!(model.nodes().len(), before);
     }
 
     /// RetinaFace's export has each SSH module's first context convolution
