@@ -444,36 +444,50 @@ fn convolutions_gather_consecutive_columns_as_stock_tract_does() {
     }
 }
 
-/// Depthwise 3×3 convolutions (the detector's and the landmark models'),
-/// stride 1 and stride 2 (which the patched tract-linalg vectorises too),
-/// rows of every length around the kernels' vector widths: equal to the
+/// Depthwise convolutions (the detector's and the landmark models' 3×3,
+/// and 5×5), stride 1 and stride 2 (which the patched tract-linalg
+/// vectorises too), rows of every length around the kernels' vector
+/// widths, planes on both sides of the sizes the patched tract-core runs
+/// through a padded copy: equal to stock tract's zone walk, and to the
 /// definition within rounding.
 #[test]
 fn depthwise_convolutions_match_the_definition() {
-    // (channels, height, width, stride)
+    // (channels, height, width, kernel side, stride, padding)
     let cases = [
-        (4, 9, 20, 1),
-        (4, 9, 20, 2),
-        (3, 7, 33, 2),
-        (5, 12, 35, 2),
-        (2, 6, 18, 2),
-        (8, 30, 41, 2),
-        (2, 5, 3, 2),
+        (4, 9, 20, 3, 1, 1),
+        (4, 9, 20, 3, 2, 1),
+        (3, 7, 33, 3, 2, 1),
+        (5, 12, 35, 3, 2, 1),
+        (2, 6, 18, 3, 2, 1),
+        (8, 30, 41, 3, 2, 1),
+        (2, 5, 3, 3, 2, 1),
+        (3, 6, 6, 3, 1, 1),
+        (4, 12, 12, 5, 1, 2),
+        (2, 11, 9, 5, 2, 1),
+        (2, 64, 64, 3, 2, 1),
+        (2, 66, 66, 3, 2, 1),
+        (2, 128, 128, 3, 1, 1),
+        (2, 129, 130, 3, 1, 1),
+        (3, 8, 8, 3, 1, 0),
     ];
-    for (i, &(c, h, w, stride)) in cases.iter().enumerate() {
+    for (i, &(c, h, w, k, stride, pad)) in cases.iter().enumerate() {
         let seed = 400 + i as u64;
         let (plan, kernel, bias) = conv_plan(
             [c, c, h, w],
-            [3, 3],
+            [k, k],
             stride,
-            [1, 1],
+            [pad, pad],
             c,
             seed,
             "DepthWiseConv",
         );
         let input = noise(&[1, c, h, w], 500 + i as u64, 3.0);
         let got = run_plan(&plan, &input, false).remove(0);
-        let want = conv_reference(&input, &kernel, &bias, stride, [1, 1], c);
+        let stock = run_plan(&plan, &input, true).remove(0);
+        // f32 equality: a padded tap adds a zero, so an output stock leaves
+        // at −0 may come out +0, an equal value.
+        assert_eq!(got, stock, "case {i}");
+        let want = conv_reference(&input, &kernel, &bias, stride, [pad, pad], c);
         assert_close(&got, &want, 1e-5, &format!("case {i}"));
     }
 }
