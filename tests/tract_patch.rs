@@ -492,6 +492,71 @@ fn depthwise_convolutions_match_the_definition() {
     }
 }
 
+/// 2×2 max pools of stride 2, the classifier's halving step, which the
+/// patched tract-core runs through a vectorised interior: rows of every
+/// length around the eight-lane step, odd sizes, padding before and after.
+/// Equal to stock tract's walk and to the definition (the max of the taps
+/// inside the input).
+#[test]
+fn halving_max_pools_match_the_definition_and_stock_tract() {
+    use tract_onnx::tract_core::ops::cnn::{MaxPool, PaddingSpec, PoolSpec};
+    use tract_onnx::tract_core::ops::nn::DataFormat;
+    // (channels, height, width, padding before, padding after)
+    let cases = [
+        (3, 8, 8, [0, 0], [0, 0]),
+        (2, 33, 17, [0, 0], [0, 0]),
+        (4, 24, 40, [0, 0], [0, 0]),
+        (2, 9, 47, [0, 0], [1, 1]),
+        (3, 10, 34, [1, 1], [1, 1]),
+        (2, 7, 50, [1, 0], [0, 1]),
+        (16, 48, 48, [0, 0], [0, 0]),
+        (1, 2, 2, [0, 0], [0, 0]),
+        (1, 3, 3, [1, 1], [0, 0]),
+    ];
+    for (i, &(c, h, w, before, after)) in cases.iter().enumerate() {
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([1, c, h, w])).unwrap();
+        let pool = MaxPool {
+            pool_spec: PoolSpec {
+                data_format: DataFormat::NCHW,
+                kernel_shape: tvec![2, 2],
+                padding: PaddingSpec::Explicit(before[..].into(), after[..].into()),
+                dilations: None,
+                strides: Some(tvec![2, 2]),
+                input_channels: c,
+                output_channels: c,
+            },
+            with_index_outputs: None,
+        };
+        let y = model.wire_node("pool", pool, &[x]).unwrap();
+        model.select_output_outlets(&y).unwrap();
+        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+        let input = noise(&[1, c, h, w], 700 + i as u64, 3.0);
+        let got = run_plan(&plan, &input, false).remove(0);
+        let stock = run_plan(&plan, &input, true).remove(0);
+        assert_eq!(got, stock, "case {i}");
+        let values = input.to_plain_array_view::<f32>().unwrap();
+        let (oh, ow) = (
+            (h + before[0] + after[0] - 2) / 2 + 1,
+            (w + before[1] + after[1] - 2) / 2 + 1,
+        );
+        let mut want = Vec::with_capacity(c * oh * ow);
+        for p in 0..c {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let taps = (0..4).filter_map(|t| {
+                        let iy = (2 * oy + t / 2).checked_sub(before[0])?;
+                        let ix = (2 * ox + t % 2).checked_sub(before[1])?;
+                        (iy < h && ix < w).then(|| values[[0, p, iy, ix]])
+                    });
+                    want.push(taps.fold(f32::MIN, f32::max));
+                }
+            }
+        }
+        assert_eq!(got, want, "case {i}");
+    }
+}
+
 /// Every 15th frame of the demo clip as the detector's 320×240 input: the
 /// luma, scaled and offset per channel as the BGR-minus-mean input would
 /// be; with each frame's sequence number.

@@ -349,29 +349,39 @@ unsafe fn maxpool_2x2_f32(
     let oc_stride = *osh.c_stride() as isize;
     // Fully-valid 2×2 windows (both taps in-bounds). SameUpper 2×2 s=1
     // keeps H/W and pads after, so the last row/col are partial.
+    // ferd patch: stride 2 (the usual halving pool) has a vectorised interior too; stock walked
+    // it pixel by pixel with a bounds check per tap (`TRACT_FERD_STOCK_EVAL` still does).
+    let simd_s2 = sh == 2 && sw == 2 && !crate::ops::TRACT_FERD_STOCK_EVAL.get();
     let simd_s1 = sh == 1 && sw == 1;
-    let y0 = pt.max(0) as usize;
-    let y1 = ((h - 1 + pt).max(0) as usize).min(oh);
-    let x0 = pl.max(0) as usize;
-    let x1 = ((w - 1 + pl).max(0) as usize).min(ow);
+    let simd = simd_s1 || simd_s2;
+    // Output rows (columns) whose two taps are both inside the input: the first whose top
+    // tap is not padding, up to the last whose bottom tap is not.
+    let valid = |pad: isize, len: isize, stride: isize, out: usize| {
+        let first = (pad.max(0) + stride - 1) / stride;
+        let end = if len - 2 + pad < 0 { 0 } else { (len - 2 + pad) / stride + 1 };
+        (first as usize, (end as usize).min(out))
+    };
+    let (y0, y1) = valid(pt, h, sh, oh);
+    let (x0, x1) = valid(pl, w, sw, ow);
     let plane_len = oh * ow;
     let one_plane = |p: isize, plane_out: *mut f32| unsafe {
         let iptr = i_base as *const f32;
         let nn = p / c;
         let cc = p % c;
         let in_base = nn * in_stride + cc * ic_stride;
-        if simd_s1 && y1 > y0 && x1 > x0 {
-            maxpool_2x2_s1_valid_f32(
-                iptr.offset(in_base + (y0 as isize - pt) * ih_stride + (x0 as isize - pl)),
-                plane_out.offset(y0 as isize * oh_stride + x0 as isize),
-                y1 - y0,
-                x1 - x0,
-                ih_stride,
-                oh_stride,
+        if simd && y1 > y0 && x1 > x0 {
+            let first = iptr.offset(
+                in_base + (y0 as isize * sh - pt) * ih_stride + (x0 as isize * sw - pl),
             );
+            let out = plane_out.offset(y0 as isize * oh_stride + x0 as isize);
+            if simd_s1 {
+                maxpool_2x2_s1_valid_f32(first, out, y1 - y0, x1 - x0, ih_stride, oh_stride);
+            } else {
+                maxpool_2x2_s2_valid_f32(first, out, y1 - y0, x1 - x0, ih_stride, oh_stride);
+            }
         }
         for oy in 0..oh {
-            let interior_y = simd_s1 && oy >= y0 && oy < y1;
+            let interior_y = simd && oy >= y0 && oy < y1;
             for ox in 0..ow {
                 if interior_y && ox >= x0 && ox < x1 {
                     continue;
@@ -464,6 +474,83 @@ unsafe fn maxpool_2x2_s1_valid_f32(
             }
         }
     }
+}
+
+/// ferd patch: the stride-2 twin of `maxpool_2x2_s1_valid_f32`. Output `(oy, ox)` of the
+/// interior is the max of input rows `2oy, 2oy + 1` and columns `2ox, 2ox + 1` from `iptr`,
+/// rows first and then the two columns (the scalar walk folds the four taps in reading
+/// order: the same value for any inputs but NaNs and zeros of both signs).
+unsafe fn maxpool_2x2_s2_valid_f32(
+    iptr: *const f32,
+    optr: *mut f32,
+    oh: usize,
+    ow: usize,
+    ih_stride: isize,
+    oh_stride: isize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = is_x86_feature_detected!("avx2");
+    unsafe {
+        for oy in 0..oh {
+            let row0 = iptr.offset(2 * oy as isize * ih_stride);
+            let row1 = row0.offset(ih_stride);
+            let dst = optr.offset(oy as isize * oh_stride);
+            let mut ox = 0usize;
+            #[cfg(target_arch = "aarch64")]
+            {
+                use std::arch::aarch64::*;
+                while ox + 4 <= ow {
+                    let top = vld2q_f32(row0.add(2 * ox));
+                    let bottom = vld2q_f32(row1.add(2 * ox));
+                    let even = vmaxq_f32(top.0, bottom.0);
+                    let odd = vmaxq_f32(top.1, bottom.1);
+                    vst1q_f32(dst.add(ox), vmaxq_f32(even, odd));
+                    ox += 4;
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                ox = maxpool_2x2_s2_row_avx2(row0, row1, dst, ow);
+            }
+            while ox < ow {
+                let a = (*row0.add(2 * ox)).max(*row1.add(2 * ox));
+                let b = (*row0.add(2 * ox + 1)).max(*row1.add(2 * ox + 1));
+                *dst.add(ox) = a.max(b);
+                ox += 1;
+            }
+        }
+    }
+}
+
+/// Eight outputs at a time of one stride-2 row; returns how many it wrote (a multiple of 8).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn maxpool_2x2_s2_row_avx2(
+    row0: *const f32,
+    row1: *const f32,
+    dst: *mut f32,
+    ow: usize,
+) -> usize {
+    use std::arch::x86_64::*;
+    let mut ox = 0;
+    unsafe {
+        while ox + 8 <= ow {
+            // Columns 2ox..2ox+16 of both rows, their row max, then the max of each pair:
+            // shuffle takes the pairs' even and odd members per 128-bit lane, leaving the
+            // outputs in the order 0 1 4 5 | 2 3 6 7, which the 64-bit permute puts right.
+            let lo = _mm256_max_ps(_mm256_loadu_ps(row0.add(2 * ox)), _mm256_loadu_ps(row1.add(2 * ox)));
+            let hi = _mm256_max_ps(
+                _mm256_loadu_ps(row0.add(2 * ox + 8)),
+                _mm256_loadu_ps(row1.add(2 * ox + 8)),
+            );
+            let even = _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi);
+            let odd = _mm256_shuffle_ps::<0b11_01_11_01>(lo, hi);
+            let pairs = _mm256_castps_pd(_mm256_max_ps(even, odd));
+            _mm256_storeu_ps(dst.add(ox), _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(pairs)));
+            ox += 8;
+        }
+    }
+    ox
 }
 
 #[cfg(test)]
