@@ -493,13 +493,16 @@ impl<'a> Sampler<'a> {
             let at = y as usize / 2 * cw;
             (&u[at..][..cw], &v[at..][..cw])
         };
+        #[cfg(target_arch = "x86_64")]
+        let lanes = self.gathers_luma() && std::arch::is_x86_feature_detected!("avx2");
         for j in rows {
             let ty = Tap::new(y_of(j), h as u32);
             let (luma0, luma1) = (luma_row(ty.lo), luma_row(ty.hi));
             let (u0, v0) = chroma_row(ty.lo);
             let (u1, v1) = chroma_row(ty.hi);
             let same_chroma_row = ty.lo / 2 == ty.hi / 2;
-            for i in cols.clone() {
+            // The sample at column i, one by one.
+            let one = |i: usize| {
                 let tx = Tap::new(x_of(i), w as u32);
                 let (x0, x1) = (tx.lo as usize, tx.hi as usize);
                 let (c0, c1) = (x0 / 2, x1 / 2);
@@ -517,9 +520,146 @@ impl<'a> Sampler<'a> {
                 let px = |luma: u8, terms| yuv_terms_to_rgb(luma, terms).map(|c| c as f32);
                 let (a, b) = (px(luma0[x0], top0), px(luma0[x1], top1));
                 let (c, d) = (px(luma1[x0], bottom0), px(luma1[x1], bottom1));
-                put(i, j, Frame::blend(a, b, c, d, tx.f, ty.f));
+                Frame::blend(a, b, c, d, tx.f, ty.f)
+            };
+            #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+            let mut i = cols.start;
+            #[cfg(target_arch = "x86_64")]
+            if lanes {
+                let rows = RgbRows {
+                    luma: [luma0, luma1],
+                    u: [u0, u1],
+                    v: [v0, v1],
+                };
+                while i + 8 <= cols.end {
+                    let xs: [f32; 8] = std::array::from_fn(|l| x_of(i + l));
+                    // Safety: the CPU has AVX2 and the frame is one whose luma gathers
+                    // (`lanes`).
+                    match unsafe { rows.rgb8_avx2(xs, ty.f, w, cw) } {
+                        Some(rgb) => {
+                            for (l, ((r, g), b)) in
+                                rgb[0].iter().zip(&rgb[1]).zip(&rgb[2]).enumerate()
+                            {
+                                put(i + l, j, [*r, *g, *b]);
+                            }
+                        }
+                        None => (i..i + 8).for_each(|i| put(i, j, one(i))),
+                    }
+                    i += 8;
+                }
             }
+            (i..cols.end).for_each(|i| put(i, j, one(i)));
         }
+    }
+}
+
+/// The rows of an I420 frame that one row of [`Sampler::rgb_grid`] blends: the two luma
+/// rows and their chroma rows (U and V), top then bottom.
+#[cfg(target_arch = "x86_64")]
+struct RgbRows<'a> {
+    luma: [&'a [u8]; 2],
+    u: [&'a [u8]; 2],
+    v: [&'a [u8]; 2],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl RgbRows<'_> {
+    /// [`Sampler::rgb_grid`]'s samples at the eight positions `xs` of a row whose vertical
+    /// weight is `fy`, as R, G and B on eight lanes each: the same values bit for bit (the
+    /// same taps, [`chroma_terms`] and [`yuv_terms_to_rgb`] in 32-bit lanes, and
+    /// [`Frame::blend`] operation for operation, with no fused multiply-add). Each byte is
+    /// read by a gather of the four bytes from it, so `None` (nothing sampled, for the caller
+    /// to sample one by one) when a read would pass the end of its row (the last three luma
+    /// columns, the last three chroma ones) or a position is NaN. `w` is the frame's width,
+    /// `cw` its chroma rows' width.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; the rows are the frame's, whose width is at most 2^24.
+    #[target_feature(enable = "avx2")]
+    unsafe fn rgb8_avx2(
+        &self,
+        xs: [f32; 8],
+        fy: f32,
+        w: usize,
+        cw: usize,
+    ) -> Option<[[f32; 8]; 3]> {
+        use std::arch::x86_64::*;
+        let x = _mm256_loadu_ps(xs.as_ptr());
+        if _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(x, x)) != 0 || fy.is_nan() {
+            return None;
+        }
+        let (x0, x1, fx) = tap8_avx2(x, w as u32);
+        let (c0, c1) = (_mm256_srli_epi32::<1>(x0), _mm256_srli_epi32::<1>(x1));
+        // x1 ≥ x0 and c1 ≥ c0 lane by lane: the rightmost reads.
+        let past = |at: __m256i, len: usize| {
+            _mm256_movemask_epi8(_mm256_cmpgt_epi32(at, _mm256_set1_epi32(len as i32 - 4))) != 0
+        };
+        if past(x1, w)
+            || past(c1, cw)
+            || self
+                .luma
+                .iter()
+                .chain(&self.u)
+                .chain(&self.v)
+                .any(|r| r.len() < 4)
+        {
+            return None;
+        }
+        let byte = |row: &[u8], at: __m256i| {
+            _mm256_and_si256(
+                _mm256_i32gather_epi32::<1>(row.as_ptr() as *const i32, at),
+                _mm256_set1_epi32(0xff),
+            )
+        };
+        // `chroma_terms`.
+        let terms = |k: usize, at: __m256i| {
+            let d = _mm256_sub_epi32(byte(self.u[k], at), _mm256_set1_epi32(128));
+            let e = _mm256_sub_epi32(byte(self.v[k], at), _mm256_set1_epi32(128));
+            [
+                _mm256_mullo_epi32(e, _mm256_set1_epi32(409)),
+                _mm256_add_epi32(
+                    _mm256_mullo_epi32(d, _mm256_set1_epi32(-100)),
+                    _mm256_mullo_epi32(e, _mm256_set1_epi32(-208)),
+                ),
+                _mm256_mullo_epi32(d, _mm256_set1_epi32(516)),
+            ]
+        };
+        let (top0, top1, bottom0, bottom1) =
+            (terms(0, c0), terms(0, c1), terms(1, c0), terms(1, c1));
+        // `yuv_terms_to_rgb`'s luma part, then a channel, as floats.
+        let luma = |k: usize, at: __m256i| {
+            let y = _mm256_sub_epi32(byte(self.luma[k], at), _mm256_set1_epi32(16));
+            _mm256_mullo_epi32(
+                _mm256_max_epi32(y, _mm256_setzero_si256()),
+                _mm256_set1_epi32(298),
+            )
+        };
+        let (ya, yb, yc, yd) = (luma(0, x0), luma(0, x1), luma(1, x0), luma(1, x1));
+        let channel = |c: __m256i, t: __m256i| {
+            let v = _mm256_srai_epi32::<8>(_mm256_add_epi32(
+                _mm256_add_epi32(c, t),
+                _mm256_set1_epi32(128),
+            ));
+            let v = _mm256_min_epi32(
+                _mm256_max_epi32(v, _mm256_setzero_si256()),
+                _mm256_set1_epi32(255),
+            );
+            _mm256_cvtepi32_ps(v)
+        };
+        let one = _mm256_set1_ps(1.0);
+        let fy = _mm256_set1_ps(fy);
+        let (gx, gy) = (_mm256_sub_ps(one, fx), _mm256_sub_ps(one, fy));
+        let mut out = [[0f32; 8]; 3];
+        for (k, out) in out.iter_mut().enumerate() {
+            let (a, b) = (channel(ya, top0[k]), channel(yb, top1[k]));
+            let (c, d) = (channel(yc, bottom0[k]), channel(yd, bottom1[k]));
+            // `Frame::blend`, operation for operation.
+            let top = _mm256_add_ps(_mm256_mul_ps(a, gx), _mm256_mul_ps(b, fx));
+            let bottom = _mm256_add_ps(_mm256_mul_ps(c, gx), _mm256_mul_ps(d, fx));
+            let v = _mm256_add_ps(_mm256_mul_ps(top, gy), _mm256_mul_ps(bottom, fy));
+            _mm256_storeu_ps(out.as_mut_ptr(), v);
+        }
+        Some(out)
     }
 }
 
@@ -710,6 +850,47 @@ mod tests {
                 sampler.luma(f32::NAN, 1.0).is_nan() && f.luma_bilinear(f32::NAN, 1.0).is_nan()
             );
             assert!(sampler.rgb(1.0, f32::NAN)[0].is_nan());
+        }
+    }
+
+    /// The grid's eight-lane walk (AVX2, where the CPU has it) gives the
+    /// one-by-one samples bit for bit: an I420 frame wide enough for it (odd
+    /// sides, so that a chroma row's last sample serves one column), grids
+    /// that shrink and that enlarge, over every edge, with NaN positions in
+    /// some lanes and in a row.
+    #[test]
+    fn grid_samples_on_eight_lanes_are_the_bilinear_ones_bit_for_bit() {
+        let (w, h) = (61, 37);
+        let len = PixelFormat::I420.buffer_len(w, h).unwrap();
+        let data = (0..len).map(|i| (i * 97 % 251) as u8).collect();
+        let f = Frame::new(w, h, PixelFormat::I420, data);
+        let sampler = Sampler::new(&f);
+        for (sx, sy, x0, y0) in [
+            (2.3, 1.7, -3.1, -2.2),
+            (0.29, 0.31, -2.1, -2.3),
+            (1.0, 1.0, 0.5, 0.5),
+            (0.77, 2.9, 40.3, 20.1),
+        ] {
+            let x_of = |i: usize| {
+                if i % 13 == 5 {
+                    f32::NAN
+                } else {
+                    x0 + i as f32 * sx
+                }
+            };
+            let y_of = |j: usize| if j == 7 { f32::NAN } else { y0 + j as f32 * sy };
+            let mut grid = Vec::new();
+            sampler.rgb_grid(0..35, 0..20, x_of, y_of, |i, j, rgb| grid.push((i, j, rgb)));
+            assert_eq!(grid.len(), 35 * 20);
+            for (i, j, rgb) in grid {
+                let (x, y) = (x_of(i), y_of(j));
+                let want = f.rgb_bilinear(x, y);
+                if x.is_nan() || y.is_nan() {
+                    assert!(rgb.iter().chain(&want).all(|v| v.is_nan()), "({x}, {y})");
+                } else {
+                    assert_eq!(rgb.map(f32::to_bits), want.map(f32::to_bits), "({x}, {y})");
+                }
+            }
         }
     }
 
