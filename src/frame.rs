@@ -598,16 +598,21 @@ impl RgbRows<'_> {
         if past(x1, w) || past(c1, cw) {
             return None;
         }
-        let byte = |row: &[u8], at: __m256i| {
-            _mm256_and_si256(
-                _mm256_i32gather_epi32::<1>(row.as_ptr() as *const i32, at),
-                _mm256_set1_epi32(0xff),
-            )
-        };
+        // Past that test every right tap is its left one's neighbour (x1 = x0 + 1, the
+        // clamp never reached), and its chroma sample the left one's or the next (c1 - c0
+        // is 0 or 1): one gather of the four bytes from the left tap gives both, bytes 0
+        // and 1 of luma, byte 0 and byte c1 - c0 of chroma.
+        let gather =
+            |row: &[u8], at: __m256i| _mm256_i32gather_epi32::<1>(row.as_ptr() as *const i32, at);
+        let ff = _mm256_set1_epi32(0xff);
+        let chroma_shift = _mm256_slli_epi32::<3>(_mm256_sub_epi32(c1, c0));
+        let left = |g: __m256i| _mm256_and_si256(g, ff);
+        let right = |g: __m256i| _mm256_and_si256(_mm256_srli_epi32::<8>(g), ff);
+        let right_chroma = |g: __m256i| _mm256_and_si256(_mm256_srlv_epi32(g, chroma_shift), ff);
         // `chroma_terms`.
-        let terms = |k: usize, at: __m256i| {
-            let d = _mm256_sub_epi32(byte(self.u[k], at), _mm256_set1_epi32(128));
-            let e = _mm256_sub_epi32(byte(self.v[k], at), _mm256_set1_epi32(128));
+        let terms = |u: __m256i, v: __m256i| {
+            let d = _mm256_sub_epi32(u, _mm256_set1_epi32(128));
+            let e = _mm256_sub_epi32(v, _mm256_set1_epi32(128));
             [
                 _mm256_mullo_epi32(e, _mm256_set1_epi32(409)),
                 _mm256_add_epi32(
@@ -617,17 +622,31 @@ impl RgbRows<'_> {
                 _mm256_mullo_epi32(d, _mm256_set1_epi32(516)),
             ]
         };
-        let (top0, top1, bottom0, bottom1) =
-            (terms(0, c0), terms(0, c1), terms(1, c0), terms(1, c1));
+        let (u0, v0) = (gather(self.u[0], c0), gather(self.v[0], c0));
+        let (u1, v1) = (gather(self.u[1], c0), gather(self.v[1], c0));
+        let (top0, top1) = (
+            terms(left(u0), left(v0)),
+            terms(right_chroma(u0), right_chroma(v0)),
+        );
+        let (bottom0, bottom1) = (
+            terms(left(u1), left(v1)),
+            terms(right_chroma(u1), right_chroma(v1)),
+        );
         // `yuv_terms_to_rgb`'s luma part, then a channel, as floats.
-        let luma = |k: usize, at: __m256i| {
-            let y = _mm256_sub_epi32(byte(self.luma[k], at), _mm256_set1_epi32(16));
+        let luma = |y: __m256i| {
+            let y = _mm256_sub_epi32(y, _mm256_set1_epi32(16));
             _mm256_mullo_epi32(
                 _mm256_max_epi32(y, _mm256_setzero_si256()),
                 _mm256_set1_epi32(298),
             )
         };
-        let (ya, yb, yc, yd) = (luma(0, x0), luma(0, x1), luma(1, x0), luma(1, x1));
+        let (l0, l1) = (gather(self.luma[0], x0), gather(self.luma[1], x0));
+        let (ya, yb, yc, yd) = (
+            luma(left(l0)),
+            luma(right(l0)),
+            luma(left(l1)),
+            luma(right(l1)),
+        );
         let channel = |c: __m256i, t: __m256i| {
             let v = _mm256_srai_epi32::<8>(_mm256_add_epi32(
                 _mm256_add_epi32(c, t),
