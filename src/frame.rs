@@ -567,11 +567,11 @@ impl RgbRows<'_> {
     /// [`Sampler::rgb_grid`]'s samples at the eight positions `xs` of a row whose vertical
     /// weight is `fy`, as R, G and B on eight lanes each: the same values bit for bit (the
     /// same taps, [`chroma_terms`] and [`yuv_terms_to_rgb`] in 32-bit lanes, and
-    /// [`Frame::blend`] operation for operation, with no fused multiply-add). Each byte is
-    /// read by a gather of the four bytes from it, so `None` (nothing sampled, for the caller
-    /// to sample one by one) when a read would pass the end of its row (the last three luma
-    /// columns, the last three chroma ones) or a position is NaN. `w` is the frame's width,
-    /// `cw` its chroma rows' width.
+    /// [`Frame::blend`] operation for operation, with no fused multiply-add). A row's pair
+    /// of taps is read by one gather of the four bytes from the left one, so `None` (nothing
+    /// sampled, for the caller to sample one by one) when a read would pass the end of its
+    /// row (the last three luma columns, the last three chroma ones) or a position is NaN.
+    /// `w` is the frame's width, `cw` its chroma rows' width.
     ///
     /// # Safety
     /// The CPU must support AVX2; the rows are the frame's, whose width is at most 2^24.
