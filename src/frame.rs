@@ -261,6 +261,29 @@ unsafe fn tap8_avx2(
     (lo, hi, _mm256_sub_ps(at, _mm256_cvtepi32_ps(lo)))
 }
 
+/// [`Frame::blend`] on eight lanes, operation for operation (no fused
+/// multiply-add), so the same values bit for bit: `[a, b, c, d]` the
+/// top-left, top-right, bottom-left and bottom-right values, `fx` and `fy`
+/// the weights of the right and bottom ones.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn blend8_avx2(
+    [a, b, c, d]: [std::arch::x86_64::__m256; 4],
+    fx: std::arch::x86_64::__m256,
+    fy: std::arch::x86_64::__m256,
+) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let one = _mm256_set1_ps(1.0);
+    let (gx, gy) = (_mm256_sub_ps(one, fx), _mm256_sub_ps(one, fy));
+    let top = _mm256_add_ps(_mm256_mul_ps(a, gx), _mm256_mul_ps(b, fx));
+    let bottom = _mm256_add_ps(_mm256_mul_ps(c, gx), _mm256_mul_ps(d, fx));
+    _mm256_add_ps(_mm256_mul_ps(top, gy), _mm256_mul_ps(bottom, fy))
+}
+
 /// An I420 frame's limited-range Y as full-range grey, so that a grey
 /// picture looks the same whichever format carried it.
 #[inline]
@@ -414,12 +437,7 @@ impl<'a> Sampler<'a> {
         };
         let (a, b) = (byte(top), byte(_mm256_srli_epi32::<8>(top)));
         let (c, d) = (byte(bottom), byte(_mm256_srli_epi32::<8>(bottom)));
-        // `Frame::blend`, operation for operation.
-        let one = _mm256_set1_ps(1.0);
-        let (gx, gy) = (_mm256_sub_ps(one, fx), _mm256_sub_ps(one, fy));
-        let top = _mm256_add_ps(_mm256_mul_ps(a, gx), _mm256_mul_ps(b, fx));
-        let bottom = _mm256_add_ps(_mm256_mul_ps(c, gx), _mm256_mul_ps(d, fx));
-        _mm256_add_ps(_mm256_mul_ps(top, gy), _mm256_mul_ps(bottom, fy))
+        blend8_avx2([a, b, c, d], fx, fy)
     }
 
     /// A row of the commonest grid, the frame halved: output pixel `i` is
@@ -658,18 +676,12 @@ impl RgbRows<'_> {
             );
             _mm256_cvtepi32_ps(v)
         };
-        let one = _mm256_set1_ps(1.0);
         let fy = _mm256_set1_ps(fy);
-        let (gx, gy) = (_mm256_sub_ps(one, fx), _mm256_sub_ps(one, fy));
         let mut out = [[0f32; 8]; 3];
         for (k, out) in out.iter_mut().enumerate() {
             let (a, b) = (channel(ya, top0[k]), channel(yb, top1[k]));
             let (c, d) = (channel(yc, bottom0[k]), channel(yd, bottom1[k]));
-            // `Frame::blend`, operation for operation.
-            let top = _mm256_add_ps(_mm256_mul_ps(a, gx), _mm256_mul_ps(b, fx));
-            let bottom = _mm256_add_ps(_mm256_mul_ps(c, gx), _mm256_mul_ps(d, fx));
-            let v = _mm256_add_ps(_mm256_mul_ps(top, gy), _mm256_mul_ps(bottom, fy));
-            _mm256_storeu_ps(out.as_mut_ptr(), v);
+            _mm256_storeu_ps(out.as_mut_ptr(), blend8_avx2([a, b, c, d], fx, fy));
         }
         Some(out)
     }
