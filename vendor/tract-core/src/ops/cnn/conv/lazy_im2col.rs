@@ -211,6 +211,47 @@ impl LazyIm2colInput {
         }
     }
 
+    /// ferd patch: a panel of `N` columns that are not all consecutive but
+    /// fall into at most [`MAX_RUNS`] runs of consecutive elements (a panel
+    /// across the end of an output row, as most are when the row's width is
+    /// not a multiple of the panel's): per k, each run read as one, in
+    /// column order, so the same values in the same order as the gather.
+    /// `false`, with nothing written, when the columns form more runs.
+    fn input_runs<T: Datum + Copy, const N: usize>(
+        &self,
+        writer: &mut impl PackingWriter<T>,
+        k_range: Range<isize>,
+        n: isize,
+    ) -> bool {
+        let offsets = &self.im2col.n_byte_offsets[n as usize..n as usize + N];
+        let size = std::mem::size_of::<T>() as isize;
+        // (byte offset of the run's first column, its length)
+        let mut runs = [(0isize, 0usize); MAX_RUNS];
+        let mut count = 0;
+        for (i, &o) in offsets.iter().enumerate() {
+            if i > 0 && o - offsets[i - 1] == size {
+                runs[count - 1].1 += 1;
+            } else if count == MAX_RUNS {
+                return false;
+            } else {
+                runs[count] = (o, 1);
+                count += 1;
+            }
+        }
+        let runs = &runs[..count];
+        let k_byte_offsets = self.im2col.k_byte_offsets.as_ptr();
+        unsafe {
+            let ptr = self.tensor.as_ptr_unchecked::<u8>().offset(self.group_offset_bytes);
+            for k in k_range.start..k_range.end {
+                let row = ptr.offset(*k_byte_offsets.offset(k));
+                for &(offset, len) in runs {
+                    write_run::<T>(writer, row.offset(offset), len);
+                }
+            }
+        }
+        true
+    }
+
     fn input_8n<T: Datum + Copy>(
         &self,
         writer: &mut impl PackingWriter<T>,
@@ -348,11 +389,27 @@ impl LazyIm2colInput {
         // panels of a 3x3 convolution) copies a run of N values per k, which
         // the compiler moves as vectors, instead of N gathered loads.
         if self.runs && self.consecutive::<T>(n_range.clone()) {
+            // The panel widths of tract's f32 kernels: 6, 8 and 4 on AVX2
+            // (16x6, 16x8, 24x4), 12 and 8 on AVX-512 (16x12, 16x8).
             match n_range.len() {
+                16 => return self.input_run::<T, 16>(writer, k_range, n_range.start),
+                12 => return self.input_run::<T, 12>(writer, k_range, n_range.start),
                 8 => return self.input_run::<T, 8>(writer, k_range, n_range.start),
                 6 => return self.input_run::<T, 6>(writer, k_range, n_range.start),
                 4 => return self.input_run::<T, 4>(writer, k_range, n_range.start),
                 _ => (),
+            }
+        }
+        if self.runs {
+            let done = match n_range.len() {
+                16 => self.input_runs::<T, 16>(writer, k_range.clone(), n_range.start),
+                12 => self.input_runs::<T, 12>(writer, k_range.clone(), n_range.start),
+                8 => self.input_runs::<T, 8>(writer, k_range.clone(), n_range.start),
+                6 => self.input_runs::<T, 6>(writer, k_range.clone(), n_range.start),
+                _ => false,
+            };
+            if done {
+                return;
             }
         }
         match n_range.len() {
@@ -437,6 +494,52 @@ impl LazyIm2colInput {
                     let v1 = *(ptr.offset(o1) as *const T);
                     writer.write(v1);
                     n += 1;
+                }
+            }
+        }
+    }
+}
+
+/// ferd patch: the most runs [`LazyIm2colInput::input_runs`] copies a
+/// panel's columns as; more (rows narrower than a third of the panel) go
+/// through the gather.
+const MAX_RUNS: usize = 3;
+
+/// ferd patch: `len` consecutive `T`s from `src` written in order; up to 16
+/// read as one array of that length (a jump on `len`, the same for every k
+/// of a panel, so predicted).
+///
+/// # Safety
+/// `src` is valid for reading `len` `T`s.
+#[inline(always)]
+unsafe fn write_run<T: Datum + Copy>(writer: &mut impl PackingWriter<T>, src: *const u8, len: usize) {
+    #[inline(always)]
+    unsafe fn run<T: Copy, const L: usize>(writer: &mut impl PackingWriter<T>, src: *const u8) {
+        for v in unsafe { (src as *const [T; L]).read_unaligned() } {
+            writer.write(v);
+        }
+    }
+    unsafe {
+        match len {
+            1 => run::<T, 1>(writer, src),
+            2 => run::<T, 2>(writer, src),
+            3 => run::<T, 3>(writer, src),
+            4 => run::<T, 4>(writer, src),
+            5 => run::<T, 5>(writer, src),
+            6 => run::<T, 6>(writer, src),
+            7 => run::<T, 7>(writer, src),
+            8 => run::<T, 8>(writer, src),
+            9 => run::<T, 9>(writer, src),
+            10 => run::<T, 10>(writer, src),
+            11 => run::<T, 11>(writer, src),
+            12 => run::<T, 12>(writer, src),
+            13 => run::<T, 13>(writer, src),
+            14 => run::<T, 14>(writer, src),
+            15 => run::<T, 15>(writer, src),
+            16 => run::<T, 16>(writer, src),
+            _ => {
+                for i in 0..len {
+                    writer.write((src as *const T).add(i).read_unaligned());
                 }
             }
         }
