@@ -813,3 +813,89 @@ fn f32_products_leave_avx512_only_where_it_gains_nothing_and_agree_with_it() {
         1e-4,
     );
 }
+
+// The patched tract-linalg's assembly kernels end with `vzeroupper`
+// (vendor/TRACT-PATCH.md, "the upper vector state cleared"): without it
+// they return with the upper halves of the vector registers in use, and on
+// Intel cores every SSE instruction after them (all of Rust's scalar float
+// code, the lazy im2col's gather, glibc's `expf`) then runs far slower.
+
+/// `XINUSE` (`XGETBV` with `ECX = 1`): which parts of the extended state
+/// are not in their initial state. `None` where the processor cannot say.
+#[cfg(target_arch = "x86_64")]
+fn xinuse() -> Option<u64> {
+    use std::arch::x86_64::{__cpuid_count, _xgetbv};
+    #[target_feature(enable = "xsave")]
+    unsafe fn read() -> u64 {
+        _xgetbv(1)
+    }
+    // CPUID.(EAX=0DH, ECX=1):EAX bit 2: XGETBV with ECX = 1 is supported.
+    let leaf_ok = unsafe { __cpuid_count(0, 0).eax } >= 0xD;
+    if !std::is_x86_feature_detected!("xsave")
+        || !leaf_ok
+        || unsafe { __cpuid_count(0xD, 1).eax } & 4 == 0
+    {
+        return None;
+    }
+    Some(unsafe { read() })
+}
+
+/// After every node of every shipped model's plan (their f32 products on
+/// the kernels this machine's tract picks, the int8 model's on its integer
+/// kernels), the upper halves of the vector registers are back in their
+/// initial state: no kernel leaves them in use.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn kernels_leave_the_upper_vector_state_clean() {
+    use tract_onnx::tract_core::plan::{eval, SimpleState};
+    // XINUSE bit 2: the upper 128 bits of YMM0-15 (what `vzeroupper`
+    // clears; bit 7, ZMM0-15's upper 256 bits, stays set after it on the
+    // Intel VM this was written on, so it says nothing).
+    const UPPER: u64 = 1 << 2;
+    if xinuse().is_none() || !std::is_x86_feature_detected!("avx") {
+        eprintln!("skipped: this processor does not report XINUSE, or has no AVX");
+        return;
+    }
+    #[target_feature(enable = "avx")]
+    unsafe fn clear_upper() {
+        std::arch::x86_64::_mm256_zeroupper()
+    }
+    let models = [
+        ("models/expression.toml", Task::Expression, None),
+        (
+            "models/expression-kd-int8-nnef.toml",
+            Task::Expression,
+            None,
+        ),
+        (
+            "models/retinaface-mnet025.toml",
+            Task::FaceDetector,
+            Some([240, 320]),
+        ),
+        ("models/face-landmark.toml", Task::FaceLandmarks, None),
+        ("models/iris-landmark.toml", Task::IrisLandmarks, None),
+    ];
+    for (file, task, size) in models {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let model = LoadedModel::load(&manifest, task, size).unwrap();
+        let input = noise(&model.input_shape, 7, 1.0);
+        let mut state = SimpleState::new(&model.plan).unwrap();
+        let mut dirty = Vec::new();
+        // Loading may leave it in use (tract's start-up probes); each node
+        // is checked from a clean start.
+        unsafe { clear_upper() };
+        state
+            .run_plan_with_eval(tvec![input.into_tvalue()], |ctx, op_state, node, inputs| {
+                let out = eval(ctx, op_state, node, inputs);
+                if xinuse().unwrap_or(0) & UPPER != 0 {
+                    dirty.push(format!("{} ({})", node.name, node.op().name()));
+                }
+                out
+            })
+            .unwrap();
+        assert!(
+            dirty.is_empty(),
+            "{file}: upper vector state left in use after {dirty:?}"
+        );
+    }
+}

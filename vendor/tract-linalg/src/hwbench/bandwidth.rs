@@ -24,6 +24,8 @@ fn load_a_slice(slice: &[u8], loops: usize) {
                 vmovaps zmm5, [rsi + 320]
                 vmovaps zmm6, [rsi + 384]
                 vmovaps zmm7, [rsi + 448]
+                // ferd patch: the upper vector state cleared for the SSE code after
+                vzeroupper
                     ", inout("rsi") ptr,
                     out("zmm0") _,
                     out("zmm1") _,
@@ -41,6 +43,8 @@ fn load_a_slice(slice: &[u8], loops: usize) {
                 vmovaps ymm1, [rsi + 32]
                 vmovaps ymm2, [rsi + 64]
                 vmovaps ymm3, [rsi + 96]
+                // ferd patch: the upper vector state cleared for the SSE code after
+                vzeroupper
                     ", inout("rsi") ptr,
                     out("ymm0") _,
                     out("ymm1") _,

@@ -74,6 +74,8 @@ unsafe fn x86_64_avx512_hardswish_f32_64n_run(buf: &mut [f32]) {
                 add {ptr}, 256
                 sub {len}, 64
                 jnz 2b
+            // ferd patch: the upper vector state cleared for the SSE code after
+            vzeroupper
             ",
         len = inout(reg) len => _,
         ptr = inout(reg) ptr => _,
@@ -148,6 +150,8 @@ unsafe fn x86_64_avx512_leaky_relu_f32_64n_run(buf: &mut [f32], alpha: f32) {
                 add {ptr}, 256
                 sub {len}, 64
                 jnz 2b
+            // ferd patch: the upper vector state cleared for the SSE code after
+            vzeroupper
             ",
         len = inout(reg) len => _,
         ptr = inout(reg) ptr => _,

@@ -94,6 +94,8 @@ unsafe fn hardswish_f16_run(buf: &mut [f16]) {
                 add {ptr}, 256
                 sub {len}, 128
                 jnz 2b
+            // ferd patch: the upper vector state cleared for the SSE code after
+            vzeroupper
             ",
             len = inout(reg) len => _,
             ptr = inout(reg) ptr => _,
@@ -181,6 +183,8 @@ unsafe fn leaky_relu_f16_run(buf: &mut [f16], alpha: f16) {
                 add {ptr}, 256
                 sub {len}, 128
                 jnz 2b
+            // ferd patch: the upper vector state cleared for the SSE code after
+            vzeroupper
             ",
             len = inout(reg) len => _,
             ptr = inout(reg) ptr => _,

@@ -39,6 +39,8 @@ unsafe fn x86_64_avx_f32_mul_by_scalar_32n_run(buf: &mut [f32], scalar: f32) {
                 add {ptr}, 128
                 sub {len}, 32
                 jnz 2b
+            // ferd patch: the upper vector state cleared for the SSE code after
+            vzeroupper
             ",
         len = inout(reg) len => _,
         ptr = inout(reg) ptr => _,

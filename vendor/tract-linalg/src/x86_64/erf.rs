@@ -179,6 +179,8 @@ unsafe fn x86_64_avx512_erf_f32_64n_run(buf: &mut [f32]) {
                 add {ptr}, 256
                 sub {len}, 64
                 jnz 2b
+            // ferd patch: the upper vector state cleared for the SSE code after
+            vzeroupper
             ",
             len = inout(reg) len => _,
             ptr = inout(reg) ptr => _,

@@ -102,6 +102,8 @@ unsafe fn vnni_zmm_burst(iters: u64) {
             "vpdpbusd zmm14, zmm16, zmm17", "vpdpbusd zmm15, zmm16, zmm17",
             "dec {n}",
             "jnz 2b",
+            // ferd patch: the upper vector state cleared for the SSE code after
+            "vzeroupper",
             n = inout(reg) iters => _,
             out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
             out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
@@ -139,6 +141,8 @@ unsafe fn vnni_ymm_burst(iters: u64) {
             "vpdpbusd ymm14, ymm16, ymm17", "vpdpbusd ymm15, ymm16, ymm17",
             "dec {n}",
             "jnz 2b",
+            // ferd patch: the upper vector state cleared for the SSE code after
+            "vzeroupper",
             n = inout(reg) iters => _,
             out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
             out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,

@@ -48,6 +48,8 @@ unsafe fn x86_64_fma_max_f32_32n_run(buf: &[f32]) -> f32 {
             vmaxps xmm0, xmm0, xmm1             // xmm0 containes 2 values
             vpermilps xmm1, xmm0, 1             // second f32 to top
             vmaxps xmm0, xmm0, xmm1
+            // ferd patch: the upper vector state cleared for the SSE code after
+            vzeroupper
             ",
         len = inout(reg) len => _,
         ptr = inout(reg) ptr => _,
@@ -108,6 +110,8 @@ unsafe fn x86_64_avx512_max_f32_64n_run(buf: &[f32]) -> f32 {
             vmaxps xmm0, xmm0, xmm1            // xmm0 holds 2 values
             vpermilps xmm1, xmm0, 1             // second f32 to top
             vmaxps xmm0, xmm0, xmm1
+            // ferd patch: the upper vector state cleared for the SSE code after
+            vzeroupper
             ",
         len = inout(reg) len => _,
         ptr = inout(reg) ptr => _,

@@ -210,6 +210,8 @@ unsafe fn kernel_packed_32_q40_to_f32(input: *const u8, output: *mut u8, k: usiz
 
         sub {k}, 32
         jnz 2b;
+    // ferd patch: the upper vector state cleared for the SSE code after
+    vzeroupper
             ",
         mask = in(reg) &0x0F0F0F0F,
         eight = in(reg) &0x08,
@@ -257,6 +259,8 @@ unsafe fn kernel_packed_32_f16_to_f32(input: *const u8, output: *mut u8, k: usiz
 
         sub {k}, 1
         jnz 2b;
+    // ferd patch: the upper vector state cleared for the SSE code after
+    vzeroupper
             ",
         k = inout(reg) k => _,
         i = inout(reg) input => _,
