@@ -823,6 +823,8 @@ fn f32_products_leave_avx512_only_where_it_gains_nothing_and_agree_with_it() {
 /// `XINUSE` (`XGETBV` with `ECX = 1`): which parts of the extended state
 /// are not in their initial state. `None` where the processor cannot say.
 #[cfg(target_arch = "x86_64")]
+// `__cpuid_count` is unsafe on older toolchains, safe on newer ones.
+#[allow(unused_unsafe)]
 fn xinuse() -> Option<u64> {
     use std::arch::x86_64::{__cpuid_count, _xgetbv};
     #[target_feature(enable = "xsave")]
@@ -897,5 +899,44 @@ fn kernels_leave_the_upper_vector_state_clean() {
             dirty.is_empty(),
             "{file}: upper vector state left in use after {dirty:?}"
         );
+    }
+}
+
+/// MXCSR, read with `stmxcsr`.
+#[cfg(target_arch = "x86_64")]
+fn mxcsr() -> u32 {
+    let mut v = 0u32;
+    unsafe { std::arch::asm!("stmxcsr [{}]", in(reg) &mut v, options(nostack)) };
+    v
+}
+
+/// The patched kernels leave MXCSR alone and the tile walk sets their mode
+/// (exceptions masked, denormal inputs as zero) around itself
+/// (vendor/TRACT-PATCH.md, "MXCSR set once per tile walk"): the products
+/// still read denormal inputs as zero, as stock's kernels do, and the
+/// thread's own mode, default or not, is what it was after the run.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn products_run_in_the_kernels_float_mode_and_leave_the_threads_alone() {
+    let (plan, _, bias) = conv_plan([8, 16, 12, 20], [3, 3], 1, [1, 1], 1, 11, "LazyIm2col");
+    // Every input a denormal: read as zero, each output is its bias.
+    let denormal = Tensor::from_shape(&[1, 8, 12, 20], &vec![1.0e-39f32; 8 * 12 * 20]).unwrap();
+    let write = |v: u32| unsafe { std::arch::asm!("ldmxcsr [{}]", in(reg) &v, options(nostack)) };
+    let before = mxcsr();
+    for mode in [before, before | 1 << 15] {
+        // The default mode, then with flush-to-zero (bit 15) added.
+        write(mode);
+        let out = run_plan(&plan, &denormal, false).remove(0);
+        let after = mxcsr();
+        write(before);
+        assert_eq!(after, mode, "the thread's MXCSR changed by the run");
+        for (o, chunk) in out.chunks(12 * 20).enumerate() {
+            assert!(
+                chunk.iter().all(|&v| v == bias[o]),
+                "mode {mode:#x}: channel {o} is not its bias {}: {:?}",
+                bias[o],
+                &chunk[..4]
+            );
+        }
     }
 }

@@ -275,6 +275,9 @@ impl<TI: LADatum> ScratchSpaceImpl<TI> {
     where
         F: FnOnce(&Self, &mut TLSScratch) -> R,
     {
+        // ferd patch: every tile walk goes through here, so the kernels' MXCSR
+        // mode is set here once instead of by each kernel call.
+        let _mode = KernelFloatMode::enter();
         TLS.with_borrow_mut(|tls| {
             tls.sync(self);
             f(self, tls)
@@ -628,4 +631,65 @@ impl<TI: LADatum> ScratchSpaceImpl<TI> {
             Ok(())
         }
     }
+}
+
+/// ferd patch: the MXCSR value tract's x86_64 kernels compute under: every
+/// floating-point exception masked, denormal inputs read as zero (DAZ).
+/// Stock kernels set it on entry and put the caller's back on return, a
+/// STMXCSR and two LDMXCSRs per tile; on Intel cores that cost about as much
+/// as a small tile's arithmetic, so the patched kernels leave MXCSR alone and
+/// the tile walks run under this guard instead.
+#[cfg(target_arch = "x86_64")]
+const KERNEL_MXCSR: u32 = 0x1FC0;
+
+/// ferd patch: puts the thread in [`KERNEL_MXCSR`] until dropped, then
+/// back in the mode it was in (nothing written when it already was in it).
+/// Elsewhere than x86_64, nothing.
+struct KernelFloatMode {
+    #[cfg(target_arch = "x86_64")]
+    restore: Option<u32>,
+}
+
+impl KernelFloatMode {
+    #[inline]
+    fn enter() -> KernelFloatMode {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let was = read_mxcsr();
+            let restore = (was != KERNEL_MXCSR).then(|| {
+                write_mxcsr(KERNEL_MXCSR);
+                was
+            });
+            KernelFloatMode { restore }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        KernelFloatMode {}
+    }
+}
+
+impl Drop for KernelFloatMode {
+    #[inline]
+    fn drop(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(mode) = self.restore {
+            write_mxcsr(mode);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn read_mxcsr() -> u32 {
+    let mut v = 0u32;
+    // SAFETY: stores the 4-byte MXCSR into `v`; SSE is part of x86_64.
+    unsafe { std::arch::asm!("stmxcsr [{}]", in(reg) &mut v, options(nostack)) };
+    v
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn write_mxcsr(v: u32) {
+    // SAFETY: loads MXCSR from `v`, a value read from MXCSR or
+    // `KERNEL_MXCSR`: no reserved bit set, so it cannot fault.
+    unsafe { std::arch::asm!("ldmxcsr [{}]", in(reg) &v, options(nostack, readonly)) };
 }
