@@ -940,3 +940,28 @@ fn products_run_in_the_kernels_float_mode_and_leave_the_threads_alone() {
         }
     }
 }
+
+/// On AMX machines the patched tract-linalg keeps int8 products of depth
+/// under 64 (the int8 model's first convolution, k = 9) off the AMX
+/// kernels, whose tile is mostly padding there (vendor/TRACT-PATCH.md,
+/// "AMX int8 declined below one K step"); deeper ones may use them. On
+/// machines without AMX no plan names an AMX kernel at all.
+#[test]
+fn shallow_int8_products_stay_off_amx() {
+    let model = LoadedModel::load(&manifest(), Task::Expression, None).unwrap();
+    let kernels = model.kernels();
+    let mut shallow = 0;
+    for line in kernels.lines() {
+        let k: usize = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("k:"))
+            .and_then(|k| k.parse().ok())
+            .unwrap_or_else(|| panic!("no depth in {line:?}"));
+        if k < 64 {
+            shallow += 1;
+            assert!(!line.contains("amx"), "a shallow product on AMX: {line}");
+        }
+    }
+    // The first convolution (one input channel, 3x3) is such a product.
+    assert!(shallow >= 1, "no product of depth under 64 in:\n{kernels}");
+}
