@@ -862,6 +862,13 @@ fn kernels_leave_the_upper_vector_state_clean() {
     unsafe fn clear_upper() {
         std::arch::x86_64::_mm256_zeroupper()
     }
+    // Where `vzeroupper` does not clear the bit (a processor or hypervisor
+    // that reports the component in use regardless), it says nothing.
+    unsafe { clear_upper() };
+    if xinuse().unwrap_or(0) & UPPER != 0 {
+        eprintln!("skipped: XINUSE's upper-YMM bit stays set after vzeroupper here");
+        return;
+    }
     let models = [
         ("models/expression.toml", Task::Expression, None),
         (
