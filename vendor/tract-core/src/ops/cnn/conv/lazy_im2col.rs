@@ -180,43 +180,13 @@ unsafe impl Send for LazyIm2colInput {}
 unsafe impl Sync for LazyIm2colInput {}
 
 impl LazyIm2colInput {
-    /// ferd patch: whether the columns `n_range` sit at consecutive `T`s of
-    /// the input (each byte offset one element past the previous one).
-    fn consecutive<T: Datum + Copy>(&self, n_range: Range<isize>) -> bool {
-        let offsets = &self.im2col.n_byte_offsets[n_range.start as usize..n_range.end as usize];
-        offsets.windows(2).all(|w| w[1] - w[0] == std::mem::size_of::<T>() as isize)
-    }
-
-    /// ferd patch: [`Self::input_8n`] and its kin for `N` columns at
-    /// consecutive elements ([`Self::consecutive`]): the same values in the
-    /// same order, read as one run of `N` per k.
-    fn input_run<T: Datum + Copy, const N: usize>(
-        &self,
-        writer: &mut impl PackingWriter<T>,
-        k_range: Range<isize>,
-        n: isize,
-    ) {
-        let k_byte_offsets = self.im2col.k_byte_offsets.as_ptr();
-        unsafe {
-            let ptr = self
-                .tensor
-                .as_ptr_unchecked::<u8>()
-                .offset(self.group_offset_bytes + self.im2col.n_byte_offsets[n as usize]);
-            for k in k_range.start..k_range.end {
-                let run = (ptr.offset(*k_byte_offsets.offset(k)) as *const [T; N]).read_unaligned();
-                for v in run {
-                    writer.write(v);
-                }
-            }
-        }
-    }
-
-    /// ferd patch: a panel of `N` columns that are not all consecutive but
-    /// fall into at most [`MAX_RUNS`] runs of consecutive elements (a panel
-    /// across the end of an output row, as most are when the row's width is
-    /// not a multiple of the panel's): per k, each run read as one, in
-    /// column order, so the same values in the same order as the gather.
-    /// `false`, with nothing written, when the columns form more runs.
+    /// ferd patch: a panel of `N` columns that fall into at most
+    /// [`MAX_RUNS`] runs of consecutive elements (one run for a panel within
+    /// an output row of a stride-1 convolution; two for one across a row's
+    /// end, as most are when the row's width is not a multiple of the
+    /// panel's): per k, each run read as one, in column order, so the same
+    /// values in the same order as the gather. `false`, with nothing
+    /// written, when the columns form more runs.
     fn input_runs<T: Datum + Copy, const N: usize>(
         &self,
         writer: &mut impl PackingWriter<T>,
@@ -384,28 +354,19 @@ impl LazyIm2colInput {
     ) {
         let mn_end = mn_range.end.min(self.im2col.n_byte_offsets.len() as isize);
         let n_range = mn_range.start..mn_end;
-        // ferd patch: a panel whose columns are consecutive elements of the
-        // input (stride 1 along the last axis, within one output row: most
-        // panels of a 3x3 convolution) copies a run of N values per k, which
-        // the compiler moves as vectors, instead of N gathered loads.
-        if self.runs && self.consecutive::<T>(n_range.clone()) {
-            // The panel widths of tract's f32 kernels: 6, 8 and 4 on AVX2
-            // (16x6, 16x8, 24x4), 12 and 8 on AVX-512 (16x12, 16x8).
-            match n_range.len() {
-                16 => return self.input_run::<T, 16>(writer, k_range, n_range.start),
-                12 => return self.input_run::<T, 12>(writer, k_range, n_range.start),
-                8 => return self.input_run::<T, 8>(writer, k_range, n_range.start),
-                6 => return self.input_run::<T, 6>(writer, k_range, n_range.start),
-                4 => return self.input_run::<T, 4>(writer, k_range, n_range.start),
-                _ => (),
-            }
-        }
+        // ferd patch: a panel whose columns are runs of consecutive elements
+        // of the input (stride 1 along the last axis: most panels of a 3x3
+        // convolution) copies each run per k, which the compiler moves as
+        // vectors, instead of N gathered loads. The widths are the panels
+        // of tract's f32 kernels: 6, 8 and 4 on AVX2 (16x6, 16x8, 24x4), 12
+        // and 8 on AVX-512 (16x12, 16x8).
         if self.runs {
             let done = match n_range.len() {
                 16 => self.input_runs::<T, 16>(writer, k_range.clone(), n_range.start),
                 12 => self.input_runs::<T, 12>(writer, k_range.clone(), n_range.start),
                 8 => self.input_runs::<T, 8>(writer, k_range.clone(), n_range.start),
                 6 => self.input_runs::<T, 6>(writer, k_range.clone(), n_range.start),
+                4 => self.input_runs::<T, 4>(writer, k_range.clone(), n_range.start),
                 _ => false,
             };
             if done {
