@@ -9,10 +9,11 @@
 //!
 //! Run with `cargo bench --bench ops [-- ROUNDS]` (release profile; default
 //! 20 rounds, the first of each kind not counted). Models: the packaged
-//! detector at 320×240, the expression classifier, and the landmark
-//! stage's face mesh and iris model, on a fixed synthetic input; one
-//! thread. With `FERD_OPS_BY_NODE=1` in the environment the rows are the
-//! plan's nodes (name, op and what tract says of it) instead of op kinds.
+//! detector at 320×240, the expression classifier (fp32, and the int8
+//! default), and the landmark stage's face mesh and iris model, on a fixed
+//! synthetic input; one thread. With `FERD_OPS_BY_NODE=1` in the
+//! environment the rows are the plan's nodes (name, op and what tract says
+//! of it) instead of op kinds.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -111,6 +112,14 @@ fn main() {
     profile(
         "classifier",
         "models/expression.toml",
+        Task::Expression,
+        None,
+        rounds,
+    );
+    // The shipped default: the same network quantized (NNEF, int8 products).
+    profile(
+        "classifier int8",
+        "models/expression-kd-int8-nnef.toml",
         Task::Expression,
         None,
         rounds,

@@ -544,42 +544,108 @@ impl MMMInputValue for LazyIm2colInput {
     }
 }
 
+/// ferd patch: the columns of an 8-column chunk of 1-byte values as at most
+/// [`MAX_RUNS`] runs of consecutive bytes, for the K=4 gather: per run, the
+/// offset `base` at which an 8-byte load puts each of the run's columns in
+/// its own lane (column `n` of the run at `base + n`), and the mask of those
+/// lanes. `None` when the offsets are not strictly increasing or fall into
+/// more runs (a stride-2 convolution's, say).
+///
+/// With strictly increasing offsets every such load stays between the
+/// chunk's first and last column: `base_j = o[s_j] - s_j >= o[0]` and
+/// `base_j + 7 = o[s_j] + 7 - s_j <= o[7]`, as each column is at least one
+/// byte past the one before it.
+#[cfg(target_arch = "x86_64")]
+fn byte_runs_8(o: &[isize; 8]) -> Option<([isize; MAX_RUNS], [u64; MAX_RUNS], usize)> {
+    let (mut base, mut mask, mut count) = ([0isize; MAX_RUNS], [0u64; MAX_RUNS], 0);
+    for n in 0..8 {
+        let lane = 0xffu64 << (8 * n);
+        if n > 0 && o[n] == o[n - 1] + 1 {
+            mask[count - 1] |= lane;
+        } else if (n > 0 && o[n] <= o[n - 1]) || count == MAX_RUNS {
+            return None;
+        } else {
+            base[count] = o[n] - n as isize;
+            mask[count] = lane;
+            count += 1;
+        }
+    }
+    Some((base, mask, count))
+}
+
 impl LazyIm2colInput {
-    /// ferd patch: the whole K=4 blocks of a full 8-column panel of 1-byte
-    /// values in the K=4-inner layout, `out[kb*32 + n*4 + t] = src[k_offsets[4kb+t]
-    /// + n_offsets[n]]`. When the 8 columns are 8 consecutive bytes of the
-    /// input (stride 1, within one output row: most panels of a 3×3 conv
-    /// over a row at least 8 wide), each K is one 8-byte load, and the four of
-    /// a block are interleaved in registers. Otherwise each byte is loaded on
-    /// its own, still stored 32 at a time.
+    /// ferd patch: the whole K=4 blocks of 8 columns of 1-byte values (a
+    /// full panel of the AVX2, dot-product and 8-wide VNNI kernels, or one
+    /// eighth-column chunk of the 16-wide AVX-512 VNNI and AMX kernels') in
+    /// the K=4-inner layout: `out[kb*block_stride + n*4 + t] =
+    /// src[k_offsets[4kb+t] + n_offsets[n]]`, 32 bytes per block.
+    ///
+    /// On x86_64, when the 8 columns fall into at most [`MAX_RUNS`] runs of
+    /// consecutive bytes (stride 1: one run within an output row, two or
+    /// three across rows' ends), each K is one 8-byte load per run, merged
+    /// by the runs' lane masks, and the four K of a block are interleaved in
+    /// registers. Elsewhere 8 consecutive bytes are loaded as one, and any
+    /// other chunk byte by byte, still stored 32 bytes at a time.
     ///
     /// Safety: every `src + k_offsets[k] + n_offsets[n]` must be readable and
-    /// `out` must hold `k_offsets.len() / 4 * 32` bytes.
+    /// `out + kb*block_stride` must hold 32 bytes for every whole block `kb`
+    /// of `k_offsets`.
     unsafe fn k4_blocks_8n(
         src: *const u8,
         k_offsets: &[isize],
         n_offsets: &[isize; 8],
         out: *mut u8,
+        block_stride: usize,
     ) {
-        let o0 = n_offsets[0];
-        let consecutive = n_offsets.iter().enumerate().all(|(n, &o)| o == o0 + n as isize);
         #[cfg(target_arch = "x86_64")]
-        if consecutive {
-            // SSE2 (every x86_64): two byte and two word interleaves make the
-            // block from the four 8-byte rows, as the portable loop below.
+        if let Some((base, mask, count)) = byte_runs_8(n_offsets) {
+            // SSE2 (every x86_64).
             use std::arch::x86_64::*;
-            for (kb, ks) in k_offsets.chunks_exact(4).enumerate() {
+            unsafe fn blocks<const RUNS: usize>(
+                src: *const u8,
+                k_offsets: &[isize],
+                base: [isize; MAX_RUNS],
+                mask: [u64; MAX_RUNS],
+                out: *mut u8,
+                block_stride: usize,
+            ) {
                 unsafe {
-                    let row = |t: usize| _mm_loadl_epi64(src.offset(ks[t] + o0) as *const __m128i);
-                    let k01 = _mm_unpacklo_epi8(row(0), row(1));
-                    let k23 = _mm_unpacklo_epi8(row(2), row(3));
-                    let dst = out.add(kb * 32) as *mut __m128i;
-                    _mm_storeu_si128(dst, _mm_unpacklo_epi16(k01, k23));
-                    _mm_storeu_si128(dst.add(1), _mm_unpackhi_epi16(k01, k23));
+                    let mask: [__m128i; MAX_RUNS] =
+                        std::array::from_fn(|j| _mm_cvtsi64_si128(mask[j] as i64));
+                    // The 8 columns' bytes of one K: a run's load puts its
+                    // own columns in their lanes and its mask keeps them.
+                    let row = |k: isize| {
+                        let load =
+                            |j: usize| _mm_loadl_epi64(src.offset(k + base[j]) as *const __m128i);
+                        if RUNS == 1 {
+                            return load(0);
+                        }
+                        let mut v = _mm_and_si128(load(0), mask[0]);
+                        for j in 1..RUNS {
+                            v = _mm_or_si128(v, _mm_and_si128(load(j), mask[j]));
+                        }
+                        v
+                    };
+                    for (kb, ks) in k_offsets.chunks_exact(4).enumerate() {
+                        let k01 = _mm_unpacklo_epi8(row(ks[0]), row(ks[1]));
+                        let k23 = _mm_unpacklo_epi8(row(ks[2]), row(ks[3]));
+                        let dst = out.add(kb * block_stride) as *mut __m128i;
+                        _mm_storeu_si128(dst, _mm_unpacklo_epi16(k01, k23));
+                        _mm_storeu_si128(dst.add(1), _mm_unpackhi_epi16(k01, k23));
+                    }
+                }
+            }
+            unsafe {
+                match count {
+                    1 => blocks::<1>(src, k_offsets, base, mask, out, block_stride),
+                    2 => blocks::<2>(src, k_offsets, base, mask, out, block_stride),
+                    _ => blocks::<3>(src, k_offsets, base, mask, out, block_stride),
                 }
             }
             return;
         }
+        let o0 = n_offsets[0];
+        let consecutive = n_offsets.iter().enumerate().all(|(n, &o)| o == o0 + n as isize);
         for (kb, ks) in k_offsets.chunks_exact(4).enumerate() {
             let mut block = [0u8; 32];
             if consecutive {
@@ -599,7 +665,9 @@ impl LazyIm2colInput {
                     }
                 }
             }
-            unsafe { std::ptr::write_unaligned(out.add(kb * 32) as *mut [u8; 32], block) };
+            unsafe {
+                std::ptr::write_unaligned(out.add(kb * block_stride) as *mut [u8; 32], block)
+            };
         }
     }
 
@@ -625,20 +693,27 @@ impl LazyIm2colInput {
                 let out = packed as *mut T;
                 let n_offsets = &self.im2col.n_byte_offsets[mn_start..mn_end];
                 let k_offsets = &self.im2col.k_byte_offsets;
-                // Whole K=4 blocks of a full 8-column panel of bytes (the AVX2,
-                // VNNI and dot-product kernels' r) are assembled 32 bytes at a
-                // time and stored at once; the rest goes element by element.
-                let whole = if std::mem::size_of::<T>() == 1 && r == 8 && n_offsets.len() == 8 {
-                    let n_offsets: &[isize; 8] = n_offsets.try_into().unwrap();
-                    Self::k4_blocks_8n(src, k_offsets, n_offsets, packed);
-                    k / 4 * 4
-                } else {
-                    0
-                };
-                for (kk, &k_offset) in k_offsets.iter().enumerate().skip(whole) {
+                // Whole K=4 blocks of every full 8-column chunk of a panel of
+                // bytes (the AVX2, VNNI and dot-product kernels' r is 8 or 16)
+                // are assembled 32 bytes at a time and stored at once; the
+                // rest (K's tail, a short panel's last columns) goes element
+                // by element.
+                let (whole_k, whole_n) =
+                    if std::mem::size_of::<T>() == 1 && r.is_multiple_of(8) {
+                        (k / 4 * 4, n_offsets.len() / 8 * 8)
+                    } else {
+                        (0, 0)
+                    };
+                for (c, chunk) in n_offsets[..whole_n].chunks_exact(8).enumerate() {
+                    let chunk: &[isize; 8] = chunk.try_into().unwrap();
+                    let out = packed.add(c * 32);
+                    Self::k4_blocks_8n(src, &k_offsets[..whole_k], chunk, out, r * 4);
+                }
+                for (kk, &k_offset) in k_offsets.iter().enumerate() {
                     let row = src.offset(k_offset);
                     let dst = out.add((kk / 4) * r * 4 + kk % 4);
-                    for (n, &n_offset) in n_offsets.iter().enumerate() {
+                    let first = if kk < whole_k { whole_n } else { 0 };
+                    for (n, &n_offset) in n_offsets.iter().enumerate().skip(first) {
                         *dst.add(n * 4) = *(row.offset(n_offset) as *const T);
                     }
                 }

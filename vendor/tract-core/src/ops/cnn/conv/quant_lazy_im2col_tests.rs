@@ -231,6 +231,21 @@ fn conv5x5_and_odd_shapes() -> TractResult<()> {
     Ok(())
 }
 
+/// ferd patch: the K=4 gather takes 8 columns at a time as up to three runs
+/// of consecutive bytes; rows of 3, 5, 6, 12 and 22 outputs put one, two or
+/// three runs (or more: the byte-by-byte fallback) in a chunk, at every
+/// offset of a panel, and leave short panels.
+#[test]
+fn chunks_across_rows_ends() -> TractResult<()> {
+    check(&Case { hw: (5, 3), ..case(4, 16, 3, 1, true) })?;
+    check(&Case { hw: (7, 7), ..case(5, 16, 3, 1, false) })?;
+    check(&Case { hw: (6, 5), ..case(3, 32, 3, 1, true) })?;
+    check(&Case { hw: (7, 6), ..case(16, 16, 3, 1, true) })?;
+    check(&Case { hw: (9, 12), ..case(8, 48, 3, 1, true) })?;
+    check(&Case { hw: (6, 24), ..case(2, 16, 3, 1, false) })?;
+    Ok(())
+}
+
 #[test]
 fn input_types_and_zero_points() -> TractResult<()> {
     for x0 in [0, 1, 128, 255] {
