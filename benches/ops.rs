@@ -2,10 +2,11 @@
 //! the patched tract's f32 changes (vendor/TRACT-PATCH.md) save: every run
 //! is timed node by node through tract's own evaluation hook
 //! (`SimpleState::run_plan_with_eval`), alternating runs of the patched
-//! plan and of stock tract's (its kernels chosen with
-//! `TRACT_FERD_AVX512_F32=1`, evaluated with `TRACT_FERD_STOCK_EVAL=1`: stock
-//! tract's code for the ops with fast paths) so that both columns see the
-//! same machine noise.
+//! plan and of stock tract's (optimised with `TRACT_FERD_AVX512_F32=1` and
+//! `TRACT_FERD_STOCK_EVAL=1`: stock tract's kernel choice and product
+//! orientation; evaluated with `TRACT_FERD_STOCK_EVAL=1`: stock tract's code
+//! for the ops with fast paths) so that both columns see the same machine
+//! noise.
 //!
 //! Run with `cargo bench --bench ops [-- ROUNDS]` (release profile; default
 //! 20 rounds, the first of each kind not counted). Models: the packaged
@@ -32,11 +33,15 @@ fn profile(name: &str, manifest: &str, task: Task, size: Option<[usize; 2]>, rou
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join(manifest);
     let model = LoadedModel::load(&manifest, task, size).expect("loading the model");
     // Stock tract's kernel choice too, made when the plan is optimised
-    // (f32 products on AVX-512 where the patch moves them off it).
-    let stock_model = KnobScope::new([("TRACT_FERD_AVX512_F32", "1")])
-        .expect("knob scope")
-        .enter(|| LoadedModel::load(&manifest, task, size))
-        .expect("loading the model");
+    // (f32 products on AVX-512 where the patch moves them off it, shallow
+    // products oriented as stock does).
+    let stock_model = KnobScope::new([
+        ("TRACT_FERD_AVX512_F32", "1"),
+        ("TRACT_FERD_STOCK_EVAL", "1"),
+    ])
+    .expect("knob scope")
+    .enter(|| LoadedModel::load(&manifest, task, size))
+    .expect("loading the model");
     let shape = model.input_shape.clone();
     let n: usize = shape.iter().product();
     // Values spread over the range the detector's BGR-minus-mean input has.

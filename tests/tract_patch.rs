@@ -459,6 +459,69 @@ fn convolutions_gather_consecutive_columns_as_stock_tract_does() {
     }
 }
 
+/// The `m:… k:… n:…` of the one matrix product in `plan`.
+fn product_shape(plan: &TypedRunnableModel) -> String {
+    let infos: Vec<String> = plan
+        .model()
+        .nodes()
+        .iter()
+        .filter(|n| n.op().name() == "OptMatMul")
+        .flat_map(|n| n.op().info().unwrap())
+        .collect();
+    let info = infos.join(" ");
+    let at = info.find("Mult: ").expect("an OptMatMul with its shape");
+    info[at + 6..].split(" with").next().unwrap().to_string()
+}
+
+/// Shallow 1×1 convolutions over large planes (the detector's pointwise
+/// layers: k 8 to 64, 16 to 128 channels): on x86_64 the patched tract-core
+/// keeps the channels as the product's m (stock tract makes the larger
+/// side m, the plane); elsewhere, or deeper, or with under 16 channels, it
+/// orients them as stock does. Either way the outputs are those of the
+/// definition within rounding and of the stock orientation's plan.
+#[test]
+fn shallow_pointwise_products_keep_the_channels_as_m_on_x86() {
+    // (input and output channels, height, width); whether the patched
+    // orientation applies (k <= 64 and both sides >= 16).
+    let cases: [([usize; 4], bool); 6] = [
+        ([8, 16, 120, 160], true),
+        ([16, 32, 60, 80], true),
+        ([64, 128, 15, 20], true),
+        ([65, 32, 30, 40], false),
+        ([16, 8, 60, 80], false),
+        ([32, 64, 3, 5], false),
+    ];
+    for (i, &(shape, applies)) in cases.iter().enumerate() {
+        let seed = 400 + i as u64;
+        let (plan, kernel, bias) = conv_plan(shape, [1, 1], 1, [0, 0], 1, seed, "OptMatMul");
+        let (stock_plan, ..) = maybe_stock(true, || {
+            conv_plan(shape, [1, 1], 1, [0, 0], 1, seed, "OptMatMul")
+        });
+        let [ci, co, h, w] = shape;
+        let channels_as_m = format!("m:{co} k:{ci} n:{}", h * w);
+        let plane_as_m = format!("m:{} k:{ci} n:{co}", h * w);
+        // Stock's rule: the larger side as m.
+        let stock_shape = if h * w > co {
+            &plane_as_m
+        } else {
+            &channels_as_m
+        };
+        let want_patched = if applies && cfg!(target_arch = "x86_64") {
+            &channels_as_m
+        } else {
+            stock_shape
+        };
+        assert_eq!(&product_shape(&plan), want_patched, "case {i}");
+        assert_eq!(&product_shape(&stock_plan), stock_shape, "case {i}, stock");
+        let input = noise(&[1, ci, h, w], 500 + i as u64, 3.0);
+        let got = run_plan(&plan, &input, false).remove(0);
+        let stock = run_plan(&stock_plan, &input, false).remove(0);
+        let want = conv_reference(&input, &kernel, &bias, 1, [0, 0], 1);
+        assert_close(&got, &want, 1e-4, &format!("case {i}"));
+        assert_close(&got, &stock, 1e-5, &format!("case {i}, against stock"));
+    }
+}
+
 /// Depthwise convolutions (the detector's and the landmark models' 3×3,
 /// and 5×5), stride 1 and stride 2 (which the patched tract-linalg
 /// vectorises too), rows of every length around the kernels' vector

@@ -450,5 +450,5 @@ crate::declare_knob!(
     scopable TRACT_FERD_STOCK_EVAL,
     bool,
     false,
-    "ferd patch: evaluate Softmax over rows shorter than 8, f32 nearest Resize and comparisons, and gather lazy im2col panels of consecutive columns, the stock way, without the ferd fast paths (for comparisons)."
+    "ferd patch: evaluate Softmax over rows shorter than 8, f32 nearest Resize and comparisons, and gather lazy im2col panels of consecutive columns, the stock way, without the ferd fast paths; set while a model is optimised, also orient shallow x86_64 matrix products as stock does (for comparisons)."
 );

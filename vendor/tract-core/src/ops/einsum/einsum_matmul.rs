@@ -557,6 +557,8 @@ impl TypedOp for EinSumMatMul {
             true
         } else if self.m == self.n {
             false
+        } else if let Some(smaller_m) = shallow_product_smaller_m(&self.m, &self.k, &self.n) {
+            !smaller_m
         } else {
             match (self.m.as_i64(), self.n.as_i64()) {
                 (Some(m), Some(n)) => m < n,
@@ -587,6 +589,28 @@ impl TypedOp for EinSumMatMul {
     }
 
     as_op!();
+}
+
+/// ferd patch: on x86_64, whether a shallow product (k at most 64, both
+/// sides at least 16) has its smaller side as m already; `None` where
+/// stock's rule (the larger side as m) applies. A 1×1 convolution over a
+/// large plane (the face detector's first pointwise layers: 16 to 64
+/// channels, k 8 to 64, 19,200 positions of 160×120) otherwise runs as
+/// thousands of rows against a few columns, each tile doing a few K steps
+/// between its loads and stores, with the plane packed as A; with the
+/// channels as m the weights are A, packed once when the model is
+/// optimised. Measured in `vendor/TRACT-PATCH.md`. Not on aarch64, where
+/// the Pi's kernels and their instruction counts were measured with
+/// stock's rule, nor under `TRACT_FERD_STOCK_EVAL` (read when the model is
+/// optimised), which keeps stock's orientation for comparisons.
+fn shallow_product_smaller_m(m: &TDim, k: &TDim, n: &TDim) -> Option<bool> {
+    if !cfg!(target_arch = "x86_64") || crate::ops::TRACT_FERD_STOCK_EVAL.get() {
+        return None;
+    }
+    match (m.as_i64(), k.as_i64(), n.as_i64()) {
+        (Some(m), Some(k), Some(n)) if k <= 64 && m.min(n) >= 16 => Some(m < n),
+        _ => None,
+    }
 }
 
 pub(crate) fn detect_rule(
