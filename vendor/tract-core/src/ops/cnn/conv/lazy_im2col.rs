@@ -544,33 +544,76 @@ impl MMMInputValue for LazyIm2colInput {
     }
 }
 
-/// ferd patch: the columns of an 8-column chunk of 1-byte values as at most
-/// [`MAX_RUNS`] runs of consecutive bytes, for the K=4 gather: per run, the
-/// offset `base` at which an 8-byte load puts each of the run's columns in
-/// its own lane (column `n` of the run at `base + n`), and the mask of those
-/// lanes. `None` when the offsets are not strictly increasing or fall into
-/// more runs (a stride-2 convolution's, say).
+/// ferd patch: up to 16 columns of `size`-byte values, at byte offsets
+/// `o`, as at most [`MAX_RUNS`] runs of consecutive values: per run, the
+/// byte offset `base` at which a load of 16 lanes puts each of the run's
+/// columns in its own lane (column `n` at `base + n * size`), and the bit
+/// mask of those lanes. `None` when the offsets are not strictly
+/// increasing or fall into more runs (a stride-2 convolution's, say).
 ///
-/// With strictly increasing offsets every such load stays between the
-/// chunk's first and last column: `base_j = o[s_j] - s_j >= o[0]` and
-/// `base_j + 7 = o[s_j] + 7 - s_j <= o[7]`, as each column is at least one
-/// byte past the one before it.
+/// With strictly increasing offsets the lanes of a run's load that hold
+/// its columns, and every lane before or after them up to the first or
+/// last column, lie between the first and last column's values:
+/// `base_j + n * size >= o[0]` for `n >= 0` and `<= o[len - 1]` for `n <
+/// len`, as each column is at least one value past the one before it.
 #[cfg(target_arch = "x86_64")]
-fn byte_runs_8(o: &[isize; 8]) -> Option<([isize; MAX_RUNS], [u64; MAX_RUNS], usize)> {
-    let (mut base, mut mask, mut count) = ([0isize; MAX_RUNS], [0u64; MAX_RUNS], 0);
-    for n in 0..8 {
-        let lane = 0xffu64 << (8 * n);
-        if n > 0 && o[n] == o[n - 1] + 1 {
-            mask[count - 1] |= lane;
+fn lane_runs(o: &[isize], size: isize) -> Option<([isize; MAX_RUNS], [u16; MAX_RUNS], usize)> {
+    debug_assert!(o.len() <= 16);
+    let (mut base, mut lanes, mut count) = ([0isize; MAX_RUNS], [0u16; MAX_RUNS], 0);
+    for n in 0..o.len() {
+        if n > 0 && o[n] == o[n - 1] + size {
+            lanes[count - 1] |= 1 << n;
         } else if (n > 0 && o[n] <= o[n - 1]) || count == MAX_RUNS {
             return None;
         } else {
-            base[count] = o[n] - n as isize;
-            mask[count] = lane;
+            base[count] = o[n] - n as isize * size;
+            lanes[count] = 1 << n;
             count += 1;
         }
     }
-    Some((base, mask, count))
+    Some((base, lanes, count))
+}
+
+/// ferd patch: a full panel of `r` (at most 16) 4-byte values whose columns
+/// are the runs `base`/`lanes` (from [`lane_runs`]) of every k row, written
+/// k-outer (`out[k * r + n]`, as the single-panel writer would): per k one
+/// masked 16-lane load per run, merged, and one store. The masked loads
+/// read only their runs' columns (masked-off lanes are not accessed); the
+/// store is a full 64 bytes while that stays inside the panel (later rows
+/// overwrite the spill) and masked to `r` lanes after.
+///
+/// Safety: the CPU has AVX-512F; `src + k_offset + base_j + n * 4` is
+/// readable for every k offset and every lane `n` of `lanes[j]`, j < RUNS;
+/// `out` holds `k_offsets.len() * r` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn panel_runs_4_avx512<const RUNS: usize>(
+    src: *const u8,
+    k_offsets: &[isize],
+    base: [isize; MAX_RUNS],
+    lanes: [u16; MAX_RUNS],
+    out: *mut f32,
+    r: usize,
+) {
+    use std::arch::x86_64::*;
+    let total = k_offsets.len() * r;
+    let keep = ((1u32 << r) - 1) as u16;
+    for (kk, &k_offset) in k_offsets.iter().enumerate() {
+        let row = src.wrapping_offset(k_offset);
+        let load = |j: usize| row.wrapping_offset(base[j]) as *const f32;
+        unsafe {
+            let mut v = _mm512_maskz_loadu_ps(lanes[0], load(0));
+            for j in 1..RUNS {
+                v = _mm512_mask_loadu_ps(v, lanes[j], load(j));
+            }
+            let dst = out.add(kk * r);
+            if kk * r + 16 <= total {
+                _mm512_storeu_ps(dst, v);
+            } else {
+                _mm512_mask_storeu_ps(dst, keep, v);
+            }
+        }
+    }
 }
 
 impl LazyIm2colInput {
@@ -598,9 +641,12 @@ impl LazyIm2colInput {
         block_stride: usize,
     ) {
         #[cfg(target_arch = "x86_64")]
-        if let Some((base, mask, count)) = byte_runs_8(n_offsets) {
-            // SSE2 (every x86_64).
+        if let Some((base, lanes, count)) = lane_runs(n_offsets, 1) {
+            // SSE2 (every x86_64). Each lane bit becomes its byte's mask.
             use std::arch::x86_64::*;
+            let mask = lanes.map(|l| {
+                (0..8).filter(|n| l >> n & 1 == 1).fold(0u64, |m, n| m | 0xff << (8 * n))
+            });
             unsafe fn blocks<const RUNS: usize>(
                 src: *const u8,
                 k_offsets: &[isize],
@@ -719,6 +765,37 @@ impl LazyIm2colInput {
                 }
             }
             return packed;
+        }
+        // ferd patch: on AVX-512, a full panel of 4-byte values whose
+        // columns are at most three runs (stride 1: one within an output
+        // row, two or three across rows' ends) is copied per k by masked
+        // 16-lane loads, one per run, and one store, instead of
+        // [`Self::input_runs`]'s copy of each run (a jump on its length).
+        #[cfg(target_arch = "x86_64")]
+        if self.runs
+            && std::mem::size_of::<T>() == 4
+            && r <= 16
+            && mn_range.len() == r
+            && mn_start.is_multiple_of(r)
+            && std::is_x86_feature_detected!("avx512f")
+        {
+            let n_offsets = &self.im2col.n_byte_offsets[mn_start..mn_end];
+            if let Some((base, lanes, count)) = lane_runs(n_offsets, 4) {
+                let k_offsets = &self.im2col.k_byte_offsets;
+                let out = packed as *mut f32;
+                // Safety: AVX-512F checked above; each run's lanes are input
+                // values of the panel's columns at every k (`lane_runs`), and
+                // the buffer holds the single panel of `k * r` values.
+                unsafe {
+                    let src = self.tensor.as_ptr_unchecked::<u8>().offset(self.group_offset_bytes);
+                    match count {
+                        1 => panel_runs_4_avx512::<1>(src, k_offsets, base, lanes, out, r),
+                        2 => panel_runs_4_avx512::<2>(src, k_offsets, base, lanes, out, r),
+                        _ => panel_runs_4_avx512::<3>(src, k_offsets, base, lanes, out, r),
+                    }
+                }
+                return packed;
+            }
         }
         if mn_range.len() == r && mn_start.is_multiple_of(r) {
             let mut writer = self.im2col.packer.write_single_panel_with_k_outer(packed as *mut T);
