@@ -22,6 +22,10 @@ pub unsafe fn depthwise_w_f32(
 ) {
     unsafe {
         match in_stride {
+            // ferd patch: sixteen lanes where the CPU has them.
+            1 if std::is_x86_feature_detected!("avx512f") => {
+                contiguous_avx512(input, output, taps, offsets, bias, len)
+            }
             1 => contiguous(input, output, taps, offsets, bias, len),
             2 => stride2(input, output, taps, offsets, bias, len),
             _ => scalar(input, output, taps, offsets, bias, 0, len, in_stride),
@@ -77,6 +81,47 @@ unsafe fn contiguous(
             i += 8;
         }
         scalar(input, output, taps, offsets, bias, i, len, 1);
+    }
+}
+
+/// ferd patch: [`contiguous`] on AVX-512: four 16-lane accumulators, 64 output points a pass,
+/// the same multiply and add per tap in the same order (so the same values bit for bit); the
+/// last points, under 64, go through [`contiguous`] from where this stopped (the offsets are
+/// relative to `input`, so shifting `input` and `output` together continues the walk). A
+/// 16-lane pass with one accumulator was slower there than AVX's 32 points in four
+/// (measured on the iris model's short rows).
+///
+/// # Safety
+/// As [`depthwise_w_f32`]'s, with AVX-512F for AVX.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn contiguous_avx512(
+    input: *const f32,
+    output: *mut f32,
+    taps: &[f32],
+    offsets: &[isize],
+    bias: f32,
+    len: usize,
+) {
+    use std::arch::x86_64::*;
+    unsafe {
+        let biasv = _mm512_set1_ps(bias);
+        let mut i = 0usize;
+        while i + 64 <= len {
+            let mut acc = [biasv; 4];
+            for (tap, offset) in taps.iter().zip(offsets) {
+                let k = _mm512_set1_ps(*tap);
+                let p = input.offset(*offset).add(i);
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_add_ps(*a, _mm512_mul_ps(_mm512_loadu_ps(p.add(16 * j)), k));
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                _mm512_storeu_ps(output.add(i + 16 * j), *a);
+            }
+            i += 64;
+        }
+        contiguous(input.wrapping_add(i), output.add(i), taps, offsets, bias, len - i);
     }
 }
 
