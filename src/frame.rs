@@ -470,9 +470,10 @@ impl<'a> Sampler<'a> {
         let bottom = &f.data[(2 * j + 1) * w + 2 * i0..][..2 * n];
         let rows = HalfRows { top, bottom, u, v };
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512bw") {
-            // Safety: the CPU has AVX-512 F and BW, checked just above (BW
-            // implies F).
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+        {
+            // Safety: the CPU has AVX-512 F and BW, checked just above.
             unsafe { rows.halve_avx512(out) };
             return true;
         }
