@@ -186,7 +186,8 @@ impl LazyIm2colInput {
     /// end, as most are when the row's width is not a multiple of the
     /// panel's): per k, each run read as one, in column order, so the same
     /// values in the same order as the gather. `false`, with nothing
-    /// written, when the columns form more runs.
+    /// written, when the columns form more runs or do not increase
+    /// ([`lane_runs`]).
     fn input_runs<T: Datum + Copy, const N: usize>(
         &self,
         writer: &mut impl PackingWriter<T>,
@@ -195,18 +196,13 @@ impl LazyIm2colInput {
     ) -> bool {
         let offsets = &self.im2col.n_byte_offsets[n as usize..n as usize + N];
         let size = std::mem::size_of::<T>() as isize;
+        let Some((base, lanes, count)) = lane_runs(offsets, size) else {
+            return false;
+        };
         // (byte offset of the run's first column, its length)
         let mut runs = [(0isize, 0usize); MAX_RUNS];
-        let mut count = 0;
-        for (i, &o) in offsets.iter().enumerate() {
-            if i > 0 && o - offsets[i - 1] == size {
-                runs[count - 1].1 += 1;
-            } else if count == MAX_RUNS {
-                return false;
-            } else {
-                runs[count] = (o, 1);
-                count += 1;
-            }
+        for (run, (&base, &lanes)) in runs.iter_mut().zip(base.iter().zip(&lanes)) {
+            *run = (base + lanes.trailing_zeros() as isize * size, lanes.count_ones() as usize);
         }
         let runs = &runs[..count];
         let k_byte_offsets = self.im2col.k_byte_offsets.as_ptr();
@@ -556,7 +552,7 @@ impl MMMInputValue for LazyIm2colInput {
 /// last column, lie between the first and last column's values:
 /// `base_j + n * size >= o[0]` for `n >= 0` and `<= o[len - 1]` for `n <
 /// len`, as each column is at least one value past the one before it.
-#[cfg(target_arch = "x86_64")]
+/// The run copy (`input_runs`) takes its runs from here too.
 fn lane_runs(o: &[isize], size: isize) -> Option<([isize; MAX_RUNS], [u16; MAX_RUNS], usize)> {
     debug_assert!(o.len() <= 16);
     let (mut base, mut lanes, mut count) = ([0isize; MAX_RUNS], [0u16; MAX_RUNS], 0);
