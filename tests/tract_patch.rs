@@ -345,20 +345,18 @@ fn conv_reference(
     out
 }
 
-/// The optimised plan of one f32 convolution in NCHW with a random
-/// `[co, ci / group, kh, kw]` kernel (from `seed`), a bias and the same
-/// padding on both sides of each axis; with its kernel and bias, and an
-/// assertion that the plan holds an op named `op`.
-#[allow(clippy::too_many_arguments)]
-fn conv_plan(
+/// One f32 convolution in NCHW with a random `[co, ci / group, kh, kw]`
+/// kernel (from `seed`), a bias and the same padding on both sides of each
+/// axis, not optimised: the model, the convolution's output, its kernel
+/// and bias.
+fn conv_model(
     [ci, co, h, w]: [usize; 4],
     kernel_shape: [usize; 2],
     stride: usize,
     pads: [usize; 2],
     group: usize,
     seed: u64,
-    op: &str,
-) -> (std::sync::Arc<TypedRunnableModel>, Tensor, Vec<f32>) {
+) -> (TypedModel, OutletId, Tensor, Vec<f32>) {
     use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
     use tract_onnx::tract_core::ops::nn::DataFormat;
     let mut model = TypedModel::default();
@@ -386,9 +384,26 @@ fn conv_plan(
         group,
         q_params: None,
     };
-    let y = model.wire_node("conv", conv, &[x, k, b]).unwrap();
-    model.select_output_outlets(&y).unwrap();
+    let y = model.wire_node("conv", conv, &[x, k, b]).unwrap()[0];
+    (model, y, kernel, bias)
+}
+
+/// The optimised plan of [`conv_model`]'s convolution, with its kernel
+/// and bias, and an assertion that the plan holds an op named `op`.
+#[allow(clippy::too_many_arguments)]
+fn conv_plan(
+    shape: [usize; 4],
+    kernel_shape: [usize; 2],
+    stride: usize,
+    pads: [usize; 2],
+    group: usize,
+    seed: u64,
+    op: &str,
+) -> (std::sync::Arc<TypedRunnableModel>, Tensor, Vec<f32>) {
+    let (mut model, y, kernel, bias) = conv_model(shape, kernel_shape, stride, pads, group, seed);
+    model.select_output_outlets(&[y]).unwrap();
     let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+    let [ci, _, h, w] = shape;
     assert!(
         plan.model().nodes().iter().any(|n| n.op().name() == op),
         "no {op} in the plan of a {kernel_shape:?} convolution of {ci}x{h}x{w}"
@@ -456,6 +471,132 @@ fn convolutions_gather_consecutive_columns_as_stock_tract_does() {
             let want = conv_reference(&input, &kernel, &bias, stride, pads, 1);
             assert_close(&fast, &want, 1e-4, &format!("case {i}, input {seed}"));
         }
+    }
+}
+
+/// A convolution's ReLU, max(x, 0) after the convolution's group and
+/// geometry reshape (the form ONNX's Relu takes in the classifier), runs
+/// inside the matrix product in the patched tract: no op of its own, no
+/// pass of its own over the output. Stock's plan (optimised under
+/// `TRACT_FERD_STOCK_EVAL`) keeps it apart. The outputs are equal bit for
+/// bit, the same max of the same sums, and equal to the definition. The
+/// same holds with the constant on the left and for a subtraction, which
+/// does not commute.
+#[test]
+fn a_convolutions_relu_runs_inside_its_product() {
+    use tract_onnx::tract_core::ops::math::{max, sub};
+    type Case = ([usize; 4], bool, bool);
+    // (input and output channels, input height and width), subtraction
+    // (else max), constant on the left
+    let cases: [Case; 5] = [
+        ([16, 16, 12, 12], false, false),
+        ([8, 12, 7, 9], false, false),
+        ([8, 12, 7, 9], false, true),
+        ([8, 12, 7, 9], true, false),
+        ([8, 12, 7, 9], true, true),
+    ];
+    for (i, &(shape, subtract, constant_first)) in cases.iter().enumerate() {
+        let (mut model, y, kernel, bias) = conv_model(shape, [3, 3], 1, [1, 1], 1, 600 + i as u64);
+        let c = if subtract { 0.25f32 } else { 0.0 };
+        let constant = model.add_const("c", tensor4(&[[[[c]]]])).unwrap();
+        let inputs = if constant_first {
+            [constant, y]
+        } else {
+            [y, constant]
+        };
+        let op = if subtract { sub() } else { max() };
+        let out = model.wire_node("act", op, &inputs).unwrap();
+        model.select_output_outlets(&out).unwrap();
+        let optimise = |stock| {
+            maybe_stock(stock, || {
+                model
+                    .clone()
+                    .into_optimized()
+                    .unwrap()
+                    .into_runnable()
+                    .unwrap()
+            })
+        };
+        let (fused, stock) = (optimise(false), optimise(true));
+        let apart = |plan: &std::sync::Arc<TypedRunnableModel>| {
+            plan.model()
+                .nodes()
+                .iter()
+                .any(|n| ["Max", "Sub"].iter().any(|op| n.op().name().contains(op)))
+        };
+        assert!(!apart(&fused) && apart(&stock), "case {i}");
+        let [ci, _, h, w] = shape;
+        let input = noise(&[1, ci, h, w], 700 + i as u64, 3.0);
+        let got = run_plan(&fused, &input, false).remove(0);
+        assert_eq!(got, run_plan(&stock, &input, true).remove(0), "case {i}");
+        let want: Vec<f32> = conv_reference(&input, &kernel, &bias, 1, [1, 1], 1)
+            .into_iter()
+            .map(|v| match (subtract, constant_first) {
+                (false, _) => v.max(0.0),
+                (true, false) => v - c,
+                (true, true) => c - v,
+            })
+            .collect();
+        assert_close(&got, &want, 1e-4, &format!("case {i}"));
+        if !subtract {
+            // Both sides of the max are exercised.
+            assert!(
+                got.contains(&0.0) && got.iter().any(|&v| v > 0.0),
+                "case {i}"
+            );
+        }
+    }
+}
+
+/// Constant padding, which the patched tract-core writes as one fill and
+/// one copy per input row, equals the definition and stock tract's strided
+/// assignment (`TRACT_FERD_STOCK_EVAL`): ranks 0 to 4, padding on some
+/// axes and not others, before only, after only, an empty axis, and the
+/// classifier's `[1, C, H, W]` with one on each side of H and W.
+#[test]
+fn constant_pads_match_the_definition_and_stock_tract() {
+    use tract_onnx::tract_core::ops::array::{Pad, PadMode};
+    let cases: [(&[usize], &[(usize, usize)]); 8] = [
+        (&[], &[]),
+        (&[5], &[(2, 3)]),
+        (&[3, 4], &[(0, 0), (1, 2)]),
+        (&[3, 4], &[(2, 0), (0, 0)]),
+        (&[2, 3, 4], &[(1, 0), (0, 2), (3, 1)]),
+        (&[1, 16, 12, 12], &[(0, 0), (0, 0), (1, 1), (1, 1)]),
+        (&[2, 3, 1, 5], &[(0, 1), (1, 0), (1, 1), (0, 0)]),
+        (&[2, 0, 3], &[(1, 1), (1, 0), (0, 2)]),
+    ];
+    for (i, &(shape, pads)) in cases.iter().enumerate() {
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact(shape)).unwrap();
+        let pad = Pad::new(
+            pads.to_vec(),
+            PadMode::Constant(std::sync::Arc::new(tensor0(-7.5f32))),
+        );
+        let y = model.wire_node("pad", pad, &[x]).unwrap();
+        model.select_output_outlets(&y).unwrap();
+        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+        let input = noise(shape, 800 + i as u64, 3.0);
+        let got = run_plan(&plan, &input, false).remove(0);
+        assert_eq!(got, run_plan(&plan, &input, true).remove(0), "case {i}");
+        // The definition: an output value is the input's at its coordinates
+        // less the padding before, where those are inside the input.
+        let x = input.to_plain_array_view::<f32>().unwrap();
+        let out_shape: Vec<usize> = shape
+            .iter()
+            .zip(pads)
+            .map(|(&d, &(a, b))| d + a + b)
+            .collect();
+        let want: Vec<f32> = tract_ndarray::indices(&*out_shape)
+            .into_iter()
+            .map(|at| {
+                let inside: Option<Vec<usize>> = (0..shape.len())
+                    .map(|k| at[k].checked_sub(pads[k].0).filter(|&c| c < shape[k]))
+                    .collect();
+                inside.map_or(-7.5, |c| x[&*c])
+            })
+            .collect();
+        assert_eq!(got, want, "case {i}");
     }
 }
 

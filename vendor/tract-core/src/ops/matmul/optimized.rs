@@ -743,6 +743,28 @@ impl TypedOp for OptMatMul {
                     patch.shunt_outside(model, next_node.id.into(), wire)?;
                     return Ok(Some(patch));
                 }
+            } else if let Some(op) = next_node.op_as::<ops::binary::OptBinByScalar>()
+                && !crate::ops::TRACT_FERD_STOCK_EVAL.get()
+                && next_node.inputs[0] == succ.id.into()
+                && let Some(uni) = &model.outlet_fact(next_node.inputs[1])?.uniform
+            {
+                // ferd patch: the same swap for the form codegen gives a binary op with a
+                // uniform operand (a convolution's ReLU is max(x, 0) after its group and
+                // geometry reshape). Without it the activation ran as a pass of its own
+                // over every output. Not under `TRACT_FERD_STOCK_EVAL` (read when the
+                // model is optimised): stock's plan.
+                let mut patch = TypedModelPatch::default();
+                let cst = patch.add_const(&model.node(next_node.inputs[1].node).name, uni.clone())?;
+                let output = patch.tap_model(model, node.id.into())?;
+                let wire = wire_with_rank_broadcast(
+                    &next_node.name,
+                    &mut patch,
+                    op.clone(),
+                    &[output, cst],
+                )?;
+                let wire = patch.wire_node(&succ.name, succ.op.clone(), &wire)?[0];
+                patch.shunt_outside(model, next_node.id.into(), wire)?;
+                return Ok(Some(patch));
             }
         }
         if let Some(op) = succ.op_as::<ops::binary::OptBinUnicast>() {
