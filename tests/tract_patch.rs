@@ -474,6 +474,41 @@ fn convolutions_gather_consecutive_columns_as_stock_tract_does() {
     }
 }
 
+/// Convolutions with few input channels over wide rows (the detector's
+/// first layer: 3 to 8 channels, 3×3, stride 2, 320 points a row), which
+/// tract runs as a filter along the rows (`DirectSpatialConv`), four
+/// output channels at a time, on sixteen lanes where the CPU has AVX-512
+/// (tract-linalg's `conv_w4`): equal to the definition within rounding, at
+/// strides 1 and 2, rows of run lengths around the 16- and 32-point
+/// blocks, and a channel count that is not a multiple of four.
+#[test]
+fn direct_spatial_convolutions_match_the_definition() {
+    // (input and output channels, input height and width), stride
+    let cases: [([usize; 4], usize); 5] = [
+        ([3, 8, 9, 320], 2),
+        ([3, 8, 6, 263], 2),
+        ([2, 4, 5, 130], 1),
+        ([4, 4, 4, 161], 1),
+        ([3, 6, 5, 290], 2),
+    ];
+    for (i, &(shape, stride)) in cases.iter().enumerate() {
+        let (plan, kernel, bias) = conv_plan(
+            shape,
+            [3, 3],
+            stride,
+            [1, 1],
+            1,
+            900 + i as u64,
+            "DirectSpatialConv",
+        );
+        let [ci, _, h, w] = shape;
+        let input = noise(&[1, ci, h, w], 950 + i as u64, 3.0);
+        let got = run_plan(&plan, &input, false).remove(0);
+        let want = conv_reference(&input, &kernel, &bias, stride, [1, 1], 1);
+        assert_close(&got, &want, 1e-5, &format!("case {i}"));
+    }
+}
+
 /// A convolution's ReLU, max(x, 0) after the convolution's group and
 /// geometry reshape (the form ONNX's Relu takes in the classifier), runs
 /// inside the matrix product in the patched tract: no op of its own, no
@@ -556,7 +591,9 @@ fn a_convolutions_relu_runs_inside_its_product() {
 #[test]
 fn constant_pads_match_the_definition_and_stock_tract() {
     use tract_onnx::tract_core::ops::array::{Pad, PadMode};
-    let cases: [(&[usize], &[(usize, usize)]); 8] = [
+    // (input shape, padding before and after each axis)
+    type Case = (&'static [usize], &'static [(usize, usize)]);
+    let cases: [Case; 8] = [
         (&[], &[]),
         (&[5], &[(2, 3)]),
         (&[3, 4], &[(0, 0), (1, 2)]),
