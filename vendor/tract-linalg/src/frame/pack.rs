@@ -422,6 +422,12 @@ impl PackedFormat {
             let pbb = pb as *mut u8;
             let panel_len = self.single_panel_len(k_range.len()) * size_of;
             match rbytes {
+                // ferd patch: the 2-, 3- and 5-wide f32 panels (fma_mmm_f32_40x2's,
+                // 32x3's, 16x5's B, which a shallow product oriented with the channels
+                // as m packs from the activations) as runs too, not element by element.
+                8 => pack_mn_major::<[u8; 8]>(bb, pbb, panel_len, k_stride_bytes, mn_range_bytes, k_range),
+                12 => pack_mn_major::<[u8; 12]>(bb, pbb, panel_len, k_stride_bytes, mn_range_bytes, k_range),
+                20 => pack_mn_major::<[u8; 20]>(bb, pbb, panel_len, k_stride_bytes, mn_range_bytes, k_range),
                 16 => pack_mn_major::<[u8; 16]>(bb, pbb, panel_len, k_stride_bytes, mn_range_bytes, k_range),
                 24 => pack_mn_major::<[u8; 24]>(bb, pbb, panel_len, k_stride_bytes, mn_range_bytes, k_range),
                 32 => pack_mn_major::<[u8; 32]>(bb, pbb, panel_len, k_stride_bytes, mn_range_bytes, k_range),
@@ -429,6 +435,10 @@ impl PackedFormat {
                 64 => pack_mn_major::<[u8; 64]>(bb, pbb, panel_len, k_stride_bytes, mn_range_bytes, k_range),
                 96 => pack_mn_major::<[u8; 96]>(bb, pbb, panel_len, k_stride_bytes, mn_range_bytes, k_range),
                 128 => pack_mn_major::<[u8; 128]>(bb, pbb, panel_len, k_stride_bytes, mn_range_bytes, k_range),
+                // ferd patch: and the 40- and 64-wide ones (fma_mmm_f32_40x2's and
+                // 64x1's A).
+                160 => pack_mn_major::<[u8; 160]>(bb, pbb, panel_len, k_stride_bytes, mn_range_bytes, k_range),
+                256 => pack_mn_major::<[u8; 256]>(bb, pbb, panel_len, k_stride_bytes, mn_range_bytes, k_range),
                 _ => {
                     let mut packer = self.write_with_k_outer(pb, k_range.len(), mn_range.len());
                     for k in k_range {

@@ -612,6 +612,52 @@ unsafe fn panel_runs_4_avx512<const RUNS: usize>(
     }
 }
 
+/// ferd patch: [`panel_runs_4_avx512`] for panels of at most 8 columns on
+/// AVX2 (tract's f32 kernels there take 6, 8 or 4 columns): per k one
+/// masked 8-lane load per run, merged by OR (masked-off lanes read as
+/// zero), and one 8-lane store, full while it stays inside the panel (the
+/// next row overwrites the spill) and masked to `r` lanes after.
+///
+/// Safety: the CPU has AVX2; `src + k_offset + base_j + n * 4` is readable
+/// for every k offset and every lane `n` of `lanes[j]`, j < RUNS (the
+/// masked loads do not touch the other lanes); `out` holds
+/// `k_offsets.len() * r` values; `r <= 8`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn panel_runs_4_avx2<const RUNS: usize>(
+    src: *const u8,
+    k_offsets: &[isize],
+    base: [isize; MAX_RUNS],
+    lanes: [u16; MAX_RUNS],
+    out: *mut f32,
+    r: usize,
+) {
+    use std::arch::x86_64::*;
+    let lane_mask = |bits: u16| {
+        let m: [i32; 8] = std::array::from_fn(|n| if bits >> n & 1 == 1 { -1 } else { 0 });
+        unsafe { _mm256_loadu_si256(m.as_ptr() as *const __m256i) }
+    };
+    let masks: [__m256i; MAX_RUNS] = std::array::from_fn(|j| lane_mask(lanes[j]));
+    let keep = lane_mask(((1u32 << r) - 1) as u16);
+    let total = k_offsets.len() * r;
+    for (kk, &k_offset) in k_offsets.iter().enumerate() {
+        let row = src.wrapping_offset(k_offset);
+        let load = |j: usize| row.wrapping_offset(base[j]) as *const f32;
+        unsafe {
+            let mut v = _mm256_maskload_ps(load(0), masks[0]);
+            for j in 1..RUNS {
+                v = _mm256_or_ps(v, _mm256_maskload_ps(load(j), masks[j]));
+            }
+            let dst = out.add(kk * r);
+            if kk * r + 8 <= total {
+                _mm256_storeu_ps(dst, v);
+            } else {
+                _mm256_maskstore_ps(dst, keep, v);
+            }
+        }
+    }
+}
+
 impl LazyIm2colInput {
     /// ferd patch: the whole K=4 blocks of 8 columns of 1-byte values (a
     /// full panel of the AVX2, dot-product and 8-wide VNNI kernels, or one
@@ -788,6 +834,31 @@ impl LazyIm2colInput {
                         1 => panel_runs_4_avx512::<1>(src, k_offsets, base, lanes, out, r),
                         2 => panel_runs_4_avx512::<2>(src, k_offsets, base, lanes, out, r),
                         _ => panel_runs_4_avx512::<3>(src, k_offsets, base, lanes, out, r),
+                    }
+                }
+                return packed;
+            }
+        }
+        // The same on AVX2 for panels of up to 8 columns.
+        #[cfg(target_arch = "x86_64")]
+        if self.runs
+            && std::mem::size_of::<T>() == 4
+            && r <= 8
+            && mn_range.len() == r
+            && mn_start.is_multiple_of(r)
+            && std::is_x86_feature_detected!("avx2")
+        {
+            let n_offsets = &self.im2col.n_byte_offsets[mn_start..mn_end];
+            if let Some((base, lanes, count)) = lane_runs(n_offsets, 4) {
+                let k_offsets = &self.im2col.k_byte_offsets;
+                let out = packed as *mut f32;
+                // Safety: AVX2 checked above, r <= 8; the rest as above.
+                unsafe {
+                    let src = self.tensor.as_ptr_unchecked::<u8>().offset(self.group_offset_bytes);
+                    match count {
+                        1 => panel_runs_4_avx2::<1>(src, k_offsets, base, lanes, out, r),
+                        2 => panel_runs_4_avx2::<2>(src, k_offsets, base, lanes, out, r),
+                        _ => panel_runs_4_avx2::<3>(src, k_offsets, base, lanes, out, r),
                     }
                 }
                 return packed;
