@@ -808,57 +808,39 @@ impl LazyIm2colInput {
             }
             return packed;
         }
-        // ferd patch: on AVX-512, a full panel of 4-byte values whose
-        // columns are at most three runs (stride 1: one within an output
-        // row, two or three across rows' ends) is copied per k by masked
-        // 16-lane loads, one per run, and one store, instead of
-        // [`Self::input_runs`]'s copy of each run (a jump on its length).
+        // ferd patch: a full panel of 4-byte values whose columns are at most
+        // three runs (stride 1: one within an output row, two or three across
+        // rows' ends) is copied per k by masked loads, one per run, and one
+        // store (16 lanes on AVX-512, 8 on AVX2 for the fma kernels' panels of
+        // at most 8), instead of [`Self::input_runs`]'s copy of each run (a
+        // jump on its length).
         #[cfg(target_arch = "x86_64")]
         if self.runs
             && std::mem::size_of::<T>() == 4
-            && r <= 16
             && mn_range.len() == r
             && mn_start.is_multiple_of(r)
-            && std::is_x86_feature_detected!("avx512f")
         {
+            let avx512 = r <= 16 && std::is_x86_feature_detected!("avx512f");
+            let avx2 = !avx512 && r <= 8 && std::is_x86_feature_detected!("avx2");
             let n_offsets = &self.im2col.n_byte_offsets[mn_start..mn_end];
-            if let Some((base, lanes, count)) = lane_runs(n_offsets, 4) {
+            if let Some((base, lanes, count)) =
+                (avx512 || avx2).then(|| lane_runs(n_offsets, 4)).flatten()
+            {
                 let k_offsets = &self.im2col.k_byte_offsets;
                 let out = packed as *mut f32;
-                // Safety: AVX-512F checked above; each run's lanes are input
-                // values of the panel's columns at every k (`lane_runs`), and
-                // the buffer holds the single panel of `k * r` values.
+                // Safety: the instruction set checked above, with r within its
+                // lanes; each run's lanes are input values of the panel's
+                // columns at every k (`lane_runs`), and the buffer holds the
+                // single panel of `k * r` values.
                 unsafe {
                     let src = self.tensor.as_ptr_unchecked::<u8>().offset(self.group_offset_bytes);
-                    match count {
-                        1 => panel_runs_4_avx512::<1>(src, k_offsets, base, lanes, out, r),
-                        2 => panel_runs_4_avx512::<2>(src, k_offsets, base, lanes, out, r),
-                        _ => panel_runs_4_avx512::<3>(src, k_offsets, base, lanes, out, r),
-                    }
-                }
-                return packed;
-            }
-        }
-        // The same on AVX2 for panels of up to 8 columns.
-        #[cfg(target_arch = "x86_64")]
-        if self.runs
-            && std::mem::size_of::<T>() == 4
-            && r <= 8
-            && mn_range.len() == r
-            && mn_start.is_multiple_of(r)
-            && std::is_x86_feature_detected!("avx2")
-        {
-            let n_offsets = &self.im2col.n_byte_offsets[mn_start..mn_end];
-            if let Some((base, lanes, count)) = lane_runs(n_offsets, 4) {
-                let k_offsets = &self.im2col.k_byte_offsets;
-                let out = packed as *mut f32;
-                // Safety: AVX2 checked above, r <= 8; the rest as above.
-                unsafe {
-                    let src = self.tensor.as_ptr_unchecked::<u8>().offset(self.group_offset_bytes);
-                    match count {
-                        1 => panel_runs_4_avx2::<1>(src, k_offsets, base, lanes, out, r),
-                        2 => panel_runs_4_avx2::<2>(src, k_offsets, base, lanes, out, r),
-                        _ => panel_runs_4_avx2::<3>(src, k_offsets, base, lanes, out, r),
+                    match (avx512, count) {
+                        (true, 1) => panel_runs_4_avx512::<1>(src, k_offsets, base, lanes, out, r),
+                        (true, 2) => panel_runs_4_avx512::<2>(src, k_offsets, base, lanes, out, r),
+                        (true, _) => panel_runs_4_avx512::<3>(src, k_offsets, base, lanes, out, r),
+                        (false, 1) => panel_runs_4_avx2::<1>(src, k_offsets, base, lanes, out, r),
+                        (false, 2) => panel_runs_4_avx2::<2>(src, k_offsets, base, lanes, out, r),
+                        (false, _) => panel_runs_4_avx2::<3>(src, k_offsets, base, lanes, out, r),
                     }
                 }
                 return packed;
