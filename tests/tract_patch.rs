@@ -1213,3 +1213,65 @@ fn shallow_int8_products_stay_off_amx() {
     // The first convolution (one input channel, 3x3) is such a product.
     assert!(shallow >= 1, "no product of depth under 64 in:\n{kernels}");
 }
+
+/// An int8 × int8 → i32 product with no requantisation, optimised as a
+/// model is (so that it runs on the kernel tract picks for this CPU: on
+/// AVX-512 VNNI `avx512vnni_mmm_i32_16x16`, whose loop the patch changed to
+/// bias B instead of A), against plain integer arithmetic. Operands span
+/// the whole i8 range, depths leave K=4 tails, and the shapes leave partial
+/// tiles on both sides.
+#[test]
+fn int8_products_are_exact_integer_arithmetic() {
+    use tract_onnx::prelude::*;
+    use tract_onnx::tract_core::ops::einsum::EinSum;
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 24) as u8 as i8
+    };
+    let mut kernels = String::new();
+    for (m, k, n) in [(16, 64, 16), (37, 9, 50), (48, 131, 33), (192, 864, 36), (5, 4, 70)] {
+        let a: Vec<i8> = (0..m * k).map(|_| next()).collect();
+        let b: Vec<i8> = (0..k * n).map(|_| next()).collect();
+        let mut model = TypedModel::default();
+        let src = model.add_source("b", i8::fact([k, n])).unwrap();
+        let a_t = tract_ndarray::Array2::from_shape_vec((m, k), a.clone()).unwrap();
+        let konst = model.add_const("a", Tensor::from(a_t)).unwrap();
+        let out = model
+            .wire_node(
+                "product",
+                EinSum::new("mk,kn->mn".parse().unwrap(), i32::datum_type()),
+                &[konst, src],
+            )
+            .unwrap();
+        model.select_output_outlets(&out).unwrap();
+        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+        for node in plan.model().nodes() {
+            for line in node.op().info().unwrap_or_default() {
+                if line.starts_with("Mult:") {
+                    kernels.push_str(&line);
+                    kernels.push('\n');
+                }
+            }
+        }
+        let b_t = tract_ndarray::Array2::from_shape_vec((k, n), b.clone()).unwrap();
+        let got = plan.run(tvec![Tensor::from(b_t).into_tvalue()]).unwrap();
+        let got = got[0].to_plain_array_view::<i32>().unwrap();
+        for i in 0..m {
+            for j in 0..n {
+                let want: i32 =
+                    (0..k).map(|p| i32::from(a[i * k + p]) * i32::from(b[p * n + j])).sum();
+                assert_eq!(got[[i, j]], want, "m={m} k={k} n={n} at ({i}, {j})");
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512vnni") {
+        assert!(
+            kernels.contains("avx512vnni_mmm_i32"),
+            "no product on the VNNI kernels:\n{kernels}"
+        );
+    }
+}
