@@ -1232,7 +1232,13 @@ fn int8_products_are_exact_integer_arithmetic() {
         (seed >> 24) as u8 as i8
     };
     let mut kernels = String::new();
-    for (m, k, n) in [(16, 64, 16), (37, 9, 50), (48, 131, 33), (192, 864, 36), (5, 4, 70)] {
+    for (m, k, n) in [
+        (16, 64, 16),
+        (37, 9, 50),
+        (48, 131, 33),
+        (192, 864, 36),
+        (5, 4, 70),
+    ] {
         let a: Vec<i8> = (0..m * k).map(|_| next()).collect();
         let b: Vec<i8> = (0..k * n).map(|_| next()).collect();
         let mut model = TypedModel::default();
@@ -1261,8 +1267,9 @@ fn int8_products_are_exact_integer_arithmetic() {
         let got = got[0].to_plain_array_view::<i32>().unwrap();
         for i in 0..m {
             for j in 0..n {
-                let want: i32 =
-                    (0..k).map(|p| i32::from(a[i * k + p]) * i32::from(b[p * n + j])).sum();
+                let want: i32 = (0..k)
+                    .map(|p| i32::from(a[i * k + p]) * i32::from(b[p * n + j]))
+                    .sum();
                 assert_eq!(got[[i, j]], want, "m={m} k={k} n={n} at ({i}, {j})");
             }
         }
