@@ -1282,3 +1282,94 @@ fn int8_products_are_exact_integer_arithmetic() {
         );
     }
 }
+
+/// The int8 classifier's halving pools (2×2, stride 2, on byte-sized
+/// integers: u8, i8 and the quantized u8 its convolutions output), on the
+/// patched fast path for unpadded pools and the generic walk for padded
+/// ones, against the definition and stock tract's evaluation.
+#[test]
+fn byte_halving_max_pools_match_the_definition_and_stock_tract() {
+    use tract_onnx::tract_core::internal::QParams;
+    use tract_onnx::tract_core::ops::cnn::{MaxPool, PaddingSpec, PoolSpec};
+    use tract_onnx::tract_core::ops::nn::DataFormat;
+    let quantized = DatumType::QU8(QParams::ZpScale {
+        zero_point: 0,
+        scale: 0.02,
+    });
+    // (datum type, channels, height, width, padding before, padding after)
+    let cases = [
+        (DatumType::U8, 16, 48, 48, [0, 0], [0, 0]),
+        (DatumType::I8, 3, 9, 47, [0, 0], [0, 0]),
+        (quantized, 48, 24, 24, [0, 0], [0, 0]),
+        (DatumType::I8, 2, 33, 17, [0, 0], [0, 0]),
+        (DatumType::U8, 1, 2, 2, [0, 0], [0, 0]),
+        (DatumType::I8, 2, 10, 34, [1, 1], [1, 1]),
+    ];
+    for (i, &(dt, c, h, w, before, after)) in cases.iter().enumerate() {
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", dt.fact([1, c, h, w])).unwrap();
+        let pool = MaxPool {
+            pool_spec: PoolSpec {
+                data_format: DataFormat::NCHW,
+                kernel_shape: tvec![2, 2],
+                padding: PaddingSpec::Explicit(before[..].into(), after[..].into()),
+                dilations: None,
+                strides: Some(tvec![2, 2]),
+                input_channels: c,
+                output_channels: c,
+            },
+            with_index_outputs: None,
+        };
+        let y = model.wire_node("pool", pool, &[x]).unwrap();
+        model.select_output_outlets(&y).unwrap();
+        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+        // Bytes over the whole range, as i32 in the type's own order.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64 ^ i as u64;
+        let bytes: Vec<u8> = (0..c * h * w)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (state >> 33) as u8
+            })
+            .collect();
+        let signed = dt.unquantized() == DatumType::I8;
+        let value = |b: u8| {
+            if signed {
+                i32::from(b as i8)
+            } else {
+                i32::from(b)
+            }
+        };
+        let mut input = Tensor::from_shape(&[1, c, h, w], &bytes).unwrap();
+        unsafe { input.set_datum_type(dt) };
+        let run = |stock: bool| -> Vec<i32> {
+            let out = maybe_stock(stock, || plan.run(tvec![input.clone().into_tvalue()])).unwrap();
+            assert_eq!(out[0].datum_type(), dt, "case {i}");
+            let mut out = out[0].clone().into_tensor();
+            unsafe { out.set_datum_type(DatumType::U8) };
+            let out = out.to_plain_array_view::<u8>().unwrap();
+            out.iter().map(|&b| value(b)).collect()
+        };
+        let (got, stock) = (run(false), run(true));
+        assert_eq!(got, stock, "case {i}");
+        let (oh, ow) = (
+            (h + before[0] + after[0] - 2) / 2 + 1,
+            (w + before[1] + after[1] - 2) / 2 + 1,
+        );
+        let mut want = Vec::with_capacity(c * oh * ow);
+        for p in 0..c {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let taps = (0..4).filter_map(|t| {
+                        let iy = (2 * oy + t / 2).checked_sub(before[0])?;
+                        let ix = (2 * ox + t % 2).checked_sub(before[1])?;
+                        (iy < h && ix < w).then(|| value(bytes[(p * h + iy) * w + ix]))
+                    });
+                    want.push(taps.max().unwrap());
+                }
+            }
+        }
+        assert_eq!(got, want, "case {i}");
+    }
+}

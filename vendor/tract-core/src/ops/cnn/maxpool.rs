@@ -154,6 +154,12 @@ impl OptMaxPool {
             return Ok(tvec!(values.into_tvalue()));
         }
         if self.with_index_outputs.is_none()
+            && !crate::ops::TRACT_FERD_STOCK_EVAL.get()
+            && let Some(values) = self.try_nchw_2x2_s2_bytes(input, geo)?
+        {
+            return Ok(tvec!(values.into_tvalue()));
+        }
+        if self.with_index_outputs.is_none()
             && let Some(values) = self.try_row_spans::<T>(input, geo)?
         {
             return Ok(tvec!(values.into_tvalue()));
@@ -240,6 +246,55 @@ impl OptMaxPool {
         Ok(Some(values))
     }
 
+    /// ferd patch: unpadded 2x2 stride-2 pools over byte-sized integers with contiguous
+    /// channel planes (the int8 classifier's halving pools). Each output row folds two input
+    /// rows pair by pair with integer `max`, a loop the compiler vectorises; the generic
+    /// walk (`try_row_spans`, which `TRACT_FERD_STOCK_EVAL` keeps) steps through the same taps
+    /// one at a time. Integer maxima are the same values in any order.
+    fn try_nchw_2x2_s2_bytes(
+        &self,
+        input: &Tensor,
+        geo: &ConcretePoolGeometry,
+    ) -> TractResult<Option<Tensor>> {
+        let patch = &geo.patch;
+        let ish = &geo.input_shape;
+        let dt = input.datum_type().unquantized();
+        if !(dt == DatumType::U8 || dt == DatumType::I8)
+            || patch.rank() != 2
+            || self.pool_spec.data_format.c_is_last()
+            || patch.spec.kernel_shape[..] != [2, 2]
+            || patch.spec.strides[..] != [2, 2]
+            || patch.spec.dilations[..] != [1, 1]
+            || patch.pad_before.iter().chain(&patch.pad_after).any(|&p| p != 0)
+        {
+            return Ok(None);
+        }
+        let (h, w) = (ish.hw_dims()[0], ish.hw_dims()[1]);
+        let (oh, ow) = (patch.output_shape[0], patch.output_shape[1]);
+        if *ish.w_stride() != 1
+            || *ish.h_stride() != w
+            || *ish.c_stride() != h * w
+            || 2 * oh > h
+            || 2 * ow > w
+            || oh * ow == 0
+        {
+            return Ok(None);
+        }
+        let mut output = Tensor::zero_dt(input.datum_type(), &geo.output_shape.shape)?;
+        {
+            let input_plain = input.try_as_plain_ram()?;
+            let mut output_plain = output.try_as_plain_ram_mut()?;
+            if dt == DatumType::U8 {
+                let (i, o) = (input_plain.as_slice::<u8>()?, output_plain.as_slice_mut::<u8>()?);
+                pool_2x2_s2_planes(i, o, h, w, oh, ow);
+            } else {
+                let (i, o) = (input_plain.as_slice::<i8>()?, output_plain.as_slice_mut::<i8>()?);
+                pool_2x2_s2_planes(i, o, h, w, oh, ow);
+            }
+        }
+        Ok(Some(output))
+    }
+
     /// Any 2D pool, walked one output row at a time over images of contiguous pixels: a
     /// channel plane of 1-element pixels when channels come first, a whole image of
     /// C-element pixels when they come last. Each kernel tap folds into the row over the
@@ -317,6 +372,27 @@ impl OptMaxPool {
             }
         }
         Ok(Some(output))
+    }
+}
+
+/// ferd patch: `try_nchw_2x2_s2_bytes`'s walk: every `h`×`w` plane of `input` into its
+/// `oh`×`ow` plane of `output` (2·oh ≤ h, 2·ow ≤ w, checked by the caller).
+fn pool_2x2_s2_planes<T: Copy + Ord>(
+    input: &[T],
+    output: &mut [T],
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+) {
+    for (plane, out) in input.chunks_exact(h * w).zip(output.chunks_exact_mut(oh * ow)) {
+        for (oy, row) in out.chunks_exact_mut(ow).enumerate() {
+            let r0 = &plane[2 * oy * w..][..2 * ow];
+            let r1 = &plane[(2 * oy + 1) * w..][..2 * ow];
+            for ((o, a), b) in row.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+                *o = a[0].max(a[1]).max(b[0].max(b[1]));
+            }
+        }
     }
 }
 
