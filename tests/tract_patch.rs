@@ -755,8 +755,6 @@ fn depthwise_convolutions_match_the_definition() {
 /// inside the input).
 #[test]
 fn halving_max_pools_match_the_definition_and_stock_tract() {
-    use tract_onnx::tract_core::ops::cnn::{MaxPool, PaddingSpec, PoolSpec};
-    use tract_onnx::tract_core::ops::nn::DataFormat;
     // (channels, height, width, padding before, padding after)
     let cases = [
         (3, 8, 8, [0, 0], [0, 0]),
@@ -770,47 +768,77 @@ fn halving_max_pools_match_the_definition_and_stock_tract() {
         (1, 3, 3, [1, 1], [0, 0]),
     ];
     for (i, &(c, h, w, before, after)) in cases.iter().enumerate() {
-        let mut model = TypedModel::default();
-        let x = model.add_source("x", f32::fact([1, c, h, w])).unwrap();
-        let pool = MaxPool {
-            pool_spec: PoolSpec {
-                data_format: DataFormat::NCHW,
-                kernel_shape: tvec![2, 2],
-                padding: PaddingSpec::Explicit(before[..].into(), after[..].into()),
-                dilations: None,
-                strides: Some(tvec![2, 2]),
-                input_channels: c,
-                output_channels: c,
-            },
-            with_index_outputs: None,
-        };
-        let y = model.wire_node("pool", pool, &[x]).unwrap();
-        model.select_output_outlets(&y).unwrap();
-        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+        let plan = halving_pool_plan(DatumType::F32, c, h, w, before, after);
         let input = noise(&[1, c, h, w], 700 + i as u64, 3.0);
         let got = run_plan(&plan, &input, false).remove(0);
         let stock = run_plan(&plan, &input, true).remove(0);
         assert_eq!(got, stock, "case {i}");
         let values = input.to_plain_array_view::<f32>().unwrap();
-        let (oh, ow) = (
-            (h + before[0] + after[0] - 2) / 2 + 1,
-            (w + before[1] + after[1] - 2) / 2 + 1,
-        );
-        let mut want = Vec::with_capacity(c * oh * ow);
-        for p in 0..c {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let taps = (0..4).filter_map(|t| {
-                        let iy = (2 * oy + t / 2).checked_sub(before[0])?;
-                        let ix = (2 * ox + t % 2).checked_sub(before[1])?;
-                        (iy < h && ix < w).then(|| values[[0, p, iy, ix]])
-                    });
-                    want.push(taps.fold(f32::MIN, f32::max));
-                }
-            }
-        }
+        let want =
+            halving_pool_definition([c, h, w], before, after, |p, iy, ix| values[[0, p, iy, ix]]);
         assert_eq!(got, want, "case {i}");
     }
+}
+
+/// A plan of one 2×2 stride-2 NCHW max pool over `[1, c, h, w]` values of
+/// `dt`, padded as given.
+fn halving_pool_plan(
+    dt: DatumType,
+    c: usize,
+    h: usize,
+    w: usize,
+    before: [usize; 2],
+    after: [usize; 2],
+) -> std::sync::Arc<TypedRunnableModel> {
+    use tract_onnx::tract_core::ops::cnn::{MaxPool, PaddingSpec, PoolSpec};
+    use tract_onnx::tract_core::ops::nn::DataFormat;
+    let mut model = TypedModel::default();
+    let x = model.add_source("x", dt.fact([1, c, h, w])).unwrap();
+    let pool = MaxPool {
+        pool_spec: PoolSpec {
+            data_format: DataFormat::NCHW,
+            kernel_shape: tvec![2, 2],
+            padding: PaddingSpec::Explicit(before[..].into(), after[..].into()),
+            dilations: None,
+            strides: Some(tvec![2, 2]),
+            input_channels: c,
+            output_channels: c,
+        },
+        with_index_outputs: None,
+    };
+    let y = model.wire_node("pool", pool, &[x]).unwrap();
+    model.select_output_outlets(&y).unwrap();
+    model.into_optimized().unwrap().into_runnable().unwrap()
+}
+
+/// What a 2×2 stride-2 max pool over a `[c, h, w]` input padded as given
+/// outputs, by its definition: the largest of each window's taps inside
+/// the input (`value(plane, y, x)`), plane after plane, row after row.
+fn halving_pool_definition<T: PartialOrd>(
+    [c, h, w]: [usize; 3],
+    before: [usize; 2],
+    after: [usize; 2],
+    value: impl Fn(usize, usize, usize) -> T,
+) -> Vec<T> {
+    let (oh, ow) = (
+        (h + before[0] + after[0] - 2) / 2 + 1,
+        (w + before[1] + after[1] - 2) / 2 + 1,
+    );
+    let mut out = Vec::with_capacity(c * oh * ow);
+    for p in 0..c {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let taps = (0..4).filter_map(|t| {
+                    let iy = (2 * oy + t / 2).checked_sub(before[0])?;
+                    let ix = (2 * ox + t % 2).checked_sub(before[1])?;
+                    (iy < h && ix < w).then(|| value(p, iy, ix))
+                });
+                let largest = taps.reduce(|a, b| if b > a { b } else { a });
+                out.push(largest.expect("every window holds a tap"));
+            }
+        }
+    }
+    out
 }
 
 /// Every 15th frame of the demo clip as the detector's 320×240 input: the
@@ -1290,8 +1318,6 @@ fn int8_products_are_exact_integer_arithmetic() {
 #[test]
 fn byte_halving_max_pools_match_the_definition_and_stock_tract() {
     use tract_onnx::tract_core::internal::QParams;
-    use tract_onnx::tract_core::ops::cnn::{MaxPool, PaddingSpec, PoolSpec};
-    use tract_onnx::tract_core::ops::nn::DataFormat;
     let quantized = DatumType::QU8(QParams::ZpScale {
         zero_point: 0,
         scale: 0.02,
@@ -1306,23 +1332,7 @@ fn byte_halving_max_pools_match_the_definition_and_stock_tract() {
         (DatumType::I8, 2, 10, 34, [1, 1], [1, 1]),
     ];
     for (i, &(dt, c, h, w, before, after)) in cases.iter().enumerate() {
-        let mut model = TypedModel::default();
-        let x = model.add_source("x", dt.fact([1, c, h, w])).unwrap();
-        let pool = MaxPool {
-            pool_spec: PoolSpec {
-                data_format: DataFormat::NCHW,
-                kernel_shape: tvec![2, 2],
-                padding: PaddingSpec::Explicit(before[..].into(), after[..].into()),
-                dilations: None,
-                strides: Some(tvec![2, 2]),
-                input_channels: c,
-                output_channels: c,
-            },
-            with_index_outputs: None,
-        };
-        let y = model.wire_node("pool", pool, &[x]).unwrap();
-        model.select_output_outlets(&y).unwrap();
-        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+        let plan = halving_pool_plan(dt, c, h, w, before, after);
         // Bytes over the whole range, as i32 in the type's own order.
         let mut state = 0x2545_f491_4f6c_dd1d_u64 ^ i as u64;
         let bytes: Vec<u8> = (0..c * h * w)
@@ -1353,23 +1363,9 @@ fn byte_halving_max_pools_match_the_definition_and_stock_tract() {
         };
         let (got, stock) = (run(false), run(true));
         assert_eq!(got, stock, "case {i}");
-        let (oh, ow) = (
-            (h + before[0] + after[0] - 2) / 2 + 1,
-            (w + before[1] + after[1] - 2) / 2 + 1,
-        );
-        let mut want = Vec::with_capacity(c * oh * ow);
-        for p in 0..c {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let taps = (0..4).filter_map(|t| {
-                        let iy = (2 * oy + t / 2).checked_sub(before[0])?;
-                        let ix = (2 * ox + t % 2).checked_sub(before[1])?;
-                        (iy < h && ix < w).then(|| value(bytes[(p * h + iy) * w + ix]))
-                    });
-                    want.push(taps.max().unwrap());
-                }
-            }
-        }
+        let want = halving_pool_definition([c, h, w], before, after, |p, iy, ix| {
+            value(bytes[(p * h + iy) * w + ix])
+        });
         assert_eq!(got, want, "case {i}");
     }
 }
