@@ -280,7 +280,9 @@ impl OptMaxPool {
         {
             return Ok(None);
         }
-        let mut output = Tensor::zero_dt(input.datum_type(), &geo.output_shape.shape)?;
+        // Every element is written below: each of the n·c planes, every row, every column.
+        let mut output =
+            unsafe { Tensor::uninitialized_dt(input.datum_type(), &geo.output_shape.shape)? };
         {
             let input_plain = input.try_as_plain_ram()?;
             let mut output_plain = output.try_as_plain_ram_mut()?;
