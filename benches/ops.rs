@@ -14,7 +14,11 @@
 //! default), and the landmark stage's face mesh and iris model, on a fixed
 //! synthetic input; one thread. With `FERD_OPS_BY_NODE=1` in the
 //! environment the rows are the plan's nodes (name, op and what tract says
-//! of it) instead of op kinds.
+//! of it) instead of op kinds. `FERD_OPS_DETECTOR=HxW` profiles the
+//! detector at that input size as well (a window searched around a
+//! followed face is 96, 144 or 192 square), and `FERD_OPS_AGAINST=KNOB=VALUE`
+//! replaces the stock column with the patched plan optimised under that
+//! tract knob, to weigh one planning choice against the default.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -34,14 +38,27 @@ fn profile(name: &str, manifest: &str, task: Task, size: Option<[usize; 2]>, rou
     let model = LoadedModel::load(&manifest, task, size).expect("loading the model");
     // Stock tract's kernel choice too, made when the plan is optimised
     // (f32 products on AVX-512 where the patch moves them off it, shallow
-    // products oriented as stock does).
-    let stock_model = KnobScope::new([
-        ("TRACT_FERD_AVX512_F32", "1"),
-        ("TRACT_FERD_STOCK_EVAL", "1"),
-    ])
-    .expect("knob scope")
-    .enter(|| LoadedModel::load(&manifest, task, size))
-    .expect("loading the model");
+    // products oriented as stock does); or, with `FERD_OPS_AGAINST`, the
+    // patched plan optimised under that knob, both columns then evaluated
+    // the patched way.
+    let against = std::env::var("FERD_OPS_AGAINST").ok();
+    let against = against.as_deref().and_then(|a| a.split_once('='));
+    let second_knobs = match against {
+        Some(knob) => vec![knob],
+        None => vec![
+            ("TRACT_FERD_AVX512_F32", "1"),
+            ("TRACT_FERD_STOCK_EVAL", "1"),
+        ],
+    };
+    let stock_model = KnobScope::new(second_knobs)
+        .expect("knob scope")
+        .enter(|| LoadedModel::load(&manifest, task, size))
+        .expect("loading the model");
+    let stock_eval = if against.is_some() {
+        ["0", "0"]
+    } else {
+        ["0", "1"]
+    };
     let shape = model.input_shape.clone();
     let n: usize = shape.iter().product();
     // Values spread over the range the detector's BGR-minus-mean input has.
@@ -54,7 +71,7 @@ fn profile(name: &str, manifest: &str, task: Task, size: Option<[usize; 2]>, rou
     for round in 0..rounds * 2 {
         let stock = round % 2;
         let knob =
-            KnobScope::new([("TRACT_FERD_STOCK_EVAL", ["0", "1"][stock])]).expect("knob scope");
+            KnobScope::new([("TRACT_FERD_STOCK_EVAL", stock_eval[stock])]).expect("knob scope");
         knob.enter(|| {
             let plan = [&model.plan, &stock_model.plan][stock];
             let mut state = SimpleState::new(plan).expect("tract state");
@@ -88,7 +105,8 @@ fn profile(name: &str, manifest: &str, task: Task, size: Option<[usize; 2]>, rou
         "{name} ({shape:?}): ms per run, mean of {} runs each way",
         rounds - 1
     );
-    println!("  {:<20} {:>9} {:>9}", "op", "patched", "stock");
+    let second = against.map_or("stock", |(knob, _)| knob);
+    println!("  {:<20} {:>9} {:>9}", "op", "patched", second);
     let mut sum = [0.0; 2];
     for ((_, op), t) in &totals {
         let ms = t.map(|s| s / counted * 1e3);
@@ -107,13 +125,21 @@ fn main() {
         .find_map(|a| a.parse::<usize>().ok())
         .unwrap_or(20)
         .max(2);
-    profile(
-        "detector",
-        "models/retinaface-mnet025.toml",
-        Task::FaceDetector,
-        Some([240, 320]),
-        rounds,
-    );
+    // `FERD_OPS_DETECTOR=HxW` profiles the detector at another input
+    // size too, e.g. one of the windows searched around followed faces.
+    let sizes = std::env::var("FERD_OPS_DETECTOR").ok().and_then(|v| {
+        let (h, w) = v.split_once('x')?;
+        Some([h.parse().ok()?, w.parse().ok()?])
+    });
+    for size in [Some([240, 320]), sizes].into_iter().flatten() {
+        profile(
+            "detector",
+            "models/retinaface-mnet025.toml",
+            Task::FaceDetector,
+            Some(size),
+            rounds,
+        );
+    }
     profile(
         "classifier",
         "models/expression.toml",

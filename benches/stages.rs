@@ -20,7 +20,7 @@ use ferd::rules::Rules;
 use ferd::track::Tracker;
 use ferd::vision::classifier::{crop_into, Crop};
 use ferd::vision::landmarks::{roi_for_face, Landmarker};
-use ferd::vision::{Classifier, Detector, Face, Manifest, Observation};
+use ferd::vision::{BBox, Classifier, Detector, Face, Manifest, Observation};
 
 /// The packaged config with one landmark rule added.
 const EXTRA_RULE: &str = "\n[[rule]]\nname = \"asleep\"\neyes_closed_for = 2.0\n";
@@ -234,6 +234,52 @@ fn detector(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter(|| detector.detect_into(black_box(frame), &mut faces).unwrap())
         });
+    }
+    // The searches around a followed face (`[detector] full_frame_every`):
+    // each window network once, placed on the 640×480 face's box scaled
+    // so that `window_around` picks it (faces from about a fifth of the
+    // whole search's input down to a tenth of its height).
+    let mut around = load_detector(&config);
+    let manifest = config.detector_model().expect("detector manifest");
+    assert!(
+        around
+            .load_around(&manifest, &config.detector)
+            .expect("loading the window networks"),
+        "the packaged detector follows faces"
+    );
+    let face = detect_one(&around, &i420);
+    let mut seen = Vec::new();
+    for side in [30.0f32, 45.0, 60.0, 80.0, 100.0, 140.0, 200.0] {
+        let k = side / face.bbox.w.max(face.bbox.h);
+        let (cx, cy) = face.bbox.center();
+        let (w, h) = (face.bbox.w * k, face.bbox.h * k);
+        let bbox = BBox {
+            x: cx - w / 2.0,
+            y: cy - h / 2.0,
+            w,
+            h,
+        };
+        let window = around.window_around(&i420, &bbox).expect("a window");
+        let kind = (window.side(), window.is_coarse());
+        if seen.contains(&kind) {
+            continue;
+        }
+        seen.push(kind);
+        let levels = if window.is_coarse() {
+            "coarse"
+        } else {
+            "all_levels"
+        };
+        g.bench_function(
+            format!("detect_in_window/{}_{levels}", window.side()),
+            |b| {
+                b.iter(|| {
+                    around
+                        .detect_in_window(black_box(&i420), &window, &mut faces)
+                        .unwrap()
+                })
+            },
+        );
     }
     g.finish();
 }
