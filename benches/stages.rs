@@ -237,8 +237,8 @@ fn detector(c: &mut Criterion) {
     }
     // The searches around a followed face (`[detector] full_frame_every`):
     // each window network once, placed on the 640×480 face's box scaled
-    // so that `window_around` picks it (faces from about a fifth of the
-    // whole search's input down to a tenth of its height).
+    // so that `window_around` picks it (boxes of 30 to 200 frame pixels,
+    // which reach every side and level the follower picks).
     let mut around = load_detector(&config);
     let manifest = config.detector_model().expect("detector manifest");
     assert!(
