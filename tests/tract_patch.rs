@@ -671,7 +671,11 @@ fn shallow_pointwise_products_keep_the_channels_as_m_on_x86() {
     ];
     for (i, &(shape, applies)) in cases.iter().enumerate() {
         let seed = 400 + i as u64;
-        let (plan, kernel, bias) = conv_plan(shape, [1, 1], 1, [0, 0], 1, seed, "OptMatMul");
+        // The products this orientation serves when the direct 1×1 path
+        // (`DirectPointwise`, tested below) is off.
+        let (plan, kernel, bias) = KnobScope::new([("TRACT_FERD_POINTWISE_MAX_K", "0")])
+            .unwrap()
+            .enter(|| conv_plan(shape, [1, 1], 1, [0, 0], 1, seed, "OptMatMul"));
         let (stock_plan, ..) = maybe_stock(true, || {
             conv_plan(shape, [1, 1], 1, [0, 0], 1, seed, "OptMatMul")
         });
@@ -697,6 +701,93 @@ fn shallow_pointwise_products_keep_the_channels_as_m_on_x86() {
         let want = conv_reference(&input, &kernel, &bias, 1, [0, 0], 1);
         assert_close(&got, &want, 1e-4, &format!("case {i}"));
         assert_close(&got, &stock, 1e-5, &format!("case {i}, against stock"));
+    }
+}
+
+/// 1×1 convolutions that the patched tract-core computes directly on x86_64
+/// hosts with AVX-512F or AVX2 + FMA (`DirectPointwise`: f32, a multiple of
+/// 8 output channels, at least 16, at most 128 input channels, planes of at
+/// least 128 points), with and without a following `LeakyRelu`, which it
+/// takes in: the definition within rounding and stock tract's product, with
+/// the AVX-512 kernel and with the AVX2 one (`TRACT_FERD_POINTWISE_AVX2`).
+/// Planes that are not a multiple of the kernels' 32 or 16 points, and the
+/// shapes that stay products (8 output channels, 129 input channels, a
+/// 10×10 plane), are among them.
+#[test]
+fn pointwise_convolutions_run_directly_and_match_the_definition() {
+    use tract_onnx::tract_core::ops::nn::leaky_relu;
+    let vector = cfg!(target_arch = "x86_64")
+        && (std::is_x86_feature_detected!("avx512f")
+            || (std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")));
+    // (input and output channels, height, width), whether the direct path
+    // takes it (on a host with the kernels).
+    let cases: [([usize; 4], bool); 9] = [
+        ([8, 16, 96, 96], true),
+        ([16, 32, 48, 48], true),
+        ([32, 64, 24, 24], true),
+        ([128, 128, 12, 12], true),
+        ([3, 24, 13, 11], true),
+        ([64, 16, 9, 15], true),
+        ([8, 8, 96, 96], false),
+        ([129, 32, 16, 16], false),
+        ([64, 64, 10, 10], false),
+    ];
+    for (i, &(shape, direct)) in cases.iter().enumerate() {
+        for alpha in [None, Some(0.1f32)] {
+            let case = format!("case {i}, leaky {alpha:?}");
+            let (mut model, y, kernel, bias) =
+                conv_model(shape, [1, 1], 1, [0, 0], 1, 800 + i as u64);
+            let out = match alpha {
+                Some(alpha) => model.wire_node("act", leaky_relu(alpha), &[y]).unwrap(),
+                None => tvec![y],
+            };
+            model.select_output_outlets(&out).unwrap();
+            let optimise = |stock| {
+                maybe_stock(stock, || {
+                    model.clone().into_optimized().unwrap().into_runnable().unwrap()
+                })
+            };
+            let (plan, stock) = (optimise(false), optimise(true));
+            let names: Vec<String> = plan
+                .model()
+                .nodes()
+                .iter()
+                .map(|n| n.op().name().to_string())
+                .collect();
+            let has = |op: &str| names.iter().any(|n| n == op);
+            assert_eq!(has("DirectPointwise"), direct && vector, "{case}: {names:?}");
+            if has("DirectPointwise") {
+                // The activation went into the direct op.
+                assert!(!names.iter().any(|n| n.contains("LeakyRelu")), "{case}: {names:?}");
+            }
+            let [ci, _, h, w] = shape;
+            let input = noise(&[1, ci, h, w], 900 + i as u64, 3.0);
+            let got = run_plan(&plan, &input, false).remove(0);
+            let want: Vec<f32> = conv_reference(&input, &kernel, &bias, 1, [0, 0], 1)
+                .into_iter()
+                .map(|v| match alpha {
+                    Some(a) if v < 0.0 => v * a,
+                    _ => v,
+                })
+                .collect();
+            assert_close(&got, &want, 1e-4, &case);
+            assert_close(&got, &run_plan(&stock, &input, true).remove(0), 1e-5, &case);
+            // The eight-lane kernel too, where AVX-512 would be chosen.
+            let avx2 = KnobScope::new([("TRACT_FERD_POINTWISE_AVX2", "1")])
+                .unwrap()
+                .enter(|| optimise(false));
+            let infos: Vec<String> = avx2
+                .model()
+                .nodes()
+                .iter()
+                .filter(|n| n.op().name() == "DirectPointwise")
+                .flat_map(|n| n.op().info().unwrap())
+                .collect();
+            assert!(infos.iter().all(|i| i.contains("kernel: Avx2")), "{case}: {infos:?}");
+            assert_eq!(infos.len(), usize::from(direct && vector), "{case}");
+            let got = run_plan(&avx2, &input, false).remove(0);
+            assert_close(&got, &want, 1e-4, &format!("{case}, AVX2"));
+        }
     }
 }
 

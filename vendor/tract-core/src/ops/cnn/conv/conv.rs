@@ -926,6 +926,47 @@ impl Conv {
         output.hw_dims().last().is_some_and(|w| *w >= MIN_DIRECT_SPATIAL_W)
     }
 
+    /// ferd patch: the shape of the [`super::DirectPointwise`] that computes this convolution
+    /// (images, input and output channels, plane, output shape), where it is a group-1 f32
+    /// 1x1 convolution over a channels-first plane with unit strides and no padding, with
+    /// concrete shapes, that [`super::pointwise::eligible`] takes on this host.
+    fn direct_pointwise(
+        &self,
+        inputs: &[&TypedFact],
+    ) -> Option<(usize, usize, usize, usize, TVec<usize>)> {
+        let (x, kernel) = (inputs.first()?, inputs.get(1)?);
+        if self.q_params.is_some()
+            || self.group != 1
+            || self.pool_spec.data_format.c_is_last()
+            || kernel.is_exotic()
+            || kernel.datum_type != f32::datum_type()
+            || self.pool_spec.kernel_shape.iter().any(|k| *k != 1)
+            || self.pool_spec.strides().iter().any(|s| *s != 1)
+            || self.pool_spec.dilations().iter().any(|d| *d != 1)
+        {
+            return None;
+        }
+        let concrete = x.shape.as_concrete()?;
+        let shape = self.pool_spec.data_format.shape(concrete).ok()?;
+        if self
+            .pool_spec
+            .computed_padding(shape.hw_dims())
+            .iter()
+            .any(|pad| pad.pad_before != 0 || pad.pad_after != 0)
+        {
+            return None;
+        }
+        let (ci, co) = (self.input_channels(), self.output_channels());
+        let plane = shape.hw_dims().iter().product::<usize>();
+        let n = shape.n().copied().unwrap_or(1);
+        if *shape.c() != ci || !super::pointwise::eligible(x.datum_type, ci, co, plane) {
+            return None;
+        }
+        let mut output_shape: TVec<usize> = concrete.into();
+        output_shape[shape.c_axis()] = co;
+        Some((n, ci, co, plane, output_shape))
+    }
+
     fn wire_as_direct_spatial(
         &self,
         model: &mut TypedModel,
@@ -1072,6 +1113,10 @@ impl Conv {
         node: &TypedNode,
     ) -> TractResult<Option<TypedModelPatch>> {
         let (input_facts, output_facts) = model.node_facts(node.id)?;
+        // ferd patch: a 1x1 convolution `Conv::codegen` computes directly stays a Conv.
+        if self.direct_pointwise(&input_facts).is_some() {
+            return Ok(None);
+        }
         let full_input_shape = input_facts[0].shape.to_tvec();
         let input_shape = self.pool_spec.data_format.shape(&full_input_shape)?;
         if self.group == 1
@@ -1600,6 +1645,32 @@ impl TypedOp for Conv {
                         .context("in wire_as_quant_im2col")?
                 };
                 patch.shunt_outside(model, node.id.into(), wire[0])?;
+                patch.obliterate(node.id)?;
+                Ok(Some(patch))
+            } else if let Some((n, ci, co, plane, output_shape)) =
+                self.direct_pointwise(&model.node_input_facts(node.id)?)
+            {
+                // ferd patch: a 1x1 convolution computed directly (see `pointwise.rs`).
+                let mut patch = TypedModelPatch::new("direct-pointwise");
+                let inputs = patch.taps(model, &node.inputs)?;
+                let name = &node.name;
+                let kernel = self.wire_kernel_as_g_o_ihw(&mut patch, name, inputs[1])?[0];
+                let bias = crate::ops::cnn::wire_reshape_bias_as_vector(
+                    &mut patch, name, inputs[2], co,
+                )?[0];
+                let vector = super::pointwise::PointwiseKernel::detect()
+                    .context("DirectPointwise without a kernel")?;
+                let op = super::DirectPointwise {
+                    n,
+                    ci,
+                    co,
+                    plane,
+                    output_shape,
+                    alpha: None,
+                    kernel: vector,
+                };
+                let wire = patch.wire_node(name, op, &[inputs[0], kernel, bias])?[0];
+                patch.shunt_outside(model, OutletId::new(node.id, 0), wire)?;
                 patch.obliterate(node.id)?;
                 Ok(Some(patch))
             } else if let Some(op) = self.try_blocked_conv(input_fact) {
