@@ -492,15 +492,20 @@ fn direct_spatial_convolutions_match_the_definition() {
         ([3, 6, 5, 290], 2),
     ];
     for (i, &(shape, stride)) in cases.iter().enumerate() {
-        let (plan, kernel, bias) = conv_plan(
-            shape,
-            [3, 3],
-            stride,
-            [1, 1],
-            1,
-            900 + i as u64,
-            "DirectSpatialConv",
-        );
+        // The plans `DirectConv` (tested below) leaves to this filter.
+        let (plan, kernel, bias) = KnobScope::new([("TRACT_FERD_DIRECT_SMALL_INPUT", "false")])
+            .unwrap()
+            .enter(|| {
+                conv_plan(
+                    shape,
+                    [3, 3],
+                    stride,
+                    [1, 1],
+                    1,
+                    900 + i as u64,
+                    "DirectSpatialConv",
+                )
+            });
         let [ci, _, h, w] = shape;
         let input = noise(&[1, ci, h, w], 950 + i as u64, 3.0);
         let got = run_plan(&plan, &input, false).remove(0);
@@ -672,7 +677,7 @@ fn shallow_pointwise_products_keep_the_channels_as_m_on_x86() {
     for (i, &(shape, applies)) in cases.iter().enumerate() {
         let seed = 400 + i as u64;
         // The products this orientation serves when the direct 1×1 path
-        // (`DirectPointwise`, tested below) is off.
+        // (`DirectConv`, tested below) is off.
         let (plan, kernel, bias) = KnobScope::new([("TRACT_FERD_POINTWISE_MAX_K", "0")])
             .unwrap()
             .enter(|| conv_plan(shape, [1, 1], 1, [0, 0], 1, seed, "OptMatMul"));
@@ -704,39 +709,52 @@ fn shallow_pointwise_products_keep_the_channels_as_m_on_x86() {
     }
 }
 
-/// 1×1 convolutions that the patched tract-core computes directly on x86_64
-/// hosts with AVX-512F or AVX2 + FMA (`DirectPointwise`: f32, a multiple of
-/// 8 output channels, at least 16, at most 128 input channels, planes of at
-/// least 128 points), with and without a following `LeakyRelu`, which it
-/// takes in: the definition within rounding and stock tract's product, with
-/// the AVX-512 kernel and with the AVX2 one (`TRACT_FERD_POINTWISE_AVX2`).
-/// Planes that are not a multiple of the kernels' 32 or 16 points, and the
-/// shapes that stay products (8 output channels, 129 input channels, a
-/// 10×10 plane), are among them.
+/// Convolutions that the patched tract-core computes directly on x86_64
+/// hosts with AVX-512F or AVX2 + FMA (`DirectConv`): 1×1 ones (f32, a
+/// multiple of 8 output channels, at least 16, at most 128 input channels,
+/// planes of at least 128 points) and K×K ones over at most 4 input
+/// channels (strides 1 and 2, a multiple of 8 output channels, output rows
+/// of at least 16 points), with and without a following `LeakyRelu`, which
+/// they take in: the definition within rounding and stock tract's plan,
+/// with the AVX-512 kernel and with the AVX2 one
+/// (`TRACT_FERD_POINTWISE_AVX2`). Planes and rows that are not a multiple
+/// of the kernels' 32 or 16 points are among them, and shapes that stay on
+/// the other paths (8 output channels at 1×1, 129 input channels, a 10×10
+/// plane, 5 input channels at 3×3, 12 output channels, 15-point rows).
 #[test]
-fn pointwise_convolutions_run_directly_and_match_the_definition() {
+fn direct_convolutions_match_the_definition() {
     use tract_onnx::tract_core::ops::nn::leaky_relu;
     let vector = cfg!(target_arch = "x86_64")
         && (std::is_x86_feature_detected!("avx512f")
             || (std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")));
-    // (input and output channels, height, width), whether the direct path
-    // takes it (on a host with the kernels).
-    let cases: [([usize; 4], bool); 9] = [
-        ([8, 16, 96, 96], true),
-        ([16, 32, 48, 48], true),
-        ([32, 64, 24, 24], true),
-        ([128, 128, 12, 12], true),
-        ([3, 24, 13, 11], true),
-        ([64, 16, 9, 15], true),
-        ([8, 8, 96, 96], false),
-        ([129, 32, 16, 16], false),
-        ([64, 64, 10, 10], false),
+    // (input and output channels, height, width), kernel side, stride,
+    // padding on each side, whether `DirectConv` takes it (on a host with
+    // the kernels).
+    type Case = ([usize; 4], usize, usize, usize, bool);
+    let cases: [Case; 17] = [
+        ([8, 16, 96, 96], 1, 1, 0, true),
+        ([16, 32, 48, 48], 1, 1, 0, true),
+        ([32, 64, 24, 24], 1, 1, 0, true),
+        ([128, 128, 12, 12], 1, 1, 0, true),
+        ([3, 24, 13, 11], 1, 1, 0, true),
+        ([64, 16, 9, 15], 1, 1, 0, true),
+        ([8, 8, 96, 96], 1, 1, 0, false),
+        ([129, 32, 16, 16], 1, 1, 0, false),
+        ([64, 64, 10, 10], 1, 1, 0, false),
+        ([3, 8, 96, 96], 3, 2, 1, true),
+        ([3, 8, 240, 320], 3, 2, 1, true),
+        ([3, 16, 33, 47], 3, 1, 1, true),
+        ([1, 16, 20, 35], 5, 2, 2, true),
+        ([4, 24, 17, 40], 3, 2, 0, true),
+        ([5, 8, 32, 32], 3, 2, 1, false),
+        ([3, 12, 32, 32], 3, 2, 1, false),
+        ([3, 8, 16, 30], 3, 2, 1, false),
     ];
-    for (i, &(shape, direct)) in cases.iter().enumerate() {
+    for (i, &(shape, k, stride, pad, direct)) in cases.iter().enumerate() {
         for alpha in [None, Some(0.1f32)] {
             let case = format!("case {i}, leaky {alpha:?}");
             let (mut model, y, kernel, bias) =
-                conv_model(shape, [1, 1], 1, [0, 0], 1, 800 + i as u64);
+                conv_model(shape, [k, k], stride, [pad, pad], 1, 800 + i as u64);
             let out = match alpha {
                 Some(alpha) => model.wire_node("act", leaky_relu(alpha), &[y]).unwrap(),
                 None => tvec![y],
@@ -755,15 +773,15 @@ fn pointwise_convolutions_run_directly_and_match_the_definition() {
                 .map(|n| n.op().name().to_string())
                 .collect();
             let has = |op: &str| names.iter().any(|n| n == op);
-            assert_eq!(has("DirectPointwise"), direct && vector, "{case}: {names:?}");
-            if has("DirectPointwise") {
+            assert_eq!(has("DirectConv"), direct && vector, "{case}: {names:?}");
+            if has("DirectConv") {
                 // The activation went into the direct op.
                 assert!(!names.iter().any(|n| n.contains("LeakyRelu")), "{case}: {names:?}");
             }
             let [ci, _, h, w] = shape;
             let input = noise(&[1, ci, h, w], 900 + i as u64, 3.0);
             let got = run_plan(&plan, &input, false).remove(0);
-            let want: Vec<f32> = conv_reference(&input, &kernel, &bias, 1, [0, 0], 1)
+            let want: Vec<f32> = conv_reference(&input, &kernel, &bias, stride, [pad, pad], 1)
                 .into_iter()
                 .map(|v| match alpha {
                     Some(a) if v < 0.0 => v * a,
@@ -780,10 +798,10 @@ fn pointwise_convolutions_run_directly_and_match_the_definition() {
                 .model()
                 .nodes()
                 .iter()
-                .filter(|n| n.op().name() == "DirectPointwise")
+                .filter(|n| n.op().name() == "DirectConv")
                 .flat_map(|n| n.op().info().unwrap())
                 .collect();
-            assert!(infos.iter().all(|i| i.contains("kernel: Avx2")), "{case}: {infos:?}");
+            assert!(infos.iter().all(|i| i.contains("vector: Avx2")), "{case}: {infos:?}");
             assert_eq!(infos.len(), usize::from(direct && vector), "{case}");
             let got = run_plan(&avx2, &input, false).remove(0);
             assert_close(&got, &want, 1e-4, &format!("{case}, AVX2"));

@@ -926,45 +926,60 @@ impl Conv {
         output.hw_dims().last().is_some_and(|w| *w >= MIN_DIRECT_SPATIAL_W)
     }
 
-    /// ferd patch: the shape of the [`super::DirectPointwise`] that computes this convolution
-    /// (images, input and output channels, plane, output shape), where it is a group-1 f32
-    /// 1x1 convolution over a channels-first plane with unit strides and no padding, with
-    /// concrete shapes, that [`super::pointwise::eligible`] takes on this host.
-    fn direct_pointwise(
+    /// ferd patch: the [`super::DirectConv`] that computes this convolution (images, its
+    /// geometry, output shape): a group-1 f32 convolution over a channels-first plane with
+    /// concrete shapes and unit dilations, either 1x1 with unit strides and no padding
+    /// ([`super::pointwise::pointwise_eligible`]) or over a few input channels
+    /// ([`super::pointwise::small_input_eligible`]), on this host.
+    fn direct_conv(
         &self,
         inputs: &[&TypedFact],
-    ) -> Option<(usize, usize, usize, usize, TVec<usize>)> {
+    ) -> Option<(usize, super::DirectGeometry, TVec<usize>)> {
         let (x, kernel) = (inputs.first()?, inputs.get(1)?);
         if self.q_params.is_some()
             || self.group != 1
+            || self.pool_spec.rank() != 2
             || self.pool_spec.data_format.c_is_last()
             || kernel.is_exotic()
             || kernel.datum_type != f32::datum_type()
-            || self.pool_spec.kernel_shape.iter().any(|k| *k != 1)
-            || self.pool_spec.strides().iter().any(|s| *s != 1)
             || self.pool_spec.dilations().iter().any(|d| *d != 1)
         {
             return None;
         }
         let concrete = x.shape.as_concrete()?;
         let shape = self.pool_spec.data_format.shape(concrete).ok()?;
-        if self
-            .pool_spec
-            .computed_padding(shape.hw_dims())
-            .iter()
-            .any(|pad| pad.pad_before != 0 || pad.pad_after != 0)
-        {
+        let (ci, co) = (self.input_channels(), self.output_channels());
+        if *shape.c() != ci {
             return None;
         }
-        let (ci, co) = (self.input_channels(), self.output_channels());
-        let plane = shape.hw_dims().iter().product::<usize>();
-        let n = shape.n().copied().unwrap_or(1);
-        if *shape.c() != ci || !super::pointwise::eligible(x.datum_type, ci, co, plane) {
+        let padding = self.pool_spec.computed_padding(shape.hw_dims());
+        let hw = |v: &[usize]| -> Option<[usize; 2]> { v.try_into().ok() };
+        let geo = super::DirectGeometry {
+            ci,
+            co,
+            input_hw: hw(shape.hw_dims())?,
+            kernel_hw: hw(&self.pool_spec.kernel_shape)?,
+            strides: hw(&self.pool_spec.strides())?,
+            pad_before: hw(&padding.iter().map(|p| p.pad_before).collect::<Vec<_>>())?,
+            pad_after: hw(&padding.iter().map(|p| p.pad_after).collect::<Vec<_>>())?,
+            output_hw: hw(&padding.iter().map(|p| p.convoluted).collect::<Vec<_>>())?,
+        };
+        let pointwise = geo.kernel_hw == [1, 1]
+            && geo.strides == [1, 1]
+            && geo.pad_before == [0, 0]
+            && geo.pad_after == [0, 0];
+        let dt = x.datum_type;
+        let plane = geo.input_hw[0] * geo.input_hw[1];
+        if !(pointwise && super::pointwise::pointwise_eligible(dt, ci, co, plane)
+            || !pointwise && super::pointwise::small_input_eligible(dt, &geo))
+        {
             return None;
         }
         let mut output_shape: TVec<usize> = concrete.into();
         output_shape[shape.c_axis()] = co;
-        Some((n, ci, co, plane, output_shape))
+        output_shape[shape.h_axis()] = geo.output_hw[0];
+        output_shape[shape.h_axis() + 1] = geo.output_hw[1];
+        Some((*shape.n().unwrap_or(&1), geo, output_shape))
     }
 
     fn wire_as_direct_spatial(
@@ -1114,7 +1129,7 @@ impl Conv {
     ) -> TractResult<Option<TypedModelPatch>> {
         let (input_facts, output_facts) = model.node_facts(node.id)?;
         // ferd patch: a 1x1 convolution `Conv::codegen` computes directly stays a Conv.
-        if self.direct_pointwise(&input_facts).is_some() {
+        if self.direct_conv(&input_facts).is_some() {
             return Ok(None);
         }
         let full_input_shape = input_facts[0].shape.to_tvec();
@@ -1647,28 +1662,21 @@ impl TypedOp for Conv {
                 patch.shunt_outside(model, node.id.into(), wire[0])?;
                 patch.obliterate(node.id)?;
                 Ok(Some(patch))
-            } else if let Some((n, ci, co, plane, output_shape)) =
-                self.direct_pointwise(&model.node_input_facts(node.id)?)
+            } else if let Some((n, geo, output_shape)) =
+                self.direct_conv(&model.node_input_facts(node.id)?)
             {
-                // ferd patch: a 1x1 convolution computed directly (see `pointwise.rs`).
-                let mut patch = TypedModelPatch::new("direct-pointwise");
+                // ferd patch: computed directly (see `pointwise.rs`).
+                let mut patch = TypedModelPatch::new("direct-conv");
                 let inputs = patch.taps(model, &node.inputs)?;
                 let name = &node.name;
                 let kernel = self.wire_kernel_as_g_o_ihw(&mut patch, name, inputs[1])?[0];
                 let bias = crate::ops::cnn::wire_reshape_bias_as_vector(
-                    &mut patch, name, inputs[2], co,
+                    &mut patch, name, inputs[2], geo.co,
                 )?[0];
-                let vector = super::pointwise::PointwiseKernel::detect()
-                    .context("DirectPointwise without a kernel")?;
-                let op = super::DirectPointwise {
-                    n,
-                    ci,
-                    co,
-                    plane,
-                    output_shape,
-                    alpha: None,
-                    kernel: vector,
-                };
+                let vector = super::pointwise::VectorKernel::detect()
+                    .context("DirectConv without a vector kernel")?;
+                let op =
+                    super::DirectConv { n, geo, output_shape, alpha: None, kernel: vector };
                 let wire = patch.wire_node(name, op, &[inputs[0], kernel, bias])?[0];
                 patch.shunt_outside(model, OutletId::new(node.id, 0), wire)?;
                 patch.obliterate(node.id)?;

@@ -7,7 +7,7 @@ mod direct_spatial;
 mod im2col;
 mod lazy_im2col;
 mod nhwc;
-// ferd patch: 1x1 convolutions computed directly on x86_64
+// ferd patch: 1x1 and small-input convolutions computed directly on x86_64
 mod pointwise;
 mod q_sum_b;
 // ferd patch: lazy vs eager quantized im2col equivalence tests
@@ -22,7 +22,8 @@ pub use self::conv::Conv;
 pub use self::direct_spatial::DirectSpatialConv;
 pub use self::im2col::Im2Col;
 pub use self::pointwise::{
-    DirectPointwise, PointwiseKernel, TRACT_FERD_POINTWISE_AVX2, TRACT_FERD_POINTWISE_MAX_K,
+    DirectConv, DirectGeometry, VectorKernel, TRACT_FERD_DIRECT_SMALL_INPUT,
+    TRACT_FERD_POINTWISE_AVX2, TRACT_FERD_POINTWISE_MAX_K,
 };
 pub(crate) use self::q_sum_b::QSumB;
 
