@@ -762,7 +762,12 @@ fn direct_convolutions_match_the_definition() {
             model.select_output_outlets(&out).unwrap();
             let optimise = |stock| {
                 maybe_stock(stock, || {
-                    model.clone().into_optimized().unwrap().into_runnable().unwrap()
+                    model
+                        .clone()
+                        .into_optimized()
+                        .unwrap()
+                        .into_runnable()
+                        .unwrap()
                 })
             };
             let (plan, stock) = (optimise(false), optimise(true));
@@ -776,7 +781,10 @@ fn direct_convolutions_match_the_definition() {
             assert_eq!(has("DirectConv"), direct && vector, "{case}: {names:?}");
             if has("DirectConv") {
                 // The activation went into the direct op.
-                assert!(!names.iter().any(|n| n.contains("LeakyRelu")), "{case}: {names:?}");
+                assert!(
+                    !names.iter().any(|n| n.contains("LeakyRelu")),
+                    "{case}: {names:?}"
+                );
             }
             let [ci, _, h, w] = shape;
             let input = noise(&[1, ci, h, w], 900 + i as u64, 3.0);
@@ -801,7 +809,10 @@ fn direct_convolutions_match_the_definition() {
                 .filter(|n| n.op().name() == "DirectConv")
                 .flat_map(|n| n.op().info().unwrap())
                 .collect();
-            assert!(infos.iter().all(|i| i.contains("vector: Avx2")), "{case}: {infos:?}");
+            assert!(
+                infos.iter().all(|i| i.contains("vector: Avx2")),
+                "{case}: {infos:?}"
+            );
             assert_eq!(infos.len(), usize::from(direct && vector), "{case}");
             let got = run_plan(&avx2, &input, false).remove(0);
             assert_close(&got, &want, 1e-4, &format!("{case}, AVX2"));

@@ -1102,11 +1102,13 @@ mod tests {
         let coarse = LoadedModel::load_without_levels(&manifest, [192, 192], 1)
             .unwrap()
             .expect("RetinaFace's outputs concatenate its levels");
+        // Convolutions run as products, or computed directly (the patched
+        // tract's `DirectConv`, on x86_64: the 1×1 lateral one among them).
         let products = |m: &LoadedModel| {
             let nodes = m.plan.model().nodes();
             nodes
                 .iter()
-                .filter(|n| n.op().name() == "OptMatMul")
+                .filter(|n| ["OptMatMul", "DirectConv"].contains(&&*n.op().name()))
                 .count()
         };
         // The stride-8 level's lateral and merge convolutions, its SSH
