@@ -709,6 +709,20 @@ fn shallow_pointwise_products_keep_the_channels_as_m_on_x86() {
     }
 }
 
+/// Whether the patched tract-core has a `DirectConv` kernel for this CPU
+/// (x86_64 with AVX-512F, or AVX2 and FMA).
+fn direct_conv_kernels() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+            || (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Convolutions that the patched tract-core computes directly on x86_64
 /// hosts with AVX-512F or AVX2 + FMA (`DirectConv`): 1×1 ones (f32, a
 /// multiple of 8 output channels, at least 16, at most 128 input channels,
@@ -724,9 +738,7 @@ fn shallow_pointwise_products_keep_the_channels_as_m_on_x86() {
 #[test]
 fn direct_convolutions_match_the_definition() {
     use tract_onnx::tract_core::ops::nn::leaky_relu;
-    let vector = cfg!(target_arch = "x86_64")
-        && (std::is_x86_feature_detected!("avx512f")
-            || (std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")));
+    let vector = direct_conv_kernels();
     // (input and output channels, height, width), kernel side, stride,
     // padding on each side, whether `DirectConv` takes it (on a host with
     // the kernels).

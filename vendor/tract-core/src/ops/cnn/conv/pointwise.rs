@@ -32,6 +32,7 @@ use crate::ops::nn::LeakyRelu;
 const CHANNELS_PER_BLOCK: usize = 8;
 
 /// Output points per block on AVX-512 (two vectors); the AVX2 kernel does sixteen.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const POINTS_PER_BLOCK: usize = 32;
 
 /// The most taps (input channels × kernel points) a direct convolution has: the kernels
