@@ -134,6 +134,18 @@ fn maybe_stock<R>(stock: bool, f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// `model`'s optimised plan, optimised as stock tract would when `stock`.
+fn optimised(model: &TypedModel, stock: bool) -> std::sync::Arc<TypedRunnableModel> {
+    maybe_stock(stock, || {
+        model
+            .clone()
+            .into_optimized()
+            .unwrap()
+            .into_runnable()
+            .unwrap()
+    })
+}
+
 /// Every output of `plan` on `input`, with stock tract's evaluation when
 /// `stock`.
 fn run_plan(
@@ -547,17 +559,7 @@ fn a_convolutions_relu_runs_inside_its_product() {
         let op = if subtract { sub() } else { max() };
         let out = model.wire_node("act", op, &inputs).unwrap();
         model.select_output_outlets(&out).unwrap();
-        let optimise = |stock| {
-            maybe_stock(stock, || {
-                model
-                    .clone()
-                    .into_optimized()
-                    .unwrap()
-                    .into_runnable()
-                    .unwrap()
-            })
-        };
-        let (fused, stock) = (optimise(false), optimise(true));
+        let (fused, stock) = (optimised(&model, false), optimised(&model, true));
         let apart = |plan: &std::sync::Arc<TypedRunnableModel>| {
             plan.model()
                 .nodes()
@@ -772,17 +774,7 @@ fn direct_convolutions_match_the_definition() {
                 None => tvec![y],
             };
             model.select_output_outlets(&out).unwrap();
-            let optimise = |stock| {
-                maybe_stock(stock, || {
-                    model
-                        .clone()
-                        .into_optimized()
-                        .unwrap()
-                        .into_runnable()
-                        .unwrap()
-                })
-            };
-            let (plan, stock) = (optimise(false), optimise(true));
+            let (plan, stock) = (optimised(&model, false), optimised(&model, true));
             let names: Vec<String> = plan
                 .model()
                 .nodes()
@@ -813,7 +805,7 @@ fn direct_convolutions_match_the_definition() {
             // The eight-lane kernel too, where AVX-512 would be chosen.
             let avx2 = KnobScope::new([("TRACT_FERD_POINTWISE_AVX2", "1")])
                 .unwrap()
-                .enter(|| optimise(false));
+                .enter(|| optimised(&model, false));
             let infos: Vec<String> = avx2
                 .model()
                 .nodes()
