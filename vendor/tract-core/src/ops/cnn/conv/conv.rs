@@ -964,10 +964,7 @@ impl Conv {
             pad_after: hw(&padding.iter().map(|p| p.pad_after).collect::<Vec<_>>())?,
             output_hw: hw(&padding.iter().map(|p| p.convoluted).collect::<Vec<_>>())?,
         };
-        let pointwise = geo.kernel_hw == [1, 1]
-            && geo.strides == [1, 1]
-            && geo.pad_before == [0, 0]
-            && geo.pad_after == [0, 0];
+        let pointwise = geo.is_pointwise();
         let dt = x.datum_type;
         let plane = geo.input_hw[0] * geo.input_hw[1];
         if !(pointwise && super::pointwise::pointwise_eligible(dt, ci, co, plane)

@@ -177,7 +177,7 @@ pub struct DirectGeometry {
 
 impl DirectGeometry {
     /// A 1×1, stride-1, unpadded convolution: its taps are the input planes themselves.
-    fn is_pointwise(&self) -> bool {
+    pub(super) fn is_pointwise(&self) -> bool {
         self.kernel_hw == [1, 1]
             && self.strides == [1, 1]
             && self.pad_before == [0, 0]
