@@ -472,8 +472,10 @@ fn convolutions_gather_consecutive_columns_as_stock_tract_does() {
     for (i, &(shape, kernel_shape, stride, pad)) in cases.iter().enumerate() {
         let pads = [pad.min(kernel_shape[0] / 2), pad.min(kernel_shape[1] / 2)];
         let seed = 200 + i as u64;
-        let (plan, kernel, bias) =
-            conv_plan(shape, kernel_shape, stride, pads, 1, seed, "LazyIm2col");
+        // The plans `DirectConv` (tested below) would take from the product.
+        let (plan, kernel, bias) = KnobScope::new([("TRACT_FERD_DIRECT_MAX_TAPS", "0")])
+            .unwrap()
+            .enter(|| conv_plan(shape, kernel_shape, stride, pads, 1, seed, "LazyIm2col"));
         let [ci, _, h, w] = shape;
         for seed in 0..2 {
             let input = noise(&[1, ci, h, w], 300 + 10 * i as u64 + seed, 3.0);
@@ -728,24 +730,30 @@ fn direct_conv_kernels() -> bool {
 /// Convolutions that the patched tract-core computes directly on x86_64
 /// hosts with AVX-512F or AVX2 + FMA (`DirectConv`): 1×1 ones (f32, a
 /// multiple of 8 output channels, at least 16, at most 128 input channels,
-/// planes of at least 128 points) and K×K ones over at most 4 input
-/// channels (strides 1 and 2, a multiple of 8 output channels, output rows
-/// of at least 16 points), with and without a following `LeakyRelu`, which
-/// they take in: the definition within rounding and stock tract's plan,
-/// with the AVX-512 kernel and with the AVX2 one
+/// planes of at least 128 points), K×K ones over at most 4 input channels
+/// (strides 1 and 2, a multiple of 8 output channels, output rows of at
+/// least 16 points), and stride-1 K×K ones over more input channels (at
+/// most 576 taps, at least 16 output channels, a flat run over the padded
+/// rows of at least 256 points, three quarters of them output points);
+/// with no activation, a following `LeakyRelu` or a ReLU (a maximum with
+/// zero), which they take in: the definition within rounding and stock
+/// tract's plan, with the AVX-512 kernel and with the AVX2 one
 /// (`TRACT_FERD_POINTWISE_AVX2`). Planes and rows that are not a multiple
 /// of the kernels' 32 or 16 points are among them, and shapes that stay on
 /// the other paths (8 output channels at 1×1, 129 input channels, a 10×10
-/// plane, 5 input channels at 3×3, 12 output channels, 15-point rows).
+/// plane, 5 input channels at 3×3 stride 2, 12 output channels, 15-point
+/// rows; at stride 1 over deeper inputs a 12×12 plane, 864 taps, 12 and 8
+/// output channels, rows mostly padding).
 #[test]
 fn direct_convolutions_match_the_definition() {
+    use tract_onnx::tract_core::ops::math::max;
     use tract_onnx::tract_core::ops::nn::leaky_relu;
     let vector = direct_conv_kernels();
     // (input and output channels, height, width), kernel side, stride,
     // padding on each side, whether `DirectConv` takes it (on a host with
     // the kernels).
     type Case = ([usize; 4], usize, usize, usize, bool);
-    let cases: [Case; 17] = [
+    let cases: [Case; 28] = [
         ([8, 16, 96, 96], 1, 1, 0, true),
         ([16, 32, 48, 48], 1, 1, 0, true),
         ([32, 64, 24, 24], 1, 1, 0, true),
@@ -763,15 +771,31 @@ fn direct_convolutions_match_the_definition() {
         ([5, 8, 32, 32], 3, 2, 1, false),
         ([3, 12, 32, 32], 3, 2, 1, false),
         ([3, 8, 16, 30], 3, 2, 1, false),
+        // Stride 1 over deeper inputs: the flat run.
+        ([64, 32, 30, 40], 3, 1, 1, true),
+        ([16, 16, 24, 24], 3, 1, 1, true),
+        ([48, 48, 17, 21], 3, 1, 0, true),
+        ([8, 24, 20, 33], 5, 1, 2, true),
+        ([5, 16, 20, 20], 1, 1, 1, true),
+        ([48, 96, 12, 12], 3, 1, 1, false),
+        ([96, 32, 20, 20], 3, 1, 1, false),
+        ([16, 12, 30, 40], 3, 1, 1, false),
+        ([16, 8, 30, 40], 3, 1, 1, false),
+        ([16, 16, 60, 5], 3, 1, 0, false),
+        ([32, 16, 30, 40], 3, 2, 1, false),
     ];
     for (i, &(shape, k, stride, pad, direct)) in cases.iter().enumerate() {
-        for alpha in [None, Some(0.1f32)] {
-            let case = format!("case {i}, leaky {alpha:?}");
+        for (act, slope) in [("none", None), ("leaky", Some(0.1f32)), ("relu", Some(0.0))] {
+            let case = format!("case {i}, activation {act}");
             let (mut model, y, kernel, bias) =
                 conv_model(shape, [k, k], stride, [pad, pad], 1, 800 + i as u64);
-            let out = match alpha {
-                Some(alpha) => model.wire_node("act", leaky_relu(alpha), &[y]).unwrap(),
-                None => tvec![y],
+            let out = match (act, slope) {
+                ("relu", _) => {
+                    let zero = model.add_const("zero", tensor4(&[[[[0f32]]]])).unwrap();
+                    model.wire_node("relu", max(), &[y, zero]).unwrap()
+                }
+                (_, Some(alpha)) => model.wire_node("act", leaky_relu(alpha), &[y]).unwrap(),
+                _ => tvec![y],
             };
             model.select_output_outlets(&out).unwrap();
             let (plan, stock) = (optimised(&model, false), optimised(&model, true));
@@ -786,7 +810,9 @@ fn direct_convolutions_match_the_definition() {
             if has("DirectConv") {
                 // The activation went into the direct op.
                 assert!(
-                    !names.iter().any(|n| n.contains("LeakyRelu")),
+                    !names
+                        .iter()
+                        .any(|n| n.contains("LeakyRelu") || n.contains("Max")),
                     "{case}: {names:?}"
                 );
             }
@@ -795,13 +821,16 @@ fn direct_convolutions_match_the_definition() {
             let got = run_plan(&plan, &input, false).remove(0);
             let want: Vec<f32> = conv_reference(&input, &kernel, &bias, stride, [pad, pad], 1)
                 .into_iter()
-                .map(|v| match alpha {
+                .map(|v| match slope {
                     Some(a) if v < 0.0 => v * a,
                     _ => v,
                 })
                 .collect();
             assert_close(&got, &want, 1e-4, &case);
-            assert_close(&got, &run_plan(&stock, &input, true).remove(0), 1e-5, &case);
+            // Against stock's f32 sums in another order: within their rounding,
+            // which grows with the taps (576 in the deepest case).
+            let tolerance = if ci * k * k > 128 { 1e-4 } else { 1e-5 };
+            assert_close(&got, &run_plan(&stock, &input, true).remove(0), tolerance, &case);
             // The eight-lane kernel too, where AVX-512 would be chosen.
             let avx2 = KnobScope::new([("TRACT_FERD_POINTWISE_AVX2", "1")])
                 .unwrap()
@@ -1318,7 +1347,9 @@ fn mxcsr() -> u32 {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn products_run_in_the_kernels_float_mode_and_leave_the_threads_alone() {
-    let (plan, _, bias) = conv_plan([8, 16, 12, 20], [3, 3], 1, [1, 1], 1, 11, "LazyIm2col");
+    let (plan, _, bias) = KnobScope::new([("TRACT_FERD_DIRECT_MAX_TAPS", "0")])
+        .unwrap()
+        .enter(|| conv_plan([8, 16, 12, 20], [3, 3], 1, [1, 1], 1, 11, "LazyIm2col"));
     // Every input a denormal: read as zero, each output is its bias.
     let denormal = Tensor::from_shape(&[1, 8, 12, 20], &vec![1.0e-39f32; 8 * 12 * 20]).unwrap();
     let write = |v: u32| unsafe { std::arch::asm!("ldmxcsr [{}]", in(reg) &v, options(nostack)) };

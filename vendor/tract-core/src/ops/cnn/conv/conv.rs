@@ -968,7 +968,8 @@ impl Conv {
         let dt = x.datum_type;
         let plane = geo.input_hw[0] * geo.input_hw[1];
         if !(pointwise && super::pointwise::pointwise_eligible(dt, ci, co, plane)
-            || !pointwise && super::pointwise::small_input_eligible(dt, &geo))
+            || !pointwise && super::pointwise::small_input_eligible(dt, &geo)
+            || super::pointwise::flat_eligible(dt, &geo))
         {
             return None;
         }

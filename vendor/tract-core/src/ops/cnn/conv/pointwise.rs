@@ -18,10 +18,17 @@
 //! columns), so that every tap of a run of output points is a contiguous load too, and the
 //! same eight-channel block computes it.
 //!
+//! A stride-1 K×K convolution over deeper inputs (the detector's SSH and FPN 3×3 layers over
+//! 64 channels, k = 576) ran as a product at about 60% of the kernel's peak, the rest going
+//! to the im2col panels it copies at every run. Here the padded input is copied once and
+//! read as one flat row per channel: output point `(y, x)` at `y · wp + x` reads each tap at
+//! a fixed offset from it, so a single run covers every output row, and the few points that
+//! wrap into the padding's columns are computed and dropped ([`run_flat`]).
+//!
 //! Built by `Conv::codegen` on x86_64 hosts with AVX-512F, or AVX2 and FMA, for the shapes
-//! `Conv::direct_conv` takes (see [`pointwise_eligible`] and [`small_input_eligible`]);
-//! everything else keeps stock's path. A following `LeakyRelu` is fused into the store
-//! ([`TypedOp::fuse`]). Measured in `vendor/TRACT-PATCH.md`.
+//! `Conv::direct_conv` takes (see [`pointwise_eligible`], [`small_input_eligible`] and
+//! [`flat_eligible`]); everything else keeps stock's path. A following `LeakyRelu` or ReLU
+//! is fused into the store ([`TypedOp::fuse`]). Measured in `vendor/TRACT-PATCH.md`.
 
 use std::cell::RefCell;
 
@@ -36,14 +43,22 @@ const CHANNELS_PER_BLOCK: usize = 8;
 const POINTS_PER_BLOCK: usize = 32;
 
 /// The most taps (input channels × kernel points) a direct convolution has: the kernels
-/// keep one pointer per tap on the stack.
-pub const MAX_TAPS: usize = 128;
+/// keep one pointer per tap on the stack (9 KiB at most).
+pub const MAX_TAPS: usize = 1152;
+
+/// The most taps a first-layer (few input channels) direct convolution has.
+const MAX_SMALL_INPUT_TAPS: usize = 128;
 
 /// The fewest points per plane for a direct 1×1 convolution: over smaller planes the last,
 /// masked run of 32 points wastes much of its lanes, and the product's tiles (whose plane
 /// side is 12 points) were as fast or faster (the face detector's 128→256 layer over 80
 /// points: 0.086 against 0.089 ms; over 36 points 0.058 against 0.044 ms).
 const MIN_PLANE: usize = 128;
+
+/// The fewest points of a flat run ([`run_flat`]): the classifier's 48→96 3×3 layer over
+/// 12×12 points (a run of 166) took 0.094–0.099 ms direct against 0.089 as a product; the
+/// detector's 20×15 and 24×24 planes (runs of 328 and 622) gain.
+const MIN_FLAT_RUN: usize = 256;
 
 /// The most input channels of a direct K×K convolution (other than 1×1): the first layer of
 /// a network over RGB or grey; deeper inputs have taps enough for the product to run well.
@@ -65,6 +80,13 @@ crate::declare_knob!(
     bool,
     true,
     "ferd patch: compute group-1 f32 NCHW convolutions of at most 4 input channels (a first layer over RGB) directly (DirectConv) on x86_64; false keeps the stock paths."
+);
+
+crate::declare_knob!(
+    scopable TRACT_FERD_DIRECT_MAX_TAPS,
+    usize,
+    576,
+    "ferd patch: the most taps (input channels x kernel points) a group-1 f32 stride-1 KxK NCHW convolution over more than 4 input channels may have to be computed directly (DirectConv) on x86_64; 0 keeps the stock paths."
 );
 
 crate::declare_knob!(
@@ -94,18 +116,42 @@ pub fn pointwise_eligible(dt: DatumType, ci: usize, co: usize, plane: usize) -> 
 }
 
 /// Whether a K×K convolution of `geo`'s shape (not 1×1) is computed by [`DirectConv`] on
-/// this host: f32, at most [`MAX_SMALL_INPUT_CHANNELS`] input channels and [`MAX_TAPS`]
+/// this host: f32, at most [`MAX_SMALL_INPUT_CHANNELS`] input channels and [`MAX_SMALL_INPUT_TAPS`]
 /// taps, strides 1 or 2, a whole number of output channel blocks, output rows of at least
 /// [`MIN_SMALL_INPUT_ROW`] points, `TRACT_FERD_DIRECT_SMALL_INPUT` on, and a vector kernel.
 pub fn small_input_eligible(dt: DatumType, geo: &DirectGeometry) -> bool {
     dt == f32::datum_type()
         && (1..=MAX_SMALL_INPUT_CHANNELS).contains(&geo.ci)
-        && geo.ci * geo.kernel_hw[0] * geo.kernel_hw[1] <= MAX_TAPS
+        && geo.taps() <= MAX_SMALL_INPUT_TAPS
         && geo.strides.iter().all(|s| (1..=2).contains(s))
         && geo.co.is_multiple_of(CHANNELS_PER_BLOCK)
         && geo.co >= CHANNELS_PER_BLOCK
         && geo.output_hw[1] >= MIN_SMALL_INPUT_ROW
         && TRACT_FERD_DIRECT_SMALL_INPUT.get()
+        && !crate::ops::TRACT_FERD_STOCK_EVAL.get()
+        && VectorKernel::detect().is_some()
+}
+
+/// Whether a stride-1 K×K convolution of `geo`'s shape over more than
+/// [`MAX_SMALL_INPUT_CHANNELS`] input channels is computed by [`DirectConv`] on this host, over
+/// its padded plane read as one flat row ([`run_flat`]): f32, at most
+/// `TRACT_FERD_DIRECT_MAX_TAPS` taps, at least two output channel blocks, a flat run of at
+/// least [`MIN_FLAT_RUN`] points of which at least three quarters are output points (the rest
+/// are the padded rows' tails, computed and dropped), and a vector kernel.
+pub fn flat_eligible(dt: DatumType, geo: &DirectGeometry) -> bool {
+    let wp = geo.input_hw[1] + geo.pad_before[1] + geo.pad_after[1];
+    let [oh, ow] = geo.output_hw;
+    dt == f32::datum_type()
+        && geo.ci > MAX_SMALL_INPUT_CHANNELS
+        && !geo.is_pointwise()
+        && geo.strides == [1, 1]
+        && geo.taps() <= TRACT_FERD_DIRECT_MAX_TAPS.get().min(MAX_TAPS)
+        && geo.co >= 2 * CHANNELS_PER_BLOCK
+        && geo.co.is_multiple_of(CHANNELS_PER_BLOCK)
+        && oh >= 1
+        && ow >= 1
+        && geo.flat_len() >= MIN_FLAT_RUN
+        && 4 * ow >= 3 * wp
         && !crate::ops::TRACT_FERD_STOCK_EVAL.get()
         && VectorKernel::detect().is_some()
 }
@@ -186,6 +232,20 @@ impl DirectGeometry {
 
     fn taps(&self) -> usize {
         self.ci * self.kernel_hw[0] * self.kernel_hw[1]
+    }
+
+    /// Whether [`run_flat`] computes it (stride 1 over more than a first layer's channels).
+    fn is_flat(&self) -> bool {
+        self.strides == [1, 1] && self.ci > MAX_SMALL_INPUT_CHANNELS && !self.is_pointwise()
+    }
+
+    /// The points of a stride-1 convolution's output read as one run over the padded
+    /// plane's rows: every padded row but the last holds `ow` output points and
+    /// `wp - ow` dropped ones.
+    fn flat_len(&self) -> usize {
+        let wp = self.input_hw[1] + self.pad_before[1] + self.pad_after[1];
+        let [oh, ow] = self.output_hw;
+        oh.saturating_sub(1) * wp + ow
     }
 
     /// The padded input's height, width, and each phase row's length (the padded row
@@ -286,6 +346,10 @@ impl EvalOp for DirectConv {
         {
             if g.is_pointwise() {
                 run_pointwise(kernel, g, x, w, bias, out, alpha);
+            } else if g.is_flat() {
+                SCRATCH.with_borrow_mut(|scratch| {
+                    run_flat(kernel, g, x, w, bias, out, alpha, scratch)
+                });
             } else {
                 SCRATCH.with_borrow_mut(|scratch| {
                     run_padded(kernel, g, x, w, bias, out, alpha, scratch)
@@ -309,16 +373,28 @@ impl TypedOp for DirectConv {
         Ok(tvec!((Cost::FMA(f32::datum_type()), macs.to_dim())))
     }
 
-    /// Takes in the `LeakyRelu` that follows, when it is this node's only successor.
+    /// Takes in the `LeakyRelu` that follows, or the ReLU (codegen's maximum with a uniform
+    /// zero, a slope of 0 below zero), when it is this node's only successor.
     fn fuse(&self, model: &TypedModel, node: &TypedNode) -> TractResult<Option<TypedModelPatch>> {
         rule_if!(self.alpha.is_none());
         rule_if!(node.outputs.len() == 1);
         rule_if!(node.outputs[0].successors.len() == 1);
         rule_if!(!model.output_outlets()?.contains(&node.id.into()));
         let succ = model.node(node.outputs[0].successors[0].node);
-        rule_if_some!(ew = succ.op_as::<crate::ops::element_wise::ElementWiseOp>());
-        rule_if_some!(leaky = ew.0.downcast_ref::<LeakyRelu>());
-        let op = DirectConv { alpha: Some(leaky.alpha), ..self.clone() };
+        let alpha = if let Some(by_scalar) = succ.op_as::<crate::ops::binary::OptBinByScalar>() {
+            rule_if!(by_scalar.binop.is::<crate::ops::math::Max>());
+            // By-scalar ops broadcast their second input only.
+            rule_if!(succ.inputs[0] == node.id.into());
+            rule_if_some!(zero = model.outlet_fact(succ.inputs[1])?.konst.clone());
+            rule_if!(zero.datum_type() == f32::datum_type());
+            rule_if!(zero.try_as_plain_ram()?.as_slice::<f32>()?.iter().all(|v| *v == 0.0));
+            0.0
+        } else {
+            rule_if_some!(ew = succ.op_as::<crate::ops::element_wise::ElementWiseOp>());
+            rule_if_some!(leaky = ew.0.downcast_ref::<LeakyRelu>());
+            leaky.alpha
+        };
+        let op = DirectConv { alpha: Some(alpha), ..self.clone() };
         Ok(Some(TypedModelPatch::fuse_with_next(model, node, op)?))
     }
 
@@ -404,6 +480,71 @@ fn run_padded(
             alpha,
         };
         row.run(kernel, ow);
+    }
+}
+
+/// One image of a stride-1 K×K convolution over the padded plane read as one flat row: the
+/// input copied into `scratch` with its padding (`hp` rows of `wp` points per channel), so
+/// that output point `(oy, ox)` at flat index `oy · wp + ox` reads tap `(c, ky, kx)` at
+/// `c · hp · wp + ky · wp + kx` plus that index. One run of [`DirectGeometry::flat_len`]
+/// points then covers the whole output, with no short runs at row ends; the points at
+/// `ox ≥ ow` (the taps wrapping into the next row) are computed into the flat output after
+/// the padded input in `scratch` and dropped when its rows are copied out.
+#[allow(clippy::too_many_arguments)]
+fn run_flat(
+    kernel: Option<VectorKernel>,
+    g: &DirectGeometry,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+    alpha: f32,
+    scratch: &mut Vec<f32>,
+) {
+    let (hp, wp, _) = g.padded();
+    let [h, wi] = g.input_hw;
+    let [kh, kw] = g.kernel_hw;
+    let [oh, ow] = g.output_hw;
+    let [top, left] = g.pad_before;
+    let flat = g.flat_len();
+    let plane_p = hp * wp;
+    // The padded input, then the flat output. Every value is written below (padding as
+    // zeros), so the buffer needs no clearing between runs of other shapes.
+    scratch.resize(g.ci * plane_p + g.co * flat, 0.0);
+    let (padded, flat_out) = scratch.split_at_mut(g.ci * plane_p);
+    for (c, dst) in padded.chunks_exact_mut(plane_p).enumerate() {
+        let (head, rest) = dst.split_at_mut(top * wp);
+        head.fill(0.0);
+        let (body, tail) = rest.split_at_mut(h * wp);
+        tail.fill(0.0);
+        for (src, row) in x[c * h * wi..][..h * wi].chunks_exact(wi).zip(body.chunks_exact_mut(wp))
+        {
+            row[..left].fill(0.0);
+            row[left..left + wi].copy_from_slice(src);
+            row[left + wi..].fill(0.0);
+        }
+    }
+    let mut taps = [std::ptr::null::<f32>(); MAX_TAPS];
+    let mut t = 0;
+    for c in 0..g.ci {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                // The last tap's last point is the plane's last: (kh - 1 + oh - 1) · wp +
+                // kw - 1 + ow - 1 = (hp - 1) · wp + wp - 1, as ow = wp - kw + 1.
+                taps[t] = padded[c * plane_p + ky * wp + kx..].as_ptr();
+                t += 1;
+            }
+        }
+    }
+    let mut row =
+        RowJob { taps: &taps[..t], w, bias, out: flat_out, out_at: 0, plane_out: flat, alpha };
+    row.run(kernel, flat);
+    let plane_out = oh * ow;
+    for (o, dst) in out.chunks_exact_mut(plane_out).enumerate() {
+        let src = &flat_out[o * flat..][..flat];
+        for (oy, d) in dst.chunks_exact_mut(ow).enumerate() {
+            d.copy_from_slice(&src[oy * wp..][..ow]);
+        }
     }
 }
 
@@ -670,10 +811,14 @@ mod tests {
         let kernels = [None, Some(VectorKernel::Avx512), Some(VectorKernel::Avx2)];
         for kernel in kernels.into_iter().filter(|k| k.is_none_or(|k| k.available())) {
             let mut got = vec![f32::NAN; want.len()];
+            // A scratch left dirty by a run of another shape: nothing may be read unwritten.
+            let mut scratch = vec![f32::NAN; 4099];
             if g.is_pointwise() {
                 run_pointwise(kernel, &g, &x, &w, &bias, &mut got, alpha);
+            } else if g.is_flat() {
+                run_flat(kernel, &g, &x, &w, &bias, &mut got, alpha, &mut scratch);
             } else {
-                run_padded(kernel, &g, &x, &w, &bias, &mut got, alpha, &mut Vec::new());
+                run_padded(kernel, &g, &x, &w, &bias, &mut got, alpha, &mut scratch);
             }
             for (ix, (a, e)) in got.iter().zip(&want).enumerate() {
                 assert!(
@@ -695,6 +840,14 @@ mod tests {
                 for (k, s, pad) in [(3, 2, 1), (3, 1, 1), (3, 2, 0), (5, 2, 2), (2, 2, 0), (3, 1, 0)] {
                     if side + 2 * pad >= k {
                         case(ci, co, [side.min(9) + 2, side], k, s, pad, 0.1);
+                    }
+                }
+            }
+            // Stride 1 over deeper inputs: the flat path (1×1 with padding included).
+            for (ci, co) in [(5, 16), (16, 24), (64, 32)] {
+                for (k, pad) in [(3, 1), (3, 0), (5, 2), (1, 1), (2, 1)] {
+                    if ci * k * k <= MAX_TAPS && side + 2 * pad >= k {
+                        case(ci, co, [side.min(7) + 2, side], k, 1, pad, 0.1);
                     }
                 }
             }
