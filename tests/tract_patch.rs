@@ -830,7 +830,12 @@ fn direct_convolutions_match_the_definition() {
             // Against stock's f32 sums in another order: within their rounding,
             // which grows with the taps (576 in the deepest case).
             let tolerance = if ci * k * k > 128 { 1e-4 } else { 1e-5 };
-            assert_close(&got, &run_plan(&stock, &input, true).remove(0), tolerance, &case);
+            assert_close(
+                &got,
+                &run_plan(&stock, &input, true).remove(0),
+                tolerance,
+                &case,
+            );
             // The eight-lane kernel too, where AVX-512 would be chosen.
             let avx2 = KnobScope::new([("TRACT_FERD_POINTWISE_AVX2", "1")])
                 .unwrap()
