@@ -139,12 +139,12 @@ pub fn small_input_eligible(dt: DatumType, geo: &DirectGeometry) -> bool {
 /// least [`MIN_FLAT_RUN`] points of which at least three quarters are output points (the rest
 /// are the padded rows' tails, computed and dropped), and a vector kernel.
 pub fn flat_eligible(dt: DatumType, geo: &DirectGeometry) -> bool {
-    let wp = geo.input_hw[1] + geo.pad_before[1] + geo.pad_after[1];
+    if !geo.is_flat() {
+        return false;
+    }
+    let (_, wp, _) = geo.padded();
     let [oh, ow] = geo.output_hw;
     dt == f32::datum_type()
-        && geo.ci > MAX_SMALL_INPUT_CHANNELS
-        && !geo.is_pointwise()
-        && geo.strides == [1, 1]
         && geo.taps() <= TRACT_FERD_DIRECT_MAX_TAPS.get().min(MAX_TAPS)
         && geo.co >= 2 * CHANNELS_PER_BLOCK
         && geo.co.is_multiple_of(CHANNELS_PER_BLOCK)
@@ -243,7 +243,7 @@ impl DirectGeometry {
     /// plane's rows: every padded row but the last holds `ow` output points and
     /// `wp - ow` dropped ones.
     fn flat_len(&self) -> usize {
-        let wp = self.input_hw[1] + self.pad_before[1] + self.pad_after[1];
+        let (_, wp, _) = self.padded();
         let [oh, ow] = self.output_hw;
         oh.saturating_sub(1) * wp + ow
     }
