@@ -441,17 +441,19 @@ fn run_padded(
     let [oh, ow] = g.output_hw;
     // Row (c, r) of the padded input, phase f, at `((c * hp + r) * sx + f) * phase_len`.
     let len = g.ci * hp * sx * phase_len;
-    scratch.clear();
-    scratch.resize(len, 0.0);
-    for c in 0..g.ci {
-        for y in 0..h {
-            let src = &x[(c * h + y) * wi..][..wi];
-            let r = y + g.pad_before[0];
-            let dst = &mut scratch[(c * hp + r) * sx * phase_len..][..sx * phase_len];
-            // The strides `small_input_eligible` takes: 1, a copy; 2, even and odd columns.
-            match sx {
-                1 => dst[g.pad_before[1]..][..wi].copy_from_slice(src),
-                _ => split_row_2(src, g.pad_before[1], phase_len, dst),
+    // The strides `small_input_eligible` takes: 1, the padded plane; 2, even and odd columns.
+    if sx == 1 {
+        scratch.resize(len, 0.0);
+        copy_padded(g, x, scratch);
+    } else {
+        scratch.clear();
+        scratch.resize(len, 0.0);
+        for c in 0..g.ci {
+            for y in 0..h {
+                let src = &x[(c * h + y) * wi..][..wi];
+                let r = y + g.pad_before[0];
+                let dst = &mut scratch[(c * hp + r) * sx * phase_len..][..sx * phase_len];
+                split_row_2(src, g.pad_before[1], phase_len, dst);
             }
         }
     }
@@ -502,28 +504,14 @@ fn run_flat(
     scratch: &mut Vec<f32>,
 ) {
     let (hp, wp, _) = g.padded();
-    let [h, wi] = g.input_hw;
     let [kh, kw] = g.kernel_hw;
     let [oh, ow] = g.output_hw;
-    let [top, left] = g.pad_before;
     let flat = g.flat_len();
     let plane_p = hp * wp;
-    // The padded input, then the flat output. Every value is written below (padding as
-    // zeros), so the buffer needs no clearing between runs of other shapes.
+    // The padded input, then the flat output.
     scratch.resize(g.ci * plane_p + g.co * flat, 0.0);
     let (padded, flat_out) = scratch.split_at_mut(g.ci * plane_p);
-    for (c, dst) in padded.chunks_exact_mut(plane_p).enumerate() {
-        let (head, rest) = dst.split_at_mut(top * wp);
-        head.fill(0.0);
-        let (body, tail) = rest.split_at_mut(h * wp);
-        tail.fill(0.0);
-        for (src, row) in x[c * h * wi..][..h * wi].chunks_exact(wi).zip(body.chunks_exact_mut(wp))
-        {
-            row[..left].fill(0.0);
-            row[left..left + wi].copy_from_slice(src);
-            row[left + wi..].fill(0.0);
-        }
-    }
+    copy_padded(g, x, padded);
     let mut taps = [std::ptr::null::<f32>(); MAX_TAPS];
     let mut t = 0;
     for c in 0..g.ci {
@@ -544,6 +532,27 @@ fn run_flat(
         let src = &flat_out[o * flat..][..flat];
         for (oy, d) in dst.chunks_exact_mut(ow).enumerate() {
             d.copy_from_slice(&src[oy * wp..][..ow]);
+        }
+    }
+}
+
+/// Copies one image's input (`ci` planes) into `padded` at stride 1: per channel, `hp` rows
+/// of `wp` points, the padding written as zeros. Every value of `padded` is written, so a
+/// buffer left by a run of another shape needs no clearing first.
+fn copy_padded(g: &DirectGeometry, x: &[f32], padded: &mut [f32]) {
+    let (hp, wp, _) = g.padded();
+    let [h, wi] = g.input_hw;
+    let [top, left] = g.pad_before;
+    for (c, dst) in padded.chunks_exact_mut(hp * wp).enumerate() {
+        let (head, rest) = dst.split_at_mut(top * wp);
+        head.fill(0.0);
+        let (body, tail) = rest.split_at_mut(h * wp);
+        tail.fill(0.0);
+        for (src, row) in x[c * h * wi..][..h * wi].chunks_exact(wi).zip(body.chunks_exact_mut(wp))
+        {
+            row[..left].fill(0.0);
+            row[left..left + wi].copy_from_slice(src);
+            row[left + wi..].fill(0.0);
         }
     }
 }
