@@ -929,8 +929,9 @@ impl Conv {
     /// ferd patch: the [`super::DirectConv`] that computes this convolution (images, its
     /// geometry, output shape): a group-1 f32 convolution over a channels-first plane with
     /// concrete shapes and unit dilations, either 1x1 with unit strides and no padding
-    /// ([`super::pointwise::pointwise_eligible`]) or over a few input channels
-    /// ([`super::pointwise::small_input_eligible`]), on this host.
+    /// ([`super::pointwise::pointwise_eligible`]), over a few input channels
+    /// ([`super::pointwise::small_input_eligible`]) or stride-1 over more
+    /// ([`super::pointwise::flat_eligible`]), on this host.
     fn direct_conv(
         &self,
         inputs: &[&TypedFact],
@@ -1126,7 +1127,7 @@ impl Conv {
         node: &TypedNode,
     ) -> TractResult<Option<TypedModelPatch>> {
         let (input_facts, output_facts) = model.node_facts(node.id)?;
-        // ferd patch: a 1x1 convolution `Conv::codegen` computes directly stays a Conv.
+        // ferd patch: a convolution `Conv::codegen` computes directly stays a Conv.
         if self.direct_conv(&input_facts).is_some() {
             return Ok(None);
         }

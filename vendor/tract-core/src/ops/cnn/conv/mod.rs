@@ -7,7 +7,7 @@ mod direct_spatial;
 mod im2col;
 mod lazy_im2col;
 mod nhwc;
-// ferd patch: 1x1 and small-input convolutions computed directly on x86_64
+// ferd patch: 1x1, small-input and stride-1 KxK convolutions computed directly on x86_64
 mod pointwise;
 mod q_sum_b;
 // ferd patch: lazy vs eager quantized im2col equivalence tests
